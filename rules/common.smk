@@ -1,0 +1,189 @@
+# Config validation, paths, input functions and end-of-run hooks.
+# All logic lives in the package scripts/nano_banana_aug/.
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+
+from snakemake.utils import validate
+
+from nano_banana_aug import config as cfgmod
+from nano_banana_aug import layout, manifest as manifest_mod, runlog
+from nano_banana_aug.errors import UserError
+from nano_banana_aug.targets import read_targets
+
+RUN_START = time.time()
+MAIN = workflow.is_main_process
+
+
+def stop(message):
+    """A user mistake: one line, no traceback, nothing has run yet."""
+    print(f"ERROR: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+# ---- configuration: one clear line for a bad key, then defaults filled ----
+try:
+    cfgmod.check_config(config)
+    validate(config, str(cfgmod.SCHEMA_PATH))
+    cfgmod.finalise(config)
+    if MAIN and cfgmod.is_paid(config):
+        from nano_banana_aug.keys import check_base_url, load_api_key
+
+        check_base_url(config["api"]["base_url"])
+        load_api_key(config, Path.cwd())  # fails early naming the file/variable; the key is not kept
+except UserError as exc:
+    stop(str(exc))
+
+OUT = config["data"]["output_dir"].rstrip("/")
+EXT = config["data"]["output_ext"]
+DATA_ROOT = config["data"]["data_root"]
+TRAIN_CSV = str(cfgmod.train_csv_path(config))
+PIPE = layout.pipeline_dir(OUT)
+LOG_DIR = PIPE / "logs"
+CONFIG_JSON = str(layout.effective_config(OUT))
+TARGET_SETTINGS = str(PIPE / "target_settings.json")
+TARGETS_CSV = str(layout.targets_table(OUT))
+MANIFEST = f"{OUT}/{config['data']['manifest']}"
+AUG_NAMES = [a["name"] for a in config["augmentations"]]
+NUM_IMAGES = {a["name"]: int(a["num_images"]) for a in config["augmentations"]}
+
+# Calls in flight across the whole run: each paid generate job holds one `api`
+# slot; the global limit comes from api.concurrency unless --resources sets it.
+API_SLOTS_PER_JOB = 1 if cfgmod.is_paid(config) else 0
+if "api" not in workflow.global_resources:
+    workflow.global_resources.update({"api": int(config["api"]["concurrency"])})
+
+wildcard_constraints:
+    image_id=r"(?:(?!__)[^/])+",
+    aug="|".join(map(re.escape, AUG_NAMES)),
+    k=r"\d+",
+
+
+def regenerate_stamp(aug):
+    return str(PIPE / "regenerate" / f"{aug}.stamp")
+
+
+if MAIN:
+    if not Path(TRAIN_CSV).is_file():
+        stop(f"{TRAIN_CSV}: train.csv not found (data.data_root={DATA_ROOT!r}, data.train_csv={config['data']['train_csv']!r})")
+    cfgmod.write_effective_config(config, CONFIG_JSON)
+    cfgmod.write_effective_config(
+        {k: config["data"][k] for k in ("data_root", "train_csv", "primary_targets")}, TARGET_SETTINGS
+    )
+    # Adopt a legacy manifest before any rule can replace it.
+    manifest_mod.adopt_legacy(OUT, DATA_ROOT, MANIFEST)
+    # Regeneration stamps: an input of every generate job, dated 1970 unless
+    # this run regenerates the augmentation (then dated now: outputs are older).
+    for aug in AUG_NAMES:
+        stamp = Path(regenerate_stamp(aug))
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.touch()
+        when = RUN_START if aug in config["regenerate"] else 0
+        os.utime(stamp, (when, when))
+
+
+# ---- input functions ----
+_targets_cache = {}
+
+
+def load_targets():
+    """The checkpoint's table, read once per Snakemake process."""
+    path = checkpoints.targets.get().output[0]
+    mtime = os.stat(path).st_mtime_ns
+    if _targets_cache.get("mtime") != mtime:
+        targets = read_targets(path)
+        _targets_cache.update(mtime=mtime, list=targets, by_id={t.image_id: t for t in targets})
+    return _targets_cache
+
+
+def selected_targets():
+    targets = load_targets()["list"]
+    limit = int(config["limit"])
+    return targets[:limit] if limit > 0 else targets
+
+
+def get_source_image(wildcards):
+    """The source file (existence only: its timestamp never reruns a job).
+    Unusable sources have no input: their jobs fail with the reason."""
+    target = load_targets()["by_id"].get(wildcards.image_id)
+    if target is None or target.problem:
+        return []
+    return ancient(target.source)
+
+
+def get_regenerate_stamp(wildcards):
+    return regenerate_stamp(wildcards.aug)
+
+
+_plan_reported = set()
+
+
+def get_all_outputs(wildcards):
+    """Every output of the selected images x augmentations x variants."""
+    outputs = [
+        str(layout.output_path(OUT, t.image_id, aug, k, EXT))
+        for t in selected_targets()
+        for aug in AUG_NAMES
+        for k in range(NUM_IMAGES[aug])
+    ]
+    if MAIN and "plan" not in _plan_reported:
+        _plan_reported.add("plan")
+        report_plan(outputs)
+    return outputs
+
+
+def report_plan(outputs):
+    regen = set(config["regenerate"])
+    done = sum(1 for o in outputs if os.path.exists(o) and layout.parse_stem(o)[1] not in regen)
+    todo = len(outputs) - done
+    bad = [t for t in selected_targets() if t.problem]
+    lines = [
+        f"plan: {len(outputs)} targets ({len(selected_targets())} images x {len(AUG_NAMES)} augmentations), "
+        f"{done} already done, {todo} to generate"
+        + (f" (regenerating: {', '.join(sorted(regen))})" if regen else "")
+        + f"; provider {config['api']['provider']}, model {config['api']['model']}",
+    ]
+    if cfgmod.is_paid(config) and todo:
+        est = todo * float(config["api"]["pricing"]["image_usd_per_call"])
+        lines.append(f"plan: {todo} paid calls (more if retried), estimated ${est:.2f}")
+    for t in bad:
+        lines.append(f"plan: unusable source, train.csv line {t.row}, image {t.image_id}: {t.problem}")
+    for line in lines:
+        print(line, file=sys.stderr)
+    if not workflow.dryrun:
+        runlog.message(config, "\n".join(lines))
+
+
+# ---- end of run ----
+def finish_run(failed):
+    """Rebuild the manifest when stale (always after failures) and log a summary."""
+    try:
+        if failed or manifest_mod.is_stale(OUT, config["data"]["manifest"]):
+            _, records = manifest_mod.build(OUT, DATA_ROOT, config["data"]["manifest"])
+        else:
+            records = manifest_mod.collect(OUT, DATA_ROOT)
+    except (OSError, UserError) as exc:
+        print(f"ERROR: could not rebuild {MANIFEST}: {exc}", file=sys.stderr)
+        return
+    this_run = [r for r in records if r.ts >= RUN_START and r.origin == "generated"]
+    counts = manifest_mod.count_by_status(this_run)
+    paid = sum(r.attempts for r in this_run) if cfgmod.is_paid(config) else 0
+    cost = sum(r.est_cost_usd or 0.0 for r in this_run)
+    ok = counts.get("success", 0)
+    summary = (
+        f"summary: {ok} generated, {counts.get('failed', 0)} failed this run"
+        f" in {time.time() - RUN_START:.0f}s; manifest {MANIFEST}: {len(records)} rows"
+        f" ({', '.join(f'{v} {k}' for k, v in sorted(manifest_mod.count_by_status(records).items())) or 'empty'})"
+    )
+    if cfgmod.is_paid(config):
+        per = f"{paid / ok:.2f}" if ok else "n/a"
+        summary += f"; {paid} paid calls ({per} per successful output), estimated ${cost:.2f}"
+    if failed:
+        summary += "; failed targets are listed in the manifest (status failed); run the same command again to retry only them"
+    print(summary, file=sys.stderr)
+    runlog.message(config, summary)

@@ -1,0 +1,163 @@
+"""Configuration: schema check with one-line errors, provider defaults, paths.
+
+The Snakefile validates the user's YAML (plus ``--config`` overrides) with
+:func:`check_config` before any job runs, then fills defaults with
+``snakemake.utils.validate``.  The result is written once per run as JSON
+(:func:`write_effective_config`) so every ``generate.py`` job reads the same
+settings without re-parsing YAML or re-validating.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "configs" / "schema" / "config.schema.yaml"
+
+DEFAULT_MODELS = {
+    "gemini": "gemini-3-pro-image-preview",
+    "openrouter": "google/gemini-3-pro-image-preview",
+    "local": "recipes-v1",
+}
+DEFAULT_BASE_URLS = {
+    "gemini": "https://generativelanguage.googleapis.com/v1beta",
+    "openrouter": "https://openrouter.ai/api/v1/chat/completions",
+    "local": None,
+}
+PAID_PROVIDERS = ("gemini", "openrouter")
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _key_path(error) -> str:
+    parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in error.absolute_path]
+    return ".".join(parts).replace(".[", "[") or "(top level)"
+
+
+def _describe(error, schema: dict) -> str:
+    """Turn a jsonschema ValidationError into one actionable line."""
+    key = _key_path(error)
+    v = error.validator
+    if v == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        where = f"{key}." if key != "(top level)" else ""
+        names = ", ".join(f"'{where}{x}'" for x in extra)
+        return f"unknown config key {names}; allowed keys here: {', '.join(allowed)}"
+    if v == "enum":
+        allowed = ", ".join(str(x) for x in error.validator_value)
+        return f"config key '{key}' = {error.instance!r} is not allowed; allowed values: {allowed}"
+    if v == "required":
+        return f"config is missing the required key {error.message.split(' ')[0]} (under {key})"
+    if v == "type":
+        want = error.validator_value
+        want = " or ".join(want) if isinstance(want, list) else want
+        return f"config key '{key}' = {error.instance!r} has the wrong type; expected {want}"
+    if v == "pattern":
+        desc = error.schema.get("description", f"must match {error.validator_value}")
+        return f"config key '{key}' = {error.instance!r} is not allowed: {desc}"
+    if v in ("oneOf", "anyOf"):
+        desc = error.schema.get("description", "")
+        return f"config key '{key}' = {error.instance!r} is not allowed" + (f": {desc}" if desc else "")
+    return f"config key '{key}': {error.message}"
+
+
+def check_config(cfg: dict, schema: dict | None = None) -> None:
+    """Raise ConfigError with one line naming the first bad key and what is allowed."""
+    from jsonschema import Draft202012Validator
+
+    schema = schema or load_schema()
+    validator = Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(list(e.absolute_path)), list(map(str, e.absolute_path))))
+    if errors:
+        raise ConfigError(_describe(errors[0], schema))
+    names = [a["name"] for a in cfg["augmentations"]]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"config key 'augmentations': duplicate name(s) {', '.join(dupes)}; names must be unique")
+
+
+def finalise(cfg: dict) -> dict:
+    """Fill the values whose default depends on the provider (in place)."""
+    api = cfg["api"]
+    provider = api["provider"]
+    if not api.get("model"):
+        api["model"] = DEFAULT_MODELS[provider]
+    if provider == "openrouter" and "/" not in api["model"]:
+        api["model"] = "google/" + api["model"]
+    if not api.get("base_url"):
+        api["base_url"] = DEFAULT_BASE_URLS[provider]
+    if isinstance(cfg.get("regenerate"), str):
+        cfg["regenerate"] = [cfg["regenerate"]] if cfg["regenerate"] else []
+    known = {a["name"] for a in cfg["augmentations"]}
+    unknown = [n for n in cfg["regenerate"] if n != "all" and n not in known]
+    if unknown:
+        raise ConfigError(
+            f"config key 'regenerate': unknown augmentation(s) {', '.join(unknown)}; "
+            f"allowed: all, {', '.join(sorted(known))}"
+        )
+    if "all" in cfg["regenerate"]:
+        cfg["regenerate"] = sorted(known)
+    return cfg
+
+
+def is_paid(cfg: dict) -> bool:
+    return cfg["api"]["provider"] in PAID_PROVIDERS
+
+
+def full_prompt(cfg: dict, aug: dict) -> str:
+    """prompt_prefix + blank line + the augmentation's prompt (as the original tool)."""
+    prefix = (cfg.get("prompt_prefix") or "").strip()
+    prompt = aug["prompt"].strip()
+    return f"{prefix}\n\n{prompt}" if prefix else prompt
+
+
+def augmentation(cfg: dict, name: str) -> dict:
+    for aug in cfg["augmentations"]:
+        if aug["name"] == name:
+            return aug
+    raise ConfigError(f"augmentation '{name}' is not in the config (augmentations[].name)")
+
+
+def data_root(cfg: dict) -> Path:
+    return Path(cfg["data"]["data_root"])
+
+
+def train_csv_path(cfg: dict) -> Path:
+    p = Path(cfg["data"]["train_csv"])
+    return p if p.is_absolute() else data_root(cfg) / p
+
+
+def output_dir(cfg: dict) -> Path:
+    return Path(cfg["data"]["output_dir"])
+
+
+def write_effective_config(cfg: dict, path: Path) -> None:
+    """Write the validated config as JSON, atomically, only if it changed."""
+    text = json.dumps(cfg, indent=1, sort_keys=True)
+    path = Path(path)
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_effective_config(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: effective config not found; run the pipeline through snakemake") from None

@@ -1,0 +1,204 @@
+"""One target: source image -> provider -> post-process -> output + sidecar.
+
+Called once per output file by rule ``generate`` (``scripts/generate.py``).
+Order of writes makes interruption safe: the image and the sidecar are
+written under temporary names, the sidecar is renamed first and the image
+last, so an output file that exists under its final name is always complete
+and described.  A failure writes a ``failed`` sidecar (no image) and exits
+non-zero, so Snakemake records the job as failed and the next run retries it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+from . import config as config_mod
+from . import imaging, layout, postprocess, runlog, sidecar
+from .errors import UserError
+from .sidecar import Record
+from .targets import find_target
+
+
+class TargetFailed(Exception):
+    """This target could not be produced; the message goes into the sidecar."""
+
+    def __init__(self, message: str, reason: str = "", record_updates: dict | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.record_updates = record_updates or {}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_source(target, data_root) -> bytes:
+    """The source bytes, re-checking what the checkpoint found."""
+    if target.problem:
+        raise TargetFailed(f"train.csv line {target.row}, image {target.image_id}: {target.problem}", "BAD_SOURCE")
+    root = Path(data_root).resolve()
+    source = Path(target.source).resolve()
+    if not source.is_relative_to(root):
+        raise TargetFailed(f"image {target.image_id}: path resolves outside data_root: {target.image_path}", "BAD_SOURCE")
+    try:
+        return source.read_bytes()
+    except OSError as exc:
+        raise TargetFailed(f"train.csv line {target.row}, image {target.image_id}: cannot read {source}: {exc.strerror}", "BAD_SOURCE") from exc
+
+
+def _provider_and_policy(cfg: dict):
+    from .providers import RetryPolicy, make_provider
+
+    api_key = None
+    if config_mod.is_paid(cfg):
+        from .keys import load_api_key
+
+        api_key = load_api_key(cfg, Path.cwd())
+    api = cfg["api"]
+    policy = RetryPolicy(
+        max_attempts=int(api["max_retries"]),
+        backoff_s=float(api["retry_backoff_s"]),
+        max_wait_s=float(api["max_retry_wait_s"]),
+    )
+    return make_provider(cfg, api_key), policy
+
+
+def _estimate_cost(cfg: dict, attempts_usage: list) -> float | None:
+    """Estimated USD of every attempt that reported usage (blocked answers can be billed too)."""
+    if not config_mod.is_paid(cfg):
+        return 0.0
+    from .accounting import estimate_cost_usd
+
+    total = None
+    for u in attempts_usage:
+        c = estimate_cost_usd(u, cfg["api"]["pricing"], cfg["api"]["provider"])
+        if c is not None:
+            total = (total or 0.0) + c
+    return total
+
+
+def produce(cfg: dict, target, aug: dict, variant_idx: int, output: Path, record: Record) -> tuple[bytes, object]:
+    """Call the provider (with retries) and post-process; returns (encoded bytes, final image)."""
+    from .providers import GenerationFailed, Request, call_with_retries
+
+    data_root = cfg["data"]["data_root"]
+    source_bytes = _read_source(target, data_root)
+    record.source_sha256 = _sha256(source_bytes)
+    prompt = config_mod.full_prompt(cfg, aug)
+    record.prompt_sha256 = _sha256(prompt.encode("utf-8"))
+    mime = imaging.sniff_mime(source_bytes)
+    if mime is None:
+        raise TargetFailed(f"train.csv line {target.row}, image {target.image_id}: source is not a recognised image: {target.source}", "BAD_SOURCE")
+    provider, policy = _provider_and_policy(cfg)
+    record.provider, record.model = provider.name, provider.model
+    request = Request(
+        image_bytes=source_bytes, mime_type=mime, prompt=prompt, image_id=target.image_id,
+        aug_name=aug["name"], variant_idx=variant_idx, seed=int(cfg.get("seed", 0)),
+        recipe=aug.get("local") or {}, source_path=target.image_path,
+    )
+    usages = []
+
+    def after_attempt(n, gen, err):
+        u = gen.usage if gen is not None else (err.usage if err is not None else None)
+        if u is not None:
+            usages.append(u)
+        if err is not None:
+            runlog.event(cfg, "retry" if err.retryable and n < policy.max_attempts else "attempt", output.stem,
+                         attempt=n, reason=err.reason, error=err.message[:200])
+
+    t0 = time.monotonic()
+    try:
+        gen = call_with_retries(provider, request, policy, after_attempt=after_attempt)
+    except GenerationFailed as failed:
+        record.api_seconds = time.monotonic() - t0
+        record.attempts = failed.attempts
+        record.est_cost_usd = _estimate_cost(cfg, usages)
+        raise TargetFailed(f"after {failed.attempts} attempt(s): {failed.last.message}", failed.last.reason) from None
+    record.api_seconds = time.monotonic() - t0
+    record.attempts = gen.attempts
+    record.model_version, record.response_id = gen.model_version, gen.response_id
+    u = gen.usage
+    record.prompt_tokens, record.candidates_tokens = u.prompt_tokens, u.candidates_tokens
+    record.thoughts_tokens, record.total_tokens, record.cost_usd = u.thoughts_tokens, u.total_tokens, u.cost_usd
+    record.est_cost_usd = _estimate_cost(cfg, usages)
+
+    pp = cfg["postprocess"]
+    if gen.image is not None:
+        image = gen.image.convert("RGB") if gen.image.mode != "RGB" else gen.image
+        if image.width * image.height > int(pp["max_pixels"]):
+            raise TargetFailed(f"model output {image.width}x{image.height} exceeds postprocess.max_pixels", "OVERSIZE")
+    else:
+        try:
+            image = imaging.decode(gen.data, max_pixels=int(pp["max_pixels"]), what="model output")
+        except imaging.DecodeError as exc:
+            raise TargetFailed(str(exc), "UNDECODABLE") from None
+    geo = postprocess.plan(image.width, image.height, pp)
+    for key, value in geo.record().items():
+        setattr(record, key, value)
+    final = postprocess.apply(image, geo, pp)
+    return imaging.encode(final, cfg["data"]["output_ext"], pp), final
+
+
+def run(cfg: dict, targets_csv, image_id: str, aug_name: str, variant_idx: int, output) -> Record:
+    """Produce one output and its sidecar; raises TargetFailed after writing a failed sidecar."""
+    started = time.monotonic()
+    output = Path(output)
+    out_dir = config_mod.output_dir(cfg)
+    data_root = cfg["data"]["data_root"]
+    record = Record(image_id, aug_name, variant_idx, image_path=layout.relative_to_root(output, data_root))
+    side = layout.sidecar_path(out_dir, image_id, aug_name, variant_idx)
+    runlog.event(cfg, "started", output.stem, provider=cfg["api"]["provider"], model=cfg["api"]["model"])
+    try:
+        target = find_target(targets_csv, image_id)
+        if target is None:
+            raise TargetFailed(f"image {image_id} is not in {targets_csv} (not in train.csv, or lacks a primary target)", "UNKNOWN_IMAGE")
+        record.src_image_path = target.image_path
+        aug = config_mod.augmentation(cfg, aug_name)
+        if not 0 <= variant_idx < int(aug.get("num_images", 1)):
+            raise TargetFailed(f"variant v{variant_idx} is outside num_images={aug.get('num_images', 1)} of '{aug_name}'", "UNKNOWN_VARIANT")
+        data, _final = produce(cfg, target, aug, variant_idx, output, record)
+    except (TargetFailed, UserError) as exc:
+        record.status = "failed"
+        record.error = str(exc)
+        record.error_reason = getattr(exc, "reason", "") or exc.__class__.__name__
+        record.ts = time.time()
+        record.seconds = time.monotonic() - started
+        sidecar.write(record, side)
+        runlog.event(cfg, "failed", output.stem, attempts=record.attempts, secs=record.seconds, reason=record.error_reason, error=record.error[:300])
+        raise TargetFailed(record.error, record.error_reason) from None
+
+    record.status = "success"
+    record.output_bytes = len(data)
+    record.ts = time.time()
+    record.seconds = time.monotonic() - started
+    from .fileio import atomic_write_bytes
+
+    sidecar.write(record, side)
+    atomic_write_bytes(output, data)  # last: the output's existence means "done"
+    runlog.event(cfg, "ok", output.stem, attempts=record.attempts, secs=record.seconds,
+                 size=f"{record.out_w}x{record.out_h}", bytes=record.output_bytes)
+    return record
+
+
+def main(argv=None) -> int:
+    """scripts/generate.py --config-json C --targets T --image-id I --aug A --variant K --output O"""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Produce one augmented image and its JSON sidecar.")
+    ap.add_argument("--config-json", required=True, help="effective config written by the Snakefile")
+    ap.add_argument("--targets", required=True, help="targets.csv of checkpoint `targets`")
+    ap.add_argument("--image-id", required=True)
+    ap.add_argument("--aug", required=True)
+    ap.add_argument("--variant", required=True, type=int)
+    ap.add_argument("--output", required=True)
+    args = ap.parse_args(argv)
+    try:
+        cfg = config_mod.read_effective_config(args.config_json)
+        run(cfg, args.targets, args.image_id, args.aug, args.variant, args.output)
+    except (TargetFailed, UserError) as exc:
+        print(f"generate {Path(args.output).name}: FAILED: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,151 @@
+"""Checkpoint `targets`: which images of train.csv get augmented.
+
+``image_id`` is ``sample_id`` up to the first ``__``.  An image is kept when
+every ``data.primary_targets`` entry has a row with a non-null ``target``.
+Each kept image's source file is checked here, once: a path that resolves
+outside ``data_root`` is never opened; a missing or unreadable file is
+recorded with its reason so its generate jobs fail with a clear message
+instead of reading (or sending) anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .errors import UserError
+from .fileio import atomic_write_text
+
+REQUIRED_COLUMNS = ("sample_id", "image_path", "target_name", "target")
+
+
+@dataclass
+class Target:
+    """One source image to augment (a row of targets.csv)."""
+
+    image_id: str
+    image_path: str  # as written in train.csv (relative to data_root)
+    source: str  # resolved path of the file (absolute)
+    row: int  # first train.csv line (1-based, header = line 1) of this image
+    width: int = 0
+    height: int = 0
+    problem: str = ""  # empty when the source is usable
+
+
+COLUMNS = [f.name for f in fields(Target)]
+
+
+def read_train_csv(path):
+    """Read train.csv with pandas and check its columns (clear error naming the file)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: train.csv not found (data.data_root / data.train_csv)")
+    try:
+        df = pd.read_csv(path, dtype={"sample_id": str, "image_path": str, "target_name": str})
+    except Exception as exc:  # pandas raises several parser error types
+        raise UserError(f"{path}: cannot be read as CSV: {exc}") from exc
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, df.columns))}")
+    df["target"] = pd.to_numeric(df["target"], errors="coerce")
+    return df
+
+
+def select_images(df, primary_targets) -> list[tuple[str, str, int]]:
+    """(image_id, image_path, first line) of images having every primary target, sorted by image_id."""
+    import pandas as pd
+
+    df = df.assign(_line=range(2, len(df) + 2))
+    bad = df["sample_id"].isna() | df["image_path"].isna()
+    if bad.any():
+        line = int(df.loc[bad, "_line"].iloc[0])
+        raise UserError(f"train.csv line {line}: empty sample_id or image_path")
+    df = df.assign(image_id=df["sample_id"].str.split("__", n=1).str[0])
+    have = df[df["target_name"].isin(primary_targets) & df["target"].notna()]
+    counts = have.groupby("image_id")["target_name"].nunique()
+    keep = set(counts[counts == len(set(primary_targets))].index)
+    first = df[df["image_id"].isin(keep)].groupby("image_id", sort=True).first()
+    return [(str(i), str(r.image_path), int(r._line)) for i, r in first.iterrows() if not pd.isna(r.image_path)]
+
+
+def check_source(data_root, image_path: str) -> tuple[str, str, int, int]:
+    """Resolve and check one source image without reading past its header.
+
+    Returns (resolved path, problem, width, height); problem is "" when usable.
+    """
+    root = Path(data_root).resolve()
+    resolved = (root / image_path).resolve()
+    if not resolved.is_relative_to(root):
+        return str(resolved), f"path resolves outside data_root ({root}): {image_path}", 0, 0
+    if not resolved.is_file():
+        return str(resolved), f"source image missing: {resolved}", 0, 0
+    if not os.access(resolved, os.R_OK):
+        return str(resolved), f"source image unreadable (permission denied): {resolved}", 0, 0
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(resolved) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        return str(resolved), f"source image unreadable ({exc.__class__.__name__}: {exc}): {resolved}", 0, 0
+    return str(resolved), "", int(w), int(h)
+
+
+def build_targets(train_csv, data_root, primary_targets) -> list[Target]:
+    df = read_train_csv(train_csv)
+    out = []
+    for image_id, image_path, line in select_images(df, list(primary_targets)):
+        source, problem, w, h = check_source(data_root, image_path)
+        out.append(Target(image_id, image_path, source, line, w, h, problem))
+    return out
+
+
+def write_targets(targets: list[Target], path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for t in targets:
+        writer.writerow(t.__dict__)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_targets(path) -> list[Target]:
+    """Read targets.csv (plain csv module: cheap enough to call from every job)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [
+            Target(r["image_id"], r["image_path"], r["source"], int(r["row"]), int(r["width"]), int(r["height"]), r["problem"])
+            for r in csv.DictReader(fh)
+        ]
+
+
+def find_target(path, image_id: str) -> Target | None:
+    with open(path, newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            if r["image_id"] == image_id:
+                return Target(r["image_id"], r["image_path"], r["source"], int(r["row"]), int(r["width"]), int(r["height"]), r["problem"])
+    return None
+
+
+def main(argv=None) -> int:
+    """Entry point of the checkpoint: make_targets.py --config-json C --output O."""
+    import argparse
+
+    from . import config as config_mod
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config-json", required=True)
+    ap.add_argument("--output", required=True)
+    args = ap.parse_args(argv)
+    cfg = config_mod.read_effective_config(args.config_json)
+    targets = build_targets(config_mod.train_csv_path(cfg), config_mod.data_root(cfg), cfg["data"]["primary_targets"])
+    write_targets(targets, args.output)
+    bad = [t for t in targets if t.problem]
+    print(f"targets: {len(targets)} images with {', '.join(cfg['data']['primary_targets'])}; {len(bad)} unusable")
+    for t in bad:
+        print(f"  train.csv line {t.row}, image {t.image_id}: {t.problem}")
+    return 0

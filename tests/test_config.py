@@ -1,0 +1,79 @@
+"""Config validation: one line naming the key and what is allowed."""
+
+import copy
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from nano_banana_aug import config as cfgmod
+from nano_banana_aug.errors import ConfigError
+
+from .helpers import ROOT
+
+SHIPPED = yaml.safe_load((ROOT / "configs" / "nano_banana_pro_augment.yaml").read_text())
+
+
+def checked(cfg):
+    cfgmod.check_config(cfg)
+    validate(cfg, str(cfgmod.SCHEMA_PATH))
+    return cfgmod.finalise(cfg)
+
+
+def test_shipped_configs_are_valid():
+    for name in ("nano_banana_pro_augment.yaml", "sample.yaml"):
+        cfg = copy.deepcopy(SHIPPED)
+        override = yaml.safe_load((ROOT / "configs" / name).read_text())
+        for key, value in override.items():
+            cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+        checked(cfg)
+
+
+def test_original_defaults_filled():
+    cfg = checked({"augmentations": [{"name": "a", "prompt": "p"}]})
+    api, data = cfg["api"], cfg["data"]
+    assert (api["provider"], api["model"], api["concurrency"], api["concurrency_scope"]) == ("gemini", "gemini-3-pro-image-preview", 1, "per_image")
+    assert (api["timeout_s"], api["max_retries"], api["retry_backoff_s"], api["modalities"]) == (120, 3, 5.0, ["image", "text"])
+    assert api["base_url"] == "https://generativelanguage.googleapis.com/v1beta"
+    assert (data["data_root"], data["train_csv"], data["primary_targets"]) == ("data", "train.csv", ["Dry_Total_g"])
+    assert (data["output_dir"], data["output_ext"], data["manifest"], data["log_file"]) == ("data/nano_banana_pro/train", "png", "manifest.csv", "augment.log")
+    pp = cfg["postprocess"]
+    assert (pp["resample"], pp["png_compress_level"], pp["jpeg_quality"], pp["webp_quality"]) == ("bicubic", 6, 95, 90)
+    assert cfg["augmentations"][0]["num_images"] == 1
+
+
+def test_openrouter_defaults():
+    cfg = checked({"api": {"provider": "openrouter", "model": "gemini-2.5-flash-image"}, "augmentations": [{"name": "a", "prompt": "p"}]})
+    assert cfg["api"]["model"] == "google/gemini-2.5-flash-image"
+    assert cfg["api"]["base_url"] == "https://openrouter.ai/api/v1/chat/completions"
+
+
+@pytest.mark.parametrize("patch, expected", [
+    ({"api": {"provder": "gemini"}}, "unknown config key 'api.provder'; allowed keys here: api_key_file"),
+    ({"api": {"provider": "gemni"}}, "config key 'api.provider' = 'gemni' is not allowed; allowed values: gemini, openrouter, local"),
+    ({"postprocess": {"mode": "stretch"}}, "'postprocess.mode' = 'stretch' is not allowed; allowed values: pad, crop"),
+    ({"api": {"concurrency": 0}}, "config key 'api.concurrency': 0 is less than the minimum of 1"),
+    ({"data": {"output_ext": "gif"}}, "allowed values: png, jpg, jpeg, webp"),
+    ({"augmentations": [{"name": "a__b", "prompt": "p"}]}, "'augmentations[0].name' = 'a__b' is not allowed: letters, digits"),
+    ({"augmentations": [{"name": "a", "prompt": "p", "local": {"blurr": 1}}]}, "unknown config key 'augmentations[0].local.blurr'"),
+    ({"augmentations": [{"name": "a", "prompt": "p"}, {"name": "a", "prompt": "q"}]}, "duplicate name(s) a"),
+    ({"limit": "ten"}, "config key 'limit' = 'ten' has the wrong type; expected integer"),
+])
+def test_bad_values_one_line(patch, expected):
+    cfg = {"augmentations": [{"name": "a", "prompt": "p"}]}
+    cfg.update(patch)
+    with pytest.raises(ConfigError) as err:
+        checked(cfg)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_regenerate_names_checked():
+    cfg = checked({"regenerate": "a", "augmentations": [{"name": "a", "prompt": "p"}]})
+    assert cfg["regenerate"] == ["a"]
+    with pytest.raises(ConfigError, match="unknown augmentation.*allowed: all, a"):
+        checked({"regenerate": ["zzz"], "augmentations": [{"name": "a", "prompt": "p"}]})
+
+
+def test_full_prompt_prefix_blank_line():
+    assert cfgmod.full_prompt({"prompt_prefix": "Keep it.\n"}, {"prompt": "Darker."}) == "Keep it.\n\nDarker."
