@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from snakemake.utils import validate
 
 from nano_banana_aug import config as cfgmod
-from nano_banana_aug import layout, manifest as manifest_mod, runlog
+from nano_banana_aug import layout, manifest as manifest_mod, recovery, runlog
+from nano_banana_aug import sidecar as sidecar_mod
 from nano_banana_aug.errors import UserError
 from nano_banana_aug.targets import read_targets
 
@@ -75,8 +76,28 @@ if MAIN:
     cfgmod.write_effective_config(
         {k: config["data"][k] for k in ("data_root", "train_csv", "primary_targets")}, TARGET_SETTINGS
     )
+    # After a hard kill: remove locks of a dead run, keep finished outputs.
+    if not workflow.dryrun:
+        if recovery.clear_stale_locks():
+            print("note: removed the locks of an earlier run that was killed", file=sys.stderr)
+        recovery.record_owner()
+        settled = recovery.settle_incomplete(
+            ".",
+            lambda p: recovery.output_is_done(p, OUT, layout.parse_stem, layout.sidecar_path, sidecar_mod.read),
+        )
+        if settled:
+            print(f"note: {len(settled)} output(s) finished after an interruption are kept", file=sys.stderr)
     # Adopt a legacy manifest before any rule can replace it.
     manifest_mod.adopt_legacy(OUT, DATA_ROOT, MANIFEST)
+    # Snakemake does not rerun a checkpoint whose inputs changed while the
+    # files downstream exist; drop the stale table and the (derived) manifest
+    # so an edited train.csv is re-read. Cheap, and it never reruns a generate
+    # job: those do not depend on the table's file.
+    if not Path(TARGETS_CSV).exists() or any(
+        os.stat(p).st_mtime > os.stat(TARGETS_CSV).st_mtime for p in (TRAIN_CSV, TARGET_SETTINGS)
+    ):
+        for stale in (TARGETS_CSV, MANIFEST):
+            Path(stale).unlink(missing_ok=True)
     # Regeneration stamps: an input of every generate job, dated 1970 unless
     # this run regenerates the augmentation (then dated now: outputs are older).
     for aug in AUG_NAMES:

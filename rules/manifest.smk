@@ -4,7 +4,8 @@
 
 rule manifest:
     input:
-        get_all_outputs,
+        targets=TARGETS_CSV,  # keeps the checkpoint in the DAG: an edited train.csv is re-read
+        outputs=get_all_outputs,
     output:
         MANIFEST,
     localrule: True
