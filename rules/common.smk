@@ -49,6 +49,7 @@ LOG_DIR = PIPE / "logs"
 CONFIG_JSON = str(layout.effective_config(OUT))
 TARGET_SETTINGS = str(PIPE / "target_settings.json")
 TARGETS_CSV = str(layout.targets_table(OUT))
+RUN_STAMP = str(PIPE / "run.stamp")
 MANIFEST = f"{OUT}/{config['data']['manifest']}"
 AUG_NAMES = [a["name"] for a in config["augmentations"]]
 NUM_IMAGES = {a["name"]: int(a["num_images"]) for a in config["augmentations"]}
@@ -89,23 +90,24 @@ if MAIN:
             print(f"note: {len(settled)} output(s) finished after an interruption are kept", file=sys.stderr)
     # Adopt a legacy manifest before any rule can replace it.
     manifest_mod.adopt_legacy(OUT, DATA_ROOT, MANIFEST)
-    # Snakemake does not rerun a checkpoint whose inputs changed while the
-    # files downstream exist; drop the stale table and the (derived) manifest
-    # so an edited train.csv is re-read. Cheap, and it never reruns a generate
-    # job: those do not depend on the table's file.
-    if not Path(TARGETS_CSV).exists() or any(
-        os.stat(p).st_mtime > os.stat(TARGETS_CSV).st_mtime for p in (TRAIN_CSV, TARGET_SETTINGS)
-    ):
-        for stale in (TARGETS_CSV, MANIFEST):
-            Path(stale).unlink(missing_ok=True)
+    # The manifest is rebuilt by every run: its `run` stamp is always newer.
+    # (Without this Snakemake would not even schedule the missing outputs of
+    # an existing manifest, e.g. after `limit` was raised or a job failed, nor
+    # re-read an edited train.csv through checkpoint `targets`.)
+    # (Its content changes too: Snakemake ignores a newer mtime of a small
+    # input whose checksum is unchanged.)
+    Path(RUN_STAMP).parent.mkdir(parents=True, exist_ok=True)
+    Path(RUN_STAMP).write_text(f"{RUN_START!r} {os.getpid()}\n")
     # Regeneration stamps: an input of every generate job, dated 1970 unless
     # this run regenerates the augmentation (then dated now: outputs are older).
     for aug in AUG_NAMES:
         stamp = Path(regenerate_stamp(aug))
         stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.touch()
-        when = RUN_START if aug in config["regenerate"] else 0
-        os.utime(stamp, (when, when))
+        if aug in config["regenerate"]:
+            stamp.write_text(f"regenerate {aug} {RUN_START!r}\n")  # new content and mtime: outputs are older
+        else:
+            stamp.touch()
+            os.utime(stamp, (0, 0))
 
 
 # ---- input functions ----

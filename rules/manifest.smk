@@ -4,7 +4,8 @@
 
 rule manifest:
     input:
-        targets=TARGETS_CSV,  # keeps the checkpoint in the DAG: an edited train.csv is re-read
+        run=RUN_STAMP,  # touched at the start of every run: the manifest is always rebuilt
+        targets=TARGETS_CSV,
         outputs=get_all_outputs,
     output:
         MANIFEST,

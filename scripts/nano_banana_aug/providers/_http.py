@@ -1,0 +1,228 @@
+"""Plain-``requests`` helpers shared by the HTTP providers.
+
+One POST per attempt, bounded by ``timeout_s``; every way it can fail
+(timeout, dropped connection, HTTP error status, unreadable body) becomes an
+:class:`AttemptError` that says whether another attempt may help and how long
+the server asked us to wait.  Nothing here retries: that is
+:func:`nano_banana_aug.providers.base.call_with_retries`'s job.
+
+No message built here contains the API key: callers pass it as ``secret`` and
+every message goes through :func:`redact` as a last line of defence.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+from dataclasses import dataclass
+
+import requests
+
+from .base import AttemptError
+
+# Statuses where a new attempt may succeed (REFERENCE §3, §4).
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Anything larger than this is not an answer we want to hold in memory.
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+QUOTE_CHARS = 200
+
+
+@dataclass
+class HttpResponse:
+    """What one POST produced: status, headers and the raw body."""
+
+    status: int
+    headers: dict  # case-insensitive (requests' CaseInsensitiveDict)
+    body: bytes
+    seconds: float
+
+    def json(self):
+        """The body parsed as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with every occurrence of ``secret`` replaced by ``***``."""
+    if secret and secret in text:
+        text = text.replace(secret, "***")
+    return text
+
+
+def quote(text, limit: int = QUOTE_CHARS) -> str:
+    """A short, one-line, double-quoted rendering of a service message or model text."""
+    if text is None:
+        return '""'
+    if not isinstance(text, str):
+        text = json.dumps(text, ensure_ascii=False, separators=(",", ":"))
+    one_line = " ".join(text.split())
+    if len(one_line) > limit:
+        one_line = one_line[: limit - 1].rstrip() + "…"
+    return f'"{one_line}"'
+
+
+def parse_duration(value) -> float | None:
+    """Seconds from a protobuf Duration: ``"53s"``, ``"1.5s"``, ``"0.250s"``,
+    or the object form ``{"seconds": 53, "nanos": 0}``.  None if unreadable."""
+    if isinstance(value, dict):
+        try:
+            secs = float(value.get("seconds", 0) or 0) + float(value.get("nanos", 0) or 0) / 1e9
+        except (TypeError, ValueError):
+            return None
+        return secs if secs >= 0 else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) if value >= 0 else None
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*s?\s*", value)
+        if m:
+            return float(m.group(1))
+    return None
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        secs = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        secs = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, secs)
+    return secs if secs >= 0 else None
+
+
+def retry_delay_from_details(details) -> float | None:
+    """``retryDelay`` of a ``google.rpc.RetryInfo`` entry in a Google error's details."""
+    if not isinstance(details, list):
+        return None
+    for item in details:
+        if isinstance(item, dict) and str(item.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            found = parse_duration(item.get("retryDelay", item.get("retry_delay")))
+            if found is not None:
+                return found
+    return None
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception behind a requests/urllib3 error (for short messages)."""
+    seen = set()
+    cur: BaseException = exc
+    while id(cur) not in seen:
+        seen.add(id(cur))
+        nxt = getattr(cur, "reason", None)
+        if not isinstance(nxt, BaseException):
+            nxt = next((a for a in getattr(cur, "args", ()) if isinstance(a, BaseException)), None)
+        if not isinstance(nxt, BaseException):
+            nxt = cur.__cause__ or cur.__context__
+        if not isinstance(nxt, BaseException):
+            break
+        cur = nxt
+    return cur
+
+
+def _describe(exc: BaseException) -> str:
+    root = _root_cause(exc)
+    text = str(root) or type(root).__name__
+    return f"{type(root).__name__}: {quote(text, 160)[1:-1]}" if str(root) else type(root).__name__
+
+
+def post_json(
+    session: requests.Session,
+    url: str,
+    *,
+    headers: dict,
+    body: dict,
+    timeout_s: float,
+    secret: str | None = None,
+) -> HttpResponse:
+    """POST ``body`` as JSON and read the whole answer within ``timeout_s``.
+
+    The headers must arrive within ``timeout_s``; the body is then read in
+    chunks and abandoned once ``timeout_s`` has passed since the start.
+    Timeouts, refused or dropped connections and truncated bodies raise a
+    retryable :class:`AttemptError`; HTTP statuses are returned as they are
+    (see :func:`status_error`).
+    """
+    started = time.monotonic()
+    deadline = started + timeout_s
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    send_headers = {"Content-Type": "application/json", **headers}
+    try:
+        resp = session.post(url, data=data, headers=send_headers, timeout=(min(timeout_s, 30.0), timeout_s), stream=True)
+        try:
+            chunks, size = [], 0
+            for chunk in resp.iter_content(chunk_size=256 * 1024):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise AttemptError(
+                        f"response larger than {MAX_RESPONSE_BYTES // (1024 * 1024)} MiB; refused",
+                        retryable=False, status=resp.status_code, reason="RESPONSE_TOO_LARGE",
+                    )
+                if time.monotonic() > deadline:
+                    raise requests.Timeout("response body not complete within the timeout")
+            status, resp_headers = resp.status_code, resp.headers
+        finally:
+            resp.close()
+    except requests.Timeout as exc:
+        raise AttemptError(
+            redact(f"request timed out after {timeout_s:g} s (api.timeout_s): {_describe(exc)}", secret),
+            retryable=True, reason="TIMEOUT",
+        ) from None
+    except requests.ConnectionError as exc:
+        raise AttemptError(
+            redact(f"connection failed: {_describe(exc)}", secret), retryable=True, reason="CONNECTION",
+        ) from None
+    except requests.RequestException as exc:  # ChunkedEncodingError, ContentDecodingError, ...
+        raise AttemptError(
+            redact(f"transfer failed: {_describe(exc)}", secret), retryable=True, reason="TRANSFER",
+        ) from None
+    return HttpResponse(status=status, headers=resp_headers, body=b"".join(chunks), seconds=time.monotonic() - started)
+
+
+def retryable_status(status: int) -> bool:
+    """408, 429 and every 5xx may succeed later; other 4xx will not."""
+    return status in RETRYABLE_STATUS or 500 <= status <= 599
+
+
+def status_error(
+    resp: HttpResponse,
+    *,
+    message: str,
+    status_name: str = "",
+    detail: str = "",
+    retry_after: float | None = None,
+    hint: str = "",
+    secret: str | None = None,
+) -> AttemptError:
+    """The AttemptError for an HTTP error status.
+
+    Message shape: ``HTTP 400 INVALID_ARGUMENT: <service message> (<detail>) <hint>``.
+    ``retry_after`` defaults to the ``Retry-After`` header.
+    """
+    if retry_after is None:
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+    head = f"HTTP {resp.status}" + (f" {status_name}" if status_name else "")
+    text = f"{head}: {quote(message)[1:-1]}" if message else head
+    if detail:
+        text += f" ({detail})"
+    if hint:
+        text += f" {hint}"
+    return AttemptError(
+        redact(text, secret),
+        retryable=retryable_status(resp.status),
+        status=resp.status,
+        reason=f"HTTP_{resp.status}",
+        retry_after=retry_after,
+    )
