@@ -54,11 +54,14 @@ MANIFEST = f"{OUT}/{config['data']['manifest']}"
 AUG_NAMES = [a["name"] for a in config["augmentations"]]
 NUM_IMAGES = {a["name"]: int(a["num_images"]) for a in config["augmentations"]}
 
-# Calls in flight across the whole run: each paid generate job holds one `api`
-# slot; the global limit comes from api.concurrency unless --resources sets it.
+# Calls in flight are capped at api.concurrency by slot locks held only during
+# each HTTP call (nano_banana_aug.slots), across all jobs and nodes. The `api`
+# resource bounds how many paid jobs run (or sit queued on a cluster) at once:
+# 2 x concurrency lets post-processing overlap other calls' waiting.
+# Override with --resources api=N.
 API_SLOTS_PER_JOB = 1 if cfgmod.is_paid(config) else 0
 if "api" not in workflow.global_resources:
-    workflow.global_resources.update({"api": int(config["api"]["concurrency"])})
+    workflow.global_resources.update({"api": 2 * int(config["api"]["concurrency"])})
 
 wildcard_constraints:
     image_id=r"(?:(?!__)[^/])+",

@@ -63,7 +63,13 @@ def _provider_and_policy(cfg: dict):
         backoff_s=float(api["retry_backoff_s"]),
         max_wait_s=float(api["max_retry_wait_s"]),
     )
-    return make_provider(cfg, api_key), policy
+    provider = make_provider(cfg, api_key)
+    if provider.paid:
+        from .slots import CallSlots, SlotLimited
+
+        slots = CallSlots(layout.pipeline_dir(cfg["data"]["output_dir"]) / "slots", int(api["concurrency"]))
+        provider = SlotLimited(provider, slots)
+    return provider, policy
 
 
 def _estimate_cost(cfg: dict, attempts_usage: list) -> float | None:

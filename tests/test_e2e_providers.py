@@ -1,0 +1,162 @@
+"""End to end against the stand-in: the full pipeline with the gemini and
+openrouter providers, the real `snakemake`, and the stand-in on 127.0.0.1."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .helpers import copy_workflow, make_dataset, snakemake
+from .standin.server import B
+
+pytestmark = pytest.mark.e2e
+pytest_plugins = ["tests.standin.fixtures"]
+
+AUGS = [
+    {"name": "overcast", "prompt": "Make it overcast.", "num_images": 1},
+    {"name": "noise", "prompt": "Add sensor noise.", "num_images": 1},
+]
+
+
+def make_run(tmp_path: Path, standin, provider="gemini", n_images=2, augs=AUGS, write_key=True, **api) -> Path:
+    wf = copy_workflow(tmp_path / "wf")
+    make_dataset(wf / "data", n=n_images, size=(200, 100))
+    base = standin.gemini_base_url if provider == "gemini" else standin.openrouter_url
+    cfg = {
+        "api": {"provider": provider, "model": None, "base_url": base, "max_retries": 3, "retry_backoff_s": 0.05,
+                "timeout_s": 10, "concurrency": 2, **api},
+        "data": {"data_root": "data", "output_dir": "data/aug"},
+        "postprocess": {"enforce_aspect_ratio": 2.0, "mode": "pad", "png_compress_level": 1},
+        "prompt_prefix": "Change only imaging conditions.",
+        "augmentations": augs,
+    }
+    (wf / "run.yaml").write_text(yaml.safe_dump(cfg))
+    if write_key:
+        (wf / f"{provider}.secret").write_text(standin.api_key + "\n")
+    return wf
+
+
+def run(wf, *args, check=True, env=None):
+    res = snakemake(wf, "-j", "8", "--configfile", "run.yaml", *args, env=env)
+    if check and res.returncode != 0:
+        raise AssertionError(f"snakemake failed ({res.returncode}):\n{res.stderr[-4000:]}")
+    return res
+
+
+def rows(wf):
+    with open(wf / "data" / "aug" / "manifest.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def files_containing(root: Path, needle: str, skip=()) -> list[str]:
+    hits = []
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            p = Path(dirpath) / name
+            if p.name in skip:
+                continue
+            try:
+                if needle.encode() in p.read_bytes():
+                    hits.append(str(p.relative_to(root)))
+            except OSError:
+                pass
+    return hits
+
+
+@pytest.mark.parametrize("provider", ["gemini", "openrouter"])
+def test_retries_recovered_accounting_and_no_key_anywhere(tmp_path, standin, provider):
+    wf = make_run(tmp_path, standin, provider)
+    if provider == "gemini":
+        standin.script("gemini", B("rate_limit", retry_delay="0.2s"), B("overloaded"), B("ok", thoughts=2))
+    else:
+        standin.script("openrouter", B("rate_limit", retry_after="0.2"), B("http200_error"), B("ok"))
+    res = run(wf)
+    assert "plan: 4 paid calls (more if retried), estimated $0.54" in res.stderr
+    got = rows(wf)
+    assert len(got) == 4 and {r["status"] for r in got} == {"success"}
+    assert sum(int(r["attempts"]) for r in got) == 6  # two failed attempts were retried
+    r = got[0]
+    assert r["provider"] == provider and r["model"].endswith("gemini-3-pro-image-preview")
+    assert (r["orig_w"], r["orig_h"], r["aspect_w"], r["aspect_h"]) == ("1376", "768", "1536", "768")
+    assert r["pad_area_px"] == "122880" and float(r["area_scale"]) == pytest.approx(1536 / 1376)
+    assert r["response_id"] and r["prompt_tokens"] and float(r["est_cost_usd"]) > 0.1
+    assert "paid calls (1.50 per successful output)" in res.stderr
+    # the key: only in the request header, never in any file the run wrote
+    assert standin.key_leaks(standin.api_key) == []
+    assert files_containing(wf, standin.api_key, skip={f"{provider}.secret"}) == []
+    assert standin.api_key not in res.stderr + res.stdout
+
+    # resume: no call for finished outputs; --forcerun generate repeats them
+    before = len(standin.requests)
+    run(wf)
+    assert len(standin.requests) == before
+    run(wf, "--forcerun", "generate")
+    assert len(standin.requests) == before + 4
+
+
+def test_blocks_are_failed_rows_and_run_fails(tmp_path, standin):
+    wf = make_run(tmp_path, standin)
+    standin.set_default("gemini", B("image_safety"), match="sensor noise")
+    res = run(wf, check=False)
+    assert res.returncode != 0
+    by_aug = {}
+    for r in rows(wf):
+        by_aug.setdefault(r["aug_name"], []).append(r)
+    assert {r["status"] for r in by_aug["overcast"]} == {"success"}
+    failed = by_aug["noise"]
+    assert {r["status"] for r in failed} == {"failed"} and all(r["attempts"] == "3" for r in failed)
+    assert all("IMAGE_SAFETY" in r["error"] and r["error_reason"] == "IMAGE_SAFETY" for r in failed)
+    assert not list((wf / "data" / "aug").glob("*__noise__*.png"))
+    # next run retries only the failed ones
+    standin.set_default("gemini", B("ok"), match="sensor noise")
+    before = len(standin.requests)
+    run(wf)
+    assert len(standin.requests) - before == 2
+    assert {r["status"] for r in rows(wf)} == {"success"}
+
+
+def test_non_retryable_error_fails_at_once(tmp_path, standin):
+    wf = make_run(tmp_path, standin, provider="openrouter", n_images=1, augs=AUGS[:1])
+    standin.set_default("openrouter", B("no_credits"))
+    res = run(wf, check=False)
+    assert res.returncode != 0
+    (r,) = rows(wf)
+    assert r["status"] == "failed" and r["attempts"] == "1" and "402" in r["error"] and "credits" in r["error"].lower()
+
+
+def test_concurrency_cap_holds_while_calls_overlap(tmp_path, standin):
+    augs = [{"name": "overcast", "prompt": "Overcast.", "num_images": 4}]
+    wf = make_run(tmp_path, standin, n_images=2, augs=augs, concurrency=2)
+    standin.latency = 1.0
+    run(wf)
+    assert len(rows(wf)) == 8
+    assert standin.max_in_flight == 2  # never more than api.concurrency, and calls did overlap
+
+
+def test_missing_key_stops_before_any_job(tmp_path, standin):
+    wf = make_run(tmp_path, standin, write_key=False)
+    env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+    res = run(wf, check=False, env=env)
+    assert res.returncode != 0
+    assert "gemini.secret" in res.stderr and "GEMINI_API_KEY" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert standin.requests == [] and not (wf / "data" / "aug" / "sidecars").exists()
+
+
+def test_key_from_environment(tmp_path, standin):
+    wf = make_run(tmp_path, standin, n_images=1, augs=AUGS[:1], write_key=False)
+    env = dict(os.environ, GEMINI_API_KEY=standin.api_key)
+    res = run(wf, env=env)
+    assert rows(wf)[0]["status"] == "success"
+    assert files_containing(wf, standin.api_key) == [] and standin.api_key not in res.stderr
+
+
+def test_plain_http_to_a_remote_host_is_refused(tmp_path, standin):
+    wf = make_run(tmp_path, standin, base_url="http://example.com/v1beta")
+    res = run(wf, check=False)
+    assert res.returncode != 0 and "api.base_url" in res.stderr and "https" in res.stderr
+    assert standin.requests == []
