@@ -20,7 +20,7 @@ include: "rules/manifest.smk"
 rule all:
     default_target: True
     input:
-        MANIFEST,
+        get_final_targets,
 
 
 onsuccess:

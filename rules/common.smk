@@ -29,6 +29,7 @@ def stop(message):
 
 # ---- configuration: one clear line for a bad key, then defaults filled ----
 try:
+    cfgmod.coerce_command_line(config)
     cfgmod.check_config(config)
     validate(config, str(cfgmod.SCHEMA_PATH))
     cfgmod.finalise(config)
@@ -76,7 +77,8 @@ def regenerate_stamp(aug):
 if MAIN:
     if not Path(TRAIN_CSV).is_file():
         stop(f"{TRAIN_CSV}: train.csv not found (data.data_root={DATA_ROOT!r}, data.train_csv={config['data']['train_csv']!r})")
-    cfgmod.write_effective_config(config, CONFIG_JSON)
+    # the run's identity (budget ledger) travels with the effective config
+    cfgmod.write_effective_config({**config, "_run": {"id": f"{int(RUN_START)}-{os.getpid()}"}}, CONFIG_JSON)
     cfgmod.write_effective_config(
         {k: config["data"][k] for k in ("data_root", "train_csv", "primary_targets")}, TARGET_SETTINGS
     )
@@ -163,6 +165,14 @@ def get_all_outputs(wildcards):
     return outputs
 
 
+def get_final_targets(wildcards):
+    """The manifest; with plan_only=true just the checkpoint (and the plan it prints)."""
+    if config["plan_only"]:
+        get_all_outputs(wildcards)  # reports the plan
+        return [TARGETS_CSV]
+    return [MANIFEST]
+
+
 def report_plan(outputs):
     regen = set(config["regenerate"])
     done = sum(1 for o in outputs if os.path.exists(o) and layout.parse_stem(o)[1] not in regen)
@@ -177,6 +187,14 @@ def report_plan(outputs):
     if cfgmod.is_paid(config) and todo:
         est = todo * float(config["api"]["pricing"]["image_usd_per_call"])
         lines.append(f"plan: {todo} paid calls (more if retried), estimated ${est:.2f}")
+        api = config["api"]
+        if api["max_calls"] is not None or api["max_cost_usd"] is not None:
+            limits = [f"max_calls={api['max_calls']}" if api["max_calls"] is not None else "",
+                      f"max_cost_usd=${api['max_cost_usd']:.2f}" if api["max_cost_usd"] is not None else ""]
+            lines.append(f"plan: budget of this run: {' '.join(x for x in limits if x)}; "
+                         "targets past it are recorded as over_budget and left for the next run")
+    if config["plan_only"]:
+        lines.append("plan: plan_only=true: nothing is generated")
     for t in bad:
         lines.append(f"plan: unusable source, train.csv line {t.row}, image {t.image_id}: {t.problem}")
     for line in lines:
@@ -209,6 +227,8 @@ def finish_run(failed):
     if cfgmod.is_paid(config):
         per = f"{paid / ok:.2f}" if ok else "n/a"
         summary += f"; {paid} paid calls ({per} per successful output), estimated ${cost:.2f}"
+    if counts.get("over_budget"):
+        summary += f"; {counts['over_budget']} not generated: budget reached (run again to continue)"
     if failed:
         summary += "; failed targets are listed in the manifest (status failed); run the same command again to retry only them"
     print(summary, file=sys.stderr)

@@ -160,3 +160,38 @@ def test_plain_http_to_a_remote_host_is_refused(tmp_path, standin):
     res = run(wf, check=False)
     assert res.returncode != 0 and "api.base_url" in res.stderr and "https" in res.stderr
     assert standin.requests == []
+
+
+def test_plan_only_calls_nothing(tmp_path, standin):
+    wf = make_run(tmp_path, standin, n_images=3)
+    res = run(wf, "--config", "plan_only=true")
+    assert "plan: 6 targets (3 images x 2 augmentations), 0 already done, 6 to generate" in res.stderr
+    assert "plan: 6 paid calls (more if retried), estimated $0.81" in res.stderr
+    assert standin.requests == []
+    assert not list((wf / "data" / "aug").glob("*.png"))
+    assert "estimated $0.81" in (wf / "data" / "aug" / "augment.log").read_text()
+
+
+def test_budget_guard_stops_paid_calls_and_resumes(tmp_path, standin):
+    augs = [{"name": "overcast", "prompt": "Overcast.", "num_images": 3}]
+    wf = make_run(tmp_path, standin, n_images=2, augs=augs, concurrency=2, max_calls=4)
+    res = run(wf, check=False)
+    assert res.returncode != 0
+    assert len(standin.requests) == 4  # never more than api.max_calls, across parallel jobs
+    got = rows(wf)
+    assert sorted(r["status"] for r in got) == ["over_budget"] * 2 + ["success"] * 4
+    assert all("budget reached" in r["error"] and "api.max_calls=4" in r["error"] for r in got if r["status"] == "over_budget")
+    assert "2 not generated: budget reached" in res.stderr
+    assert "over_budget" in (wf / "data" / "aug" / "augment.log").read_text()
+    # the next run has its own budget and pays only for what is missing
+    run(wf)
+    assert len(standin.requests) == 6
+    assert {r["status"] for r in rows(wf)} == {"success"}
+
+
+def test_cost_budget(tmp_path, standin):
+    augs = [{"name": "overcast", "prompt": "Overcast.", "num_images": 3}]
+    wf = make_run(tmp_path, standin, n_images=1, augs=augs, concurrency=1, max_cost_usd=0.30)
+    run(wf, check=False)
+    assert len(standin.requests) == 2
+    assert sorted(r["status"] for r in rows(wf)) == ["over_budget", "success", "success"]

@@ -70,6 +70,18 @@ def _describe(error, schema: dict) -> str:
     return f"config key '{key}': {error.message}"
 
 
+_TRUTH = {"true": True, "yes": True, "1": True, "on": True, "false": False, "no": False, "0": False, "off": False}
+
+
+def coerce_command_line(cfg: dict) -> dict:
+    """``--config plan_only=true`` arrives as the string "true": make it a boolean."""
+    for key in ("plan_only",):
+        value = cfg.get(key)
+        if isinstance(value, str) and value.strip().lower() in _TRUTH:
+            cfg[key] = _TRUTH[value.strip().lower()]
+    return cfg
+
+
 def check_config(cfg: dict, schema: dict | None = None) -> None:
     """Raise ConfigError with one line naming the first bad key and what is allowed."""
     from jsonschema import Draft202012Validator

@@ -25,10 +25,10 @@ from .targets import find_target
 class TargetFailed(Exception):
     """This target could not be produced; the message goes into the sidecar."""
 
-    def __init__(self, message: str, reason: str = "", record_updates: dict | None = None):
+    def __init__(self, message: str, reason: str = "", status: str = "failed"):
         super().__init__(message)
         self.reason = reason
-        self.record_updates = record_updates or {}
+        self.status = status  # failed | over_budget
 
 
 def _sha256(data: bytes) -> str:
@@ -72,6 +72,19 @@ def _provider_and_policy(cfg: dict):
     return provider, policy
 
 
+def _ledger(cfg: dict):
+    """This run's budget ledger, or None when no budget is set."""
+    api = cfg["api"]
+    if api.get("max_calls") is None and api.get("max_cost_usd") is None:
+        return None
+    from .budget import Ledger
+
+    run_id = (cfg.get("_run") or {}).get("id", "adhoc")
+    return Ledger(layout.pipeline_dir(cfg["data"]["output_dir"]) / "ledger", run_id,
+                  max_calls=api.get("max_calls"), max_cost_usd=api.get("max_cost_usd"),
+                  reserve_usd=float(api["pricing"]["image_usd_per_call"]))
+
+
 def _estimate_cost(cfg: dict, attempts_usage: list) -> float | None:
     """Estimated USD of every attempt that reported usage (blocked answers can be billed too)."""
     if not config_mod.is_paid(cfg):
@@ -88,6 +101,7 @@ def _estimate_cost(cfg: dict, attempts_usage: list) -> float | None:
 
 def produce(cfg: dict, target, aug: dict, variant_idx: int, output: Path, record: Record) -> tuple[bytes, object]:
     """Call the provider (with retries) and post-process; returns (encoded bytes, final image)."""
+    from .budget import BudgetExceeded
     from .providers import GenerationFailed, Request, call_with_retries
 
     data_root = cfg["data"]["data_root"]
@@ -106,18 +120,29 @@ def produce(cfg: dict, target, aug: dict, variant_idx: int, output: Path, record
         recipe=aug.get("local") or {}, source_path=target.image_path,
     )
     usages = []
+    ledger = _ledger(cfg) if provider.paid else None
+
+    def before_attempt(n):
+        if ledger is not None:
+            ledger.reserve()
 
     def after_attempt(n, gen, err):
         u = gen.usage if gen is not None else (err.usage if err is not None else None)
         if u is not None:
             usages.append(u)
+        if ledger is not None:
+            ledger.settle(_estimate_cost(cfg, [u]) if u is not None else None)
         if err is not None:
             runlog.event(cfg, "retry" if err.retryable and n < policy.max_attempts else "attempt", output.stem,
                          attempt=n, reason=err.reason, error=err.message[:200])
 
     t0 = time.monotonic()
     try:
-        gen = call_with_retries(provider, request, policy, after_attempt=after_attempt)
+        gen = call_with_retries(provider, request, policy, before_attempt=before_attempt, after_attempt=after_attempt)
+    except BudgetExceeded as exc:
+        record.api_seconds = time.monotonic() - t0
+        record.est_cost_usd = _estimate_cost(cfg, usages)
+        raise TargetFailed(f"not generated: {exc.message} (run again to continue)", "BUDGET", status="over_budget") from None
     except GenerationFailed as failed:
         record.api_seconds = time.monotonic() - t0
         record.attempts = failed.attempts
@@ -167,14 +192,14 @@ def run(cfg: dict, targets_csv, image_id: str, aug_name: str, variant_idx: int, 
             raise TargetFailed(f"variant v{variant_idx} is outside num_images={aug.get('num_images', 1)} of '{aug_name}'", "UNKNOWN_VARIANT")
         data, _final = produce(cfg, target, aug, variant_idx, output, record)
     except (TargetFailed, UserError) as exc:
-        record.status = "failed"
+        record.status = getattr(exc, "status", "failed")
         record.error = str(exc)
         record.error_reason = getattr(exc, "reason", "") or exc.__class__.__name__
         record.ts = time.time()
         record.seconds = time.monotonic() - started
         sidecar.write(record, side)
-        runlog.event(cfg, "failed", output.stem, attempts=record.attempts, secs=record.seconds, reason=record.error_reason, error=record.error[:300])
-        raise TargetFailed(record.error, record.error_reason) from None
+        runlog.event(cfg, record.status, output.stem, attempts=record.attempts, secs=record.seconds, reason=record.error_reason, error=record.error[:300])
+        raise TargetFailed(record.error, record.error_reason, record.status) from None
 
     record.status = "success"
     record.output_bytes = len(data)

@@ -1,0 +1,84 @@
+"""Budget guard: a run-wide ledger of paid calls and estimated cost.
+
+Every paid attempt first *reserves* its place in the ledger of this run
+(``{output_dir}/.pipeline/ledger/<run_id>.json``) under an exclusive lock, so
+parallel jobs — also on other nodes of a shared filesystem — never start more
+calls than ``api.max_calls`` or spend past ``api.max_cost_usd``.  A
+reservation counts one call at the planning price (``pricing.image_usd_per_call``);
+after the call the estimate from the reported usage replaces it.  When the
+budget is used up the job ends without a call; its target is recorded as
+``over_budget`` and the next run (with a new budget) picks it up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from .providers.base import AttemptError
+
+
+class BudgetExceeded(AttemptError):
+    def __init__(self, message: str):
+        super().__init__(message, retryable=False, reason="BUDGET")
+
+
+class Ledger:
+    def __init__(self, directory, run_id: str, *, max_calls=None, max_cost_usd=None, reserve_usd: float = 0.0):
+        self.path = Path(directory) / f"{run_id}.json"
+        self.lock_path = Path(directory) / f"{run_id}.lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_calls = max_calls
+        self.max_cost_usd = max_cost_usd
+        self.reserve_usd = float(reserve_usd)
+
+    @property
+    def active(self) -> bool:
+        return self.max_calls is not None or self.max_cost_usd is not None
+
+    @contextmanager
+    def _locked(self):
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            state = self.read()
+            yield state
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, self.path)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {"calls": 0, "cost_usd": 0.0, "refused": 0}
+
+    def reserve(self) -> None:
+        """Count one paid call, or raise BudgetExceeded without counting it."""
+        refusal = ""
+        with self._locked() as state:
+            if self.max_calls is not None and state["calls"] >= self.max_calls:
+                refusal = f"budget reached: {state['calls']} paid calls of api.max_calls={self.max_calls} in this run"
+            elif self.max_cost_usd is not None and state["cost_usd"] + self.reserve_usd > self.max_cost_usd + 1e-12:
+                refusal = (f"budget reached: ${state['cost_usd']:.2f} estimated of "
+                           f"api.max_cost_usd=${self.max_cost_usd:.2f} in this run")
+            if refusal:
+                state["refused"] = state.get("refused", 0) + 1
+            else:
+                state["calls"] += 1
+                state["cost_usd"] += self.reserve_usd
+        if refusal:
+            raise BudgetExceeded(refusal)
+
+    def settle(self, actual_usd: float | None) -> None:
+        """Replace the reservation of one call by its estimated cost."""
+        if actual_usd is None:
+            return
+        with self._locked() as state:
+            state["cost_usd"] += float(actual_usd) - self.reserve_usd
