@@ -1,0 +1,298 @@
+#!/usr/bin/env python
+"""Throughput of the pipeline against the API stand-in, next to a thread-pool baseline.
+
+    python bench/throughput.py                      # N=96, L=5 s, C=8, -j 16, 3 repeats
+    python bench/throughput.py --quick              # N=32, L=2 s, 1 repeat
+    python bench/throughput.py --write-results      # also update bench/RESULTS.md
+
+The physical limit of a paid run is ``concurrency / latency`` calls per
+second, so the efficiency of a run of N calls is ``N*L/C / wall`` (1.0 = the
+limit).  The baseline is the original tool's shape: one process, a pool of C
+threads, each doing the same call, decode, pad, PNG encode and write.  Also
+measured: where a job's time goes (per-stage profile), and the `local`
+provider's images/s against the same operations in a plain loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+
+from tests.helpers import copy_workflow, make_dataset  # noqa: E402
+
+KEY = "bench-key-not-secret"
+
+
+def start_standin(latency: float, workdir: Path):
+    ready = workdir / "standin.url"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.standin.server", "--port", "0", "--latency", str(latency),
+         "--api-key", KEY, "--ready-file", str(ready)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 30
+    while not ready.exists():
+        if time.time() > deadline or proc.poll() is not None:
+            raise RuntimeError("stand-in did not start")
+        time.sleep(0.05)
+    return proc, ready.read_text().strip()
+
+
+def setup(workdir: Path, n: int, variants: int, url: str, concurrency: int, provider: str, png_level: int) -> Path:
+    wf = copy_workflow(workdir / "wf")
+    n_images = -(-n // variants)
+    make_dataset(wf / "data", n=n_images, size=(2000, 1000))
+    cfg = {
+        "api": {"provider": provider, "model": "recipes-v1" if provider == "local" else None,
+                "base_url": f"{url}/v1beta" if provider == "gemini" else None,
+                "concurrency": concurrency, "max_retries": 1, "timeout_s": 60},
+        "data": {"data_root": "data", "output_dir": "data/aug"},
+        "postprocess": {"enforce_aspect_ratio": 2.0, "mode": "pad", "png_compress_level": png_level},
+        "augmentations": [{"name": "overcast", "prompt": "Overcast.", "num_images": variants,
+                           "local": {"exposure": -0.3, "white_balance": 7000, "gaussian_noise": 0.01}}],
+    }
+    (wf / "run.yaml").write_text(yaml.safe_dump(cfg))
+    (wf / "gemini.secret").write_text(KEY)
+    return wf
+
+
+def clear_outputs(wf: Path):
+    shutil.rmtree(wf / "data" / "aug", ignore_errors=True)
+    shutil.rmtree(wf / ".snakemake", ignore_errors=True)
+
+
+def run_pipeline(wf: Path, jobs: int, limit_images: int | None = None) -> float:
+    args = [sys.executable, "-m", "snakemake", "-j", str(jobs), "--configfile", "run.yaml", "--quiet", "all"]
+    if limit_images:
+        args += ["--config", f"limit={limit_images}"]
+    t0 = time.monotonic()
+    res = subprocess.run(args, cwd=wf, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr[-3000:])
+    return wall
+
+
+def baseline(wf: Path, threads: int, concurrency: int, url: str, png_level: int) -> float:
+    """The original tool's shape: C threads in one process, same call + post-processing + write."""
+    from nano_banana_aug import imaging, postprocess
+    from nano_banana_aug.providers.base import Request
+    from nano_banana_aug.providers.gemini import GeminiProvider
+
+    cfg = yaml.safe_load((wf / "run.yaml").read_text())
+    variants = cfg["augmentations"][0]["num_images"]
+    pp = {"enforce_aspect_ratio": 2.0, "mode": "pad", "pad_mode": "reflect", "target_size": None,
+          "resample": "bicubic", "png_compress_level": png_level}
+    out = wf / "baseline_out"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    sources = sorted((wf / "data" / "train").glob("*.jpg"))
+    jobs = [(src, k) for src in sources for k in range(variants)]
+    provider = GeminiProvider(api_key=KEY, base_url=f"{url}/v1beta", timeout_s=60)
+
+    def one(job):
+        src, k = job
+        data = src.read_bytes()
+        gen = provider.attempt(Request(data, "image/jpeg", "Overcast.", src.stem, "overcast", k))
+        image = imaging.decode(gen.data, max_pixels=50_000_000)
+        geo = postprocess.plan(image.width, image.height, pp)
+        png = imaging.encode(postprocess.apply(image, geo, pp), "png", pp)
+        (out / f"{src.stem}__overcast__v{k}.png").write_bytes(png)
+        (out / f"{src.stem}__overcast__v{k}.json").write_text(json.dumps(geo.record()))
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(one, jobs))
+    return time.monotonic() - t0
+
+
+def stage_profile(wf: Path, png_levels=(1, 6), repeats: int = 5) -> dict:
+    """Seconds per stage of one target, measured in isolation (medians)."""
+    from PIL import Image
+
+    from nano_banana_aug import imaging, postprocess
+
+    def med(fn, n=repeats):
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    startup = med(lambda: subprocess.run([sys.executable, str(ROOT / "scripts" / "generate.py"), "--help"],
+                                         capture_output=True, check=True))
+    src = sorted((wf / "data" / "train").glob("*.jpg"))[0]
+    answer = io.BytesIO()
+    Image.open(src).convert("RGB").resize((1376, 768)).save(answer, "PNG")
+    answer = answer.getvalue()
+    pp = {"enforce_aspect_ratio": 2.0, "mode": "pad", "pad_mode": "reflect", "target_size": None, "resample": "bicubic"}
+    image = imaging.decode(answer, max_pixels=50_000_000)
+    geo = postprocess.plan(*image.size, pp)
+    padded = postprocess.apply(image, geo, pp)
+    out = {
+        "process start + imports": startup,
+        "read source + base64": med(lambda: __import__("base64").b64encode(src.read_bytes())),
+        "decode 1376x768 PNG answer": med(lambda: imaging.decode(answer, max_pixels=50_000_000)),
+        "pad to 1536x768": med(lambda: postprocess.apply(image, geo, pp)),
+    }
+    for level in png_levels:
+        out[f"PNG encode, level {level}"] = med(lambda: imaging.encode(padded, "png", {"png_compress_level": level}))
+        out[f"PNG size, level {level} (KB)"] = len(imaging.encode(padded, "png", {"png_compress_level": level})) / 1024
+    return out
+
+
+def local_rate(wf: Path, repeats: int) -> dict:
+    """Local provider: images/s in the pipeline vs. the same operations in a loop."""
+    from nano_banana_aug import imaging, local_ops, postprocess
+
+    cfg = yaml.safe_load((wf / "run.yaml").read_text())
+    cfg["api"]["provider"] = "local"
+    cfg["api"]["model"] = "recipes-v1"
+    (wf / "run.yaml").write_text(yaml.safe_dump(cfg))
+    n = len(list((wf / "data" / "train").glob("*.jpg"))) * cfg["augmentations"][0]["num_images"]
+    walls = []
+    for _ in range(repeats):
+        clear_outputs(wf)
+        walls.append(run_pipeline(wf, jobs=2))
+    recipe = cfg["augmentations"][0]["local"]
+    pp = {"enforce_aspect_ratio": 2.0, "mode": "pad", "png_compress_level": cfg["postprocess"]["png_compress_level"]}
+    sources = sorted((wf / "data" / "train").glob("*.jpg"))
+
+    def loop(with_recipe: bool) -> float:
+        t0 = time.monotonic()
+        for i in range(n):
+            data = sources[i % len(sources)].read_bytes()
+            img = imaging.decode(data, max_pixels=50_000_000)
+            if with_recipe:
+                params = local_ops.sample_params(recipe, "x", "a", i, 0)
+                img = local_ops.apply_recipe(img, params, i)
+            geo = postprocess.plan(*img.size, pp)
+            imaging.encode(postprocess.apply(img, geo, pp), "png", pp)
+        return time.monotonic() - t0
+
+    loop_full = loop(True)
+    loop_io = loop(False)
+    return {"targets": n, "pipeline wall (s, -j 2)": statistics.median(walls),
+            "pipeline images/s": n / statistics.median(walls),
+            "same ops in one loop, images/s (1 core)": n / loop_full,
+            "decode + encode only, images/s (1 core)": n / loop_io}
+
+
+def machine() -> str:
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import snakemake
+
+    return (f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, Snakemake {snakemake.__version__}, "
+            f"load average at start {os.getloadavg()[0]:.2f}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=96, help="targets")
+    ap.add_argument("--latency", type=float, default=5.0, help="stand-in answer latency L (s)")
+    ap.add_argument("--concurrency", type=int, default=8, help="api.concurrency C")
+    ap.add_argument("--jobs", type=int, default=16, help="snakemake -j")
+    ap.add_argument("--threads", type=int, default=8, help="baseline threads")
+    ap.add_argument("--png-level", type=int, default=6, help="postprocess.png_compress_level")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="N=32, L=2, 1 repeat")
+    ap.add_argument("--write-results", action="store_true", help="update the Throughput section of bench/RESULTS.md")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.latency, args.repeats = 32, 2.0, 1
+    variants = 8
+    work = Path(tempfile.mkdtemp(prefix="nbthroughput-"))
+    print(machine())
+    proc, url = start_standin(args.latency, work)
+    try:
+        wf = setup(work, args.n, variants, url, args.concurrency, "gemini", args.png_level)
+        n = len(list((wf / "data" / "train").glob("*.jpg"))) * variants
+        ideal = n * args.latency / args.concurrency
+        pipe, base = [], []
+        for r in range(args.repeats):
+            clear_outputs(wf)
+            pipe.append(run_pipeline(wf, args.jobs))
+            base.append(baseline(wf, args.threads, args.concurrency, url, args.png_level))
+            print(f"repeat {r + 1}: pipeline {pipe[-1]:.1f}s, baseline {base[-1]:.1f}s (ideal {ideal:.1f}s)", flush=True)
+        stats = json.loads(subprocess.run(["curl", "-s", f"{url}/_standin/stats"], capture_output=True, text=True).stdout or "{}")
+        profile = stage_profile(wf)
+        local = local_rate(wf, max(1, args.repeats - 1))
+    finally:
+        proc.terminate()
+        proc.wait()
+    p, b = statistics.median(pipe), statistics.median(base)
+    lines = [
+        f"Machine: {machine()}",
+        "",
+        f"N = {n} targets, L = {args.latency:g} s, C = {args.concurrency}, snakemake -j {args.jobs}, "
+        f"baseline {args.threads} threads, PNG level {args.png_level}, {args.repeats} repeat(s), medians:",
+        "",
+        "| run | wall (s) | efficiency N·L/C / wall | vs. baseline |",
+        "|---|---|---|---|",
+        f"| ideal (C calls always in flight) | {ideal:.1f} | 1.00 | |",
+        f"| pipeline (snakemake) | {p:.1f} | {ideal / p:.2f} | {b / p:.2f}x as fast |",
+        f"| thread-pool baseline | {b:.1f} | {ideal / b:.2f} | 1.00 |",
+        "",
+        f"Stand-in max calls in flight: {stats.get('max_in_flight', 'n/a')} (cap {args.concurrency}).",
+        "",
+        "Per-target stages (medians, seconds, one process alone):",
+        "",
+        "| stage | value |",
+        "|---|---|",
+        *[f"| {k} | {v:.3f} |" for k, v in profile.items()],
+        "",
+        "`local` provider, 2000x1000 inputs:",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        *[f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in local.items()],
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write_results:
+        write_section(ROOT / "bench" / "RESULTS.md", "## Throughput", text,
+                      "python bench/throughput.py --write-results   # about 10 minutes")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def write_section(path: Path, heading: str, body: str, command: str) -> None:
+    """Replace (or append) one '## ' section of RESULTS.md."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    block = f"{heading}\n\nReproduce: `{command}`\n\n{body}\n"
+    if heading in old:
+        start = old.index(heading)
+        nxt = old.find("\n## ", start + len(heading))
+        new = old[:start] + block + (old[nxt + 1:] if nxt != -1 else "")
+    else:
+        new = old.rstrip("\n") + "\n\n" + block
+    path.write_text(new)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
