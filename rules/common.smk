@@ -144,8 +144,23 @@ def get_source_image(wildcards):
     return ancient(target.source)
 
 
+_rejected = {}
+
+
+def rejected_stems():
+    """Stems the QC gate rejected (read from the sidecars once, only with redo_rejected)."""
+    if "stems" not in _rejected:
+        records = manifest_mod.collect(OUT, DATA_ROOT) if config["redo_rejected"] else []
+        _rejected["stems"] = {layout.stem(r.image_id, r.aug_name, r.variant_idx) for r in records if r.status == "rejected"}
+    return _rejected["stems"]
+
+
 def get_regenerate_stamp(wildcards):
-    return regenerate_stamp(wildcards.aug)
+    """The augmentation's stamp; plus this run's stamp for a QC-rejected output with redo_rejected."""
+    stamps = [regenerate_stamp(wildcards.aug)]
+    if config["redo_rejected"] and layout.stem(wildcards.image_id, wildcards.aug, wildcards.k) in rejected_stems():
+        stamps.append(RUN_STAMP)
+    return stamps
 
 
 _plan_reported = set()

@@ -75,7 +75,7 @@ _TRUTH = {"true": True, "yes": True, "1": True, "on": True, "false": False, "no"
 
 def coerce_command_line(cfg: dict) -> dict:
     """``--config plan_only=true`` arrives as the string "true": make it a boolean."""
-    for key in ("plan_only",):
+    for key in ("plan_only", "redo_rejected"):
         value = cfg.get(key)
         if isinstance(value, str) and value.strip().lower() in _TRUTH:
             cfg[key] = _TRUTH[value.strip().lower()]

@@ -11,6 +11,7 @@ non-zero, so Snakemake records the job as failed and the next run retries it.
 from __future__ import annotations
 
 import hashlib
+import io
 import sys
 import time
 from pathlib import Path
@@ -99,6 +100,43 @@ def _estimate_cost(cfg: dict, attempts_usage: list) -> float | None:
     return total
 
 
+def _decode_answer(gen, max_pixels: int):
+    """The model's image as RGB PIL, refusing oversize or undecodable answers."""
+    if gen.image is not None:
+        image = gen.image.convert("RGB") if gen.image.mode != "RGB" else gen.image
+        if image.width * image.height > max_pixels:
+            raise TargetFailed(f"model output {image.width}x{image.height} exceeds postprocess.max_pixels", "OVERSIZE")
+        return image
+    try:
+        return imaging.decode(gen.data, max_pixels=max_pixels, what="model output")
+    except imaging.DecodeError as exc:
+        raise TargetFailed(str(exc), "UNDECODABLE") from None
+
+
+def _source_for_qc(source_bytes: bytes, qc_cfg: dict):
+    """The source decoded at reduced size (JPEG draft mode): QC works on a small grid."""
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(source_bytes))
+    w, h = qc_cfg.get("work_size", [512, 256])
+    im.draft("RGB", (2 * int(w), 2 * int(h)))
+    return im.convert("RGB")
+
+
+def _quality_check(source_image, image, qc_cfg: dict, record: Record) -> bool:
+    """Label-safety QC of the raw model answer; fills record.qc, sets status/error when rejected."""
+    from . import qc
+
+    t0 = time.monotonic()
+    scores, passed, reasons = qc.check(source_image, image, qc_cfg)
+    record.qc = {**scores.to_columns(), "qc_passed": passed, "qc_reasons": "; ".join(reasons),
+                 "qc_seconds": round(time.monotonic() - t0, 3)}
+    record.status = "success" if passed else "rejected"
+    record.error = "" if passed else "label-safety QC: " + "; ".join(reasons)
+    record.error_reason = "" if passed else "QC_REJECTED"
+    return passed
+
+
 def produce(cfg: dict, target, aug: dict, variant_idx: int, output: Path, record: Record) -> tuple[bytes, object]:
     """Call the provider (with retries) and post-process; returns (encoded bytes, final image)."""
     from .budget import BudgetExceeded
@@ -136,36 +174,46 @@ def produce(cfg: dict, target, aug: dict, variant_idx: int, output: Path, record
             runlog.event(cfg, "retry" if err.retryable and n < policy.max_attempts else "attempt", output.stem,
                          attempt=n, reason=err.reason, error=err.message[:200])
 
-    t0 = time.monotonic()
-    try:
-        gen = call_with_retries(provider, request, policy, before_attempt=before_attempt, after_attempt=after_attempt)
-    except BudgetExceeded as exc:
-        record.api_seconds = time.monotonic() - t0
+    def answer():
+        """One generation (with retries), decoded; accounting into ``record``."""
+        t0 = time.monotonic()
+        try:
+            gen = call_with_retries(provider, request, policy, before_attempt=before_attempt, after_attempt=after_attempt)
+        except BudgetExceeded as exc:
+            record.api_seconds += time.monotonic() - t0
+            record.est_cost_usd = _estimate_cost(cfg, usages)
+            raise TargetFailed(f"not generated: {exc.message} (run again to continue)", "BUDGET", status="over_budget") from None
+        except GenerationFailed as failed:
+            record.api_seconds += time.monotonic() - t0
+            record.attempts += failed.attempts
+            record.est_cost_usd = _estimate_cost(cfg, usages)
+            raise TargetFailed(f"after {failed.attempts} attempt(s): {failed.last.message}", failed.last.reason) from None
+        record.api_seconds += time.monotonic() - t0
+        record.attempts += gen.attempts
+        record.model_version, record.response_id = gen.model_version, gen.response_id
+        u = gen.usage
+        record.prompt_tokens, record.candidates_tokens = u.prompt_tokens, u.candidates_tokens
+        record.thoughts_tokens, record.total_tokens, record.cost_usd = u.thoughts_tokens, u.total_tokens, u.cost_usd
         record.est_cost_usd = _estimate_cost(cfg, usages)
-        raise TargetFailed(f"not generated: {exc.message} (run again to continue)", "BUDGET", status="over_budget") from None
-    except GenerationFailed as failed:
-        record.api_seconds = time.monotonic() - t0
-        record.attempts = failed.attempts
-        record.est_cost_usd = _estimate_cost(cfg, usages)
-        raise TargetFailed(f"after {failed.attempts} attempt(s): {failed.last.message}", failed.last.reason) from None
-    record.api_seconds = time.monotonic() - t0
-    record.attempts = gen.attempts
-    record.model_version, record.response_id = gen.model_version, gen.response_id
-    u = gen.usage
-    record.prompt_tokens, record.candidates_tokens = u.prompt_tokens, u.candidates_tokens
-    record.thoughts_tokens, record.total_tokens, record.cost_usd = u.thoughts_tokens, u.total_tokens, u.cost_usd
-    record.est_cost_usd = _estimate_cost(cfg, usages)
+        return _decode_answer(gen, int(pp["max_pixels"]))
 
     pp = cfg["postprocess"]
-    if gen.image is not None:
-        image = gen.image.convert("RGB") if gen.image.mode != "RGB" else gen.image
-        if image.width * image.height > int(pp["max_pixels"]):
-            raise TargetFailed(f"model output {image.width}x{image.height} exceeds postprocess.max_pixels", "OVERSIZE")
-    else:
-        try:
-            image = imaging.decode(gen.data, max_pixels=int(pp["max_pixels"]), what="model output")
-        except imaging.DecodeError as exc:
-            raise TargetFailed(str(exc), "UNDECODABLE") from None
+    image = answer()
+    qc_cfg = cfg.get("qc") or {"enabled": False}
+    if qc_cfg.get("enabled", True):
+        source_image = _source_for_qc(source_bytes, qc_cfg)
+        for extra in range(int(qc_cfg.get("auto_regenerate", 0)) + 1):
+            passed = _quality_check(source_image, image, qc_cfg, record)
+            if passed or extra == int(qc_cfg.get("auto_regenerate", 0)):
+                break
+            runlog.event(cfg, "regen", output.stem, why="qc rejected", qc=record.error[:200])
+            rejected = image
+            try:
+                image = answer()
+            except TargetFailed as exc:  # keep the rejected answer for review
+                record.error += f"; automatic regeneration failed: {exc}"
+                image = rejected
+                break
     geo = postprocess.plan(image.width, image.height, pp)
     for key, value in geo.record().items():
         setattr(record, key, value)
@@ -201,7 +249,7 @@ def run(cfg: dict, targets_csv, image_id: str, aug_name: str, variant_idx: int, 
         runlog.event(cfg, record.status, output.stem, attempts=record.attempts, secs=record.seconds, reason=record.error_reason, error=record.error[:300])
         raise TargetFailed(record.error, record.error_reason, record.status) from None
 
-    record.status = "success"
+    record.status = record.status or "success"  # "rejected" when the QC gate said so
     record.output_bytes = len(data)
     record.ts = time.time()
     record.seconds = time.monotonic() - started
@@ -209,8 +257,9 @@ def run(cfg: dict, targets_csv, image_id: str, aug_name: str, variant_idx: int, 
 
     sidecar.write(record, side)
     atomic_write_bytes(output, data)  # last: the output's existence means "done"
-    runlog.event(cfg, "ok", output.stem, attempts=record.attempts, secs=record.seconds,
-                 size=f"{record.out_w}x{record.out_h}", bytes=record.output_bytes)
+    runlog.event(cfg, "ok" if record.status == "success" else record.status, output.stem,
+                 attempts=record.attempts, secs=record.seconds, size=f"{record.out_w}x{record.out_h}",
+                 bytes=record.output_bytes, qc=record.error[:200])
     return record
 
 

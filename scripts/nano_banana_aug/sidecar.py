@@ -65,6 +65,7 @@ class Record:
         self.error = (self.error or "")[:ERROR_MAX_CHARS]
 
     def to_json(self) -> str:
+        self.error = (self.error or "")[:ERROR_MAX_CHARS]
         return json.dumps(asdict(self), indent=1, sort_keys=False)
 
     def to_row(self) -> dict:
