@@ -195,3 +195,62 @@ def test_cost_budget(tmp_path, standin):
     run(wf, check=False)
     assert len(standin.requests) == 2
     assert sorted(r["status"] for r in rows(wf)) == ["over_budget", "success", "success"]
+
+
+def _mirrored_answer(source: Path) -> dict:
+    """A well-formed Gemini answer whose image is the source mirrored (a label-changing edit)."""
+    import base64
+    import io
+
+    from PIL import Image, ImageOps
+
+    buf = io.BytesIO()
+    ImageOps.mirror(Image.open(source).convert("RGB").resize((1376, 768))).save(buf, "PNG")
+    part = {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(buf.getvalue()).decode()}}
+    return {"candidates": [{"content": {"role": "model", "parts": [part]}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": 600, "candidatesTokenCount": 1120, "totalTokenCount": 1720},
+            "modelVersion": "gemini-3-pro-image-preview", "responseId": "mirrored"}
+
+
+def test_qc_rejects_mirrored_answer_and_training_never_sees_it(tmp_path, standin):
+    from nano_banana_aug.training import add_aigc_samples
+
+    augs = [{"name": "overcast", "prompt": "Make it overcast.", "num_images": 1}]
+    wf = make_run(tmp_path, standin, n_images=2, augs=augs)
+    standin.script("gemini", B("raw", status=200, body=_mirrored_answer(wf / "data" / "train" / "ID1000.jpg")),
+                   match="overcast")
+    res = run(wf)  # a rejected output is not a failed job
+    got = {r["image_id"]: r for r in rows(wf)}
+    statuses = sorted(r["status"] for r in got.values())
+    assert statuses == ["rejected", "success"], res.stderr[-2000:]
+    bad = next(r for r in got.values() if r["status"] == "rejected")
+    assert bad["qc_passed"] == "False" and "mirror" in bad["error"] and bad["error_reason"] == "QC_REJECTED"
+    assert (wf / "data" / bad["image_path"]).is_file()  # kept for review
+    good = next(r for r in got.values() if r["status"] == "success")
+    assert float(good["qc_ssim"]) > 0.9 and good["qc_passed"] == "True"
+    import pandas as pd
+
+    train = pd.read_csv(wf / "data" / "train.csv")
+    cfg = {"enabled": True, "subdir": "aug", "manifest": "manifest.csv", "types": None}
+    joined = add_aigc_samples(train, wf / "data", cfg, 0.21)
+    added = joined[joined["is_aigc"]]
+    assert set(added["image_path"]) == {good["image_path"]}
+
+    # redo_rejected regenerates only the rejected output
+    before = len(standin.requests)
+    run(wf, "--config", "redo_rejected=true")
+    assert len(standin.requests) - before == 1
+    assert {r["status"] for r in rows(wf)} == {"success"}
+
+
+def test_qc_auto_regenerate(tmp_path, standin):
+    augs = [{"name": "overcast", "prompt": "Make it overcast.", "num_images": 1}]
+    wf = make_run(tmp_path, standin, n_images=1, augs=augs)
+    cfg = yaml.safe_load((wf / "run.yaml").read_text())
+    cfg["qc"] = {"auto_regenerate": 1}
+    (wf / "run.yaml").write_text(yaml.safe_dump(cfg))
+    standin.script("gemini", B("raw", status=200, body=_mirrored_answer(wf / "data" / "train" / "ID1000.jpg")), B("ok"))
+    run(wf)
+    (r,) = rows(wf)
+    assert r["status"] == "success" and r["attempts"] == "2" and len(standin.requests) == 2
+    assert " regen " in (wf / "data" / "aug" / "augment.log").read_text()
