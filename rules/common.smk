@@ -61,6 +61,11 @@ NUM_IMAGES = {a["name"]: int(a["num_images"]) for a in config["augmentations"]}
 # 2 x concurrency lets post-processing overlap other calls' waiting.
 # Override with --resources api=N.
 API_SLOTS_PER_JOB = 1 if cfgmod.is_paid(config) else 0
+# worst case of one generate job: every attempt times out after the longest wait
+_api = config["api"]
+GENERATE_RUNTIME_MIN = 5 + int(
+    (1 + int(config["qc"]["auto_regenerate"])) * _api["max_retries"] * (_api["timeout_s"] + _api["max_retry_wait_s"]) / 60
+)
 if "api" not in workflow.global_resources:
     workflow.global_resources.update({"api": 2 * int(config["api"]["concurrency"])})
 

@@ -12,6 +12,8 @@ rule generate:
         f"{OUT}/{{image_id}}__{{aug}}__v{{k}}.{EXT}",
     resources:
         api=API_SLOTS_PER_JOB,
+        runtime=GENERATE_RUNTIME_MIN,  # minutes, for cluster schedulers
+        mem_mb=1500,
     shell:
         "python {workflow.basedir}/scripts/generate.py --config-json {CONFIG_JSON:q} --targets {TARGETS_CSV:q}"
         " --image-id {wildcards.image_id:q} --aug {wildcards.aug:q} --variant {wildcards.k} --output {output:q}"

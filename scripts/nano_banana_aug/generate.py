@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -227,7 +229,8 @@ def run(cfg: dict, targets_csv, image_id: str, aug_name: str, variant_idx: int, 
     output = Path(output)
     out_dir = config_mod.output_dir(cfg)
     data_root = cfg["data"]["data_root"]
-    record = Record(image_id, aug_name, variant_idx, image_path=layout.relative_to_root(output, data_root))
+    record = Record(image_id, aug_name, variant_idx, image_path=layout.relative_to_root(output, data_root),
+                    host=socket.gethostname(), slurm_job_id=os.environ.get("SLURM_JOB_ID", ""))
     side = layout.sidecar_path(out_dir, image_id, aug_name, variant_idx)
     runlog.event(cfg, "started", output.stem, provider=cfg["api"]["provider"], model=cfg["api"]["model"])
     try:

@@ -59,6 +59,8 @@ class Record:
     cost_usd: float | None = None  # reported by the service (OpenRouter)
     est_cost_usd: float | None = None  # from the config's price table
     origin: str = "generated"  # generated | adopted (legacy output without sidecar)
+    host: str = ""  # where the job ran
+    slurm_job_id: str = ""  # set when it ran inside a SLURM job
     qc: dict = field(default_factory=dict)  # qc_* scores (flattened into columns)
 
     def __post_init__(self):
