@@ -15,6 +15,7 @@ include: "rules/common.smk"
 include: "rules/targets.smk"
 include: "rules/generate.smk"
 include: "rules/manifest.smk"
+include: "rules/gallery.smk"
 
 
 rule all:

@@ -15,7 +15,7 @@ from nano_banana_aug import config as cfgmod
 from nano_banana_aug import layout, manifest as manifest_mod, recovery, runlog
 from nano_banana_aug import sidecar as sidecar_mod
 from nano_banana_aug.errors import UserError
-from nano_banana_aug.targets import read_targets
+from nano_banana_aug.targets import check_source, read_targets
 
 RUN_START = time.time()
 MAIN = workflow.is_main_process
@@ -197,7 +197,8 @@ def report_plan(outputs):
     regen = set(config["regenerate"])
     done = sum(1 for o in outputs if os.path.exists(o) and layout.parse_stem(o)[1] not in regen)
     todo = len(outputs) - done
-    bad = [t for t in selected_targets() if t.problem]
+    # sources found unusable by the checkpoint, checked again (they may have been fixed since)
+    bad = [t for t in selected_targets() if t.problem and check_source(DATA_ROOT, t.image_path)[1]]
     lines = [
         f"plan: {len(outputs)} targets ({len(selected_targets())} images x {len(AUG_NAMES)} augmentations), "
         f"{done} already done, {todo} to generate"

@@ -40,8 +40,13 @@ def _sha256(data: bytes) -> str:
 
 def _read_source(target, data_root) -> bytes:
     """The source bytes, re-checking what the checkpoint found."""
-    if target.problem:
-        raise TargetFailed(f"train.csv line {target.row}, image {target.image_id}: {target.problem}", "BAD_SOURCE")
+    if target.problem:  # checked again: the user may have fixed it since the checkpoint ran
+        from .targets import check_source
+
+        resolved, problem, _w, _h = check_source(data_root, target.image_path)
+        if problem:
+            raise TargetFailed(f"train.csv line {target.row}, image {target.image_id}: {problem}", "BAD_SOURCE")
+        target.source = resolved
     root = Path(data_root).resolve()
     source = Path(target.source).resolve()
     if not source.is_relative_to(root):

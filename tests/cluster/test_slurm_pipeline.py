@@ -111,3 +111,32 @@ def test_api_key_never_reaches_slurm_job_scripts_or_logs(tmp_path, slurm, standi
                 leaks.append(str(p))
     assert leaks == [] and standin.api_key not in res.stderr + res.stdout
     assert standin.key_leaks(standin.api_key) == []
+
+
+def test_failed_group_member_keeps_finished_outputs(tmp_path, slurm):  # noqa: F811
+    """A failing member ends its group job; finished members' outputs survive and are never redone."""
+    wf = copy_workflow(tmp_path / "wf")
+    make_dataset(wf / "data", n=3, size=(200, 100))
+    with open(wf / "data" / "train.csv", "a") as fh:
+        fh.write("ID0500__Dry_Total_g,train/ID0500.jpg,,,,,,Dry_Total_g,3\n")  # source missing (for now)
+    cfg = {"api": {"provider": "local", "model": "recipes-v1"},
+           "data": {"data_root": "data", "output_dir": "data/aug"},
+           "augmentations": [{"name": "sun", "prompt": "p", "num_images": 1, "local": {"exposure": 0.3}}]}
+    (wf / "run.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["--workflow-profile", str(wf / "profiles" / "slurm"), "--configfile", "run.yaml",
+            "--groups", "generate=gen", "--group-components", "gen=4", "--set-resources", "generate:runtime=10"]
+    res = snakemake(wf, *args, timeout=900)
+    assert res.returncode != 0
+    out = wf / "data" / "aug"
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    # the source appears; the next run generates only what is missing
+    import shutil as _sh
+
+    _sh.copy(wf / "data" / "train" / "ID1000.jpg", wf / "data" / "train" / "ID0500.jpg")
+    res = snakemake(wf, *args, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    final = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    assert len(final) == 4 and all(final[n] == first[n] for n in first)
+    log = (out / "augment.log").read_text().splitlines()
+    ok_lines = [line.split()[2] for line in log if line.split()[1:2] == ["ok"]]
+    assert sorted(ok_lines) == sorted(n[: -len('.png')] for n in final)  # each output produced exactly once
