@@ -32,12 +32,13 @@ How the comparison works (numpy + Pillow only):
    * ``aspect_change``: |ln(output W/H / source W/H)| -- 0.12 for the
      model's 2:1 -> 16:9, > 1 for a portrait (rotated) output.
 3. Vegetation cover is the fraction of pixels whose excess-green chromaticity
-   ``2g - r - b`` (r + g + b = 1) exceeds ``VEG_EXG_MIN`` (soft boundary).  Chromaticity is
-   already blind to exposure and vignetting; the output's log-chromaticity is
-   additionally mapped onto the source's by a robust per-channel offset
-   (white balance) and slope (gamma / saturation) fitted on the aligned
-   pixels, so a colour cast does not count as a cover change while a patch
-   painted brown (or green) does.  The source is taken as shot (no
+   ``2g - r - b`` (r + g + b = 1) exceeds ``VEG_EXG_MIN`` (soft boundary).
+   Chromaticity is already blind to exposure and vignetting; the output's
+   colours are additionally mapped onto the source's by robust per-channel
+   fits on the aligned pixels (white balance, gamma, saturation, contrast /
+   brightness offsets; two models, the better explanation wins), so a colour
+   cast does not count as a cover change while a patch painted brown (or
+   green) does.  The source is taken as shot (no
    normalisation): ``veg_cover_src`` is its plain green fraction.
 
 Why numpy only (no scipy): everything runs on a 512x256 grid, where separable
@@ -74,7 +75,7 @@ DEFAULT_THRESHOLDS: dict = {
     "min_ssim": 0.45,
     "max_shift_frac": 0.01,
     "max_changed_frac": 0.06,
-    "max_veg_cover_delta": 0.055,
+    "max_veg_cover_delta": 0.05,
     "reject_mirror": True,
     "max_aspect_change": 0.35,
     "auto_regenerate": 0,
@@ -118,7 +119,7 @@ qc:
       type: number
       minimum: 0
       maximum: 1
-      default: 0.055
+      default: 0.05
       description: maximum absolute change of the green-vegetation fraction after normalising the output's colours to the source.
     reject_mirror:
       type: boolean
@@ -308,33 +309,54 @@ def _exg_cover(log_chroma: np.ndarray) -> float:
     return float(np.clip((exg - VEG_EXG_MIN) / VEG_EXG_RAMP + 0.5, 0.0, 1.0).mean())
 
 
-def _match_chroma(out_lc: np.ndarray, src_lc: np.ndarray, step: int = 2) -> np.ndarray:
-    """Map the output's log-chromaticity onto the source's: per channel src = a + b * out, robust fit.
+def _robust_line(x: np.ndarray, y: np.ndarray, slope_lo: float, slope_hi: float) -> tuple[float, float]:
+    """(offset, slope) of y ~ offset + slope * x, robust to a minority of changed pixels.
 
-    In log-chromaticity a white-balance change is an offset ``a`` and a gamma
-    or saturation change is (close to) a slope ``b``; exposure and vignetting
-    have already cancelled.  Fitted by least squares on the aligned pixels
-    (every ``step``-th): starting from the median offset (slope 1), each of
-    three rounds refits on the 60 % of pixels that fit best, so a repainted
-    patch does not pull the fit.  Slopes are clipped to
-    [0.4, 2.5] (camera-like corrections only).
+    Starts from the median offset at slope 1, then three rounds of least
+    squares on the 60 % of points that fit the previous line best.
     """
-    x_all = out_lc[::step, ::step].reshape(-1, 3)
-    y_all = src_lc[::step, ::step].reshape(-1, 3)
-    mapped = np.empty_like(out_lc)
-    for c in range(3):
-        x, y = x_all[:, c], y_all[:, c]
-        b, a = 1.0, float(np.median(y - x))  # robust start: a pure white-balance offset
-        for _ in range(3):
-            resid = np.abs(y - (a + b * x))
-            keep = resid <= np.quantile(resid, 0.6)
-            xm, ym = x[keep].mean(), y[keep].mean()
-            var = float(((x[keep] - xm) ** 2).mean())
-            b = float(((x[keep] - xm) * (y[keep] - ym)).mean()) / var if var > 1e-9 else 1.0
-            b = min(max(b, 0.4), 2.5)
-            a = float(ym - b * xm)
-        mapped[..., c] = a + b * out_lc[..., c]
+    b, a = 1.0, float(np.median(y - x))
+    for _ in range(3):
+        resid = np.abs(y - (a + b * x))
+        keep = resid <= np.quantile(resid, 0.6)
+        xm, ym = x[keep].mean(), y[keep].mean()
+        var = float(((x[keep] - xm) ** 2).mean())
+        b = float(((x[keep] - xm) * (y[keep] - ym)).mean()) / var if var > 1e-9 else 1.0
+        b = min(max(b, slope_lo), slope_hi)
+        a = float(ym - b * xm)
+    return a, b
+
+
+def _match_channels(out: np.ndarray, src: np.ndarray, slope_lo: float, slope_hi: float, step: int = 2) -> np.ndarray:
+    """Map each channel of ``out`` onto ``src`` by a robust line fitted on aligned pixels (every ``step``-th)."""
+    mapped = np.empty_like(out)
+    for c in range(out.shape[-1]):
+        a, b = _robust_line(out[::step, ::step, c].ravel(), src[::step, ::step, c].ravel(), slope_lo, slope_hi)
+        mapped[..., c] = a + b * out[..., c]
     return mapped
+
+
+def _cover_after_colour_match(out_rgb: np.ndarray, src_rgb: np.ndarray, src_lc: np.ndarray) -> float:
+    """Green fraction of the output after mapping its colours onto the source's.
+
+    Two camera-like colour models, and the one that explains the output best
+    (smallest cover change) wins:
+
+    * log-chromaticity offset + slope per channel: white balance (offset),
+      gamma / saturation (slope); exposure and vignetting cancel already;
+    * the same after a per-channel affine map of the encoded values
+      (contrast and brightness sliders add an offset that desaturates dark
+      pixels, which no log-chromaticity model can undo).
+
+    Both fits are robust (see ``_robust_line``), so a repainted patch stays a
+    change under either model.
+    """
+    def cover(rgb):
+        return _exg_cover(_match_channels(_log_chroma(rgb), src_lc, 0.4, 2.5))
+
+    src_cover = _exg_cover(src_lc)
+    covers = [cover(out_rgb), cover(np.clip(_match_channels(out_rgb, src_rgb, 0.3, 3.0), 0.0, 1.0))]
+    return min(covers, key=lambda v: abs(v - src_cover))
 
 
 def _structure(rgb: np.ndarray) -> np.ndarray:
@@ -371,9 +393,10 @@ def score(source: Image.Image, output: Image.Image, *, work_size=DEFAULT_WORK_SI
     sx, sy = sw / work_size[0], sh / work_size[1]
     shift_x, shift_y = dx * sx, dy * sy
 
-    src_lc = _log_chroma(_blur(src_rgb, 1.0))
-    out_lc = _match_chroma(_log_chroma(_blur(out_rgb, 1.0)), src_lc)
-    cover_src, cover_out = _exg_cover(src_lc), _exg_cover(out_lc)
+    src_s = _blur(src_rgb, 1.0)
+    src_lc = _log_chroma(src_s)
+    cover_src = _exg_cover(src_lc)
+    cover_out = _cover_after_colour_match(_blur(out_rgb, 1.0), src_s, src_lc)
 
     return QCScores(
         ssim=float(smap.mean()),
