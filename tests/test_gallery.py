@@ -315,8 +315,11 @@ def test_report_gallery_rule_on_the_sample(tmp_path):
     for jpg in sorted((src / "train").glob("*.jpg")):
         with Image.open(jpg) as im:
             im.reduce(5).save(dst / "train" / jpg.name, quality=90)
+    res = snakemake(wf, "-j", "4", "--configfile", "configs/sample.yaml", timeout=240)
+    assert res.returncode == 0, res.stderr[-4000:]
     res = snakemake(wf, "report_gallery", "-j", "4", "--configfile", "configs/sample.yaml", timeout=240)
     assert res.returncode == 0, res.stderr[-4000:]
+    assert "Rule: generate" not in res.stdout + res.stderr  # reviewing never generates
     gal = dst / "nano_banana_pro" / "train" / "gallery"
     text, page = parse(gal / "index.html")
     assert "gallery:" in res.stdout + res.stderr
