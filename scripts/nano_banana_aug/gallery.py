@@ -26,11 +26,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import html
+import io
 import os
 import re
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -40,7 +40,7 @@ from urllib.parse import quote
 from PIL import Image, ImageDraw, ImageOps
 
 from .errors import UserError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_bytes, atomic_write_text
 
 CONTACT_MAX_ROWS = 50
 CONTACT_CELL_W = 160
@@ -175,18 +175,9 @@ def make_thumbnail(src: Path, dest: Path, width: int) -> tuple[int, int]:
             im.draft("RGB", (max(1, round(im.width * scale * 1.25)), max(1, round(im.height * scale * 1.25))))
         im.thumbnail(box, Image.Resampling.BICUBIC, reducing_gap=2.0)
         im = _to_rgb(im)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                im.save(fh, "JPEG", quality=THUMB_QUALITY)
-            os.replace(tmp, dest)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=THUMB_QUALITY)
+        atomic_write_bytes(dest, buf.getvalue())
         return im.size
 
 

@@ -226,3 +226,29 @@ def status_error(
         reason=f"HTTP_{resp.status}",
         retry_after=retry_after,
     )
+
+
+def source_mime(request) -> str:
+    """MIME type of the source from its bytes (not the file name); non-retryable error if unknown."""
+    from ..imaging import sniff_mime
+    from .base import AttemptError
+
+    mime = sniff_mime(request.image_bytes)
+    if mime is None:
+        raise AttemptError(
+            f"source image {request.source_path or request.image_id} is not a recognised image format",
+            retryable=False, reason="BAD_INPUT_IMAGE",
+        )
+    return mime
+
+
+def json_object(resp: "HttpResponse", payload):
+    """The payload of an HTTP 200 answer, which must be a JSON object (retryable error otherwise)."""
+    from .base import AttemptError
+
+    if not isinstance(payload, dict):
+        raise AttemptError(
+            f"HTTP 200 with a body that is not a JSON object: {quote(resp.body[:200].decode('utf-8', 'replace'))}",
+            retryable=True, status=200, reason="BAD_RESPONSE",
+        )
+    return payload

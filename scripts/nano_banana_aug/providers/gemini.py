@@ -17,7 +17,7 @@ import requests
 
 from .. import keys
 from ..errors import ConfigError
-from ..imaging import sniff_format, sniff_mime
+from ..imaging import sniff_format
 from . import _http
 from .base import AttemptError, Generation, Request, Usage
 
@@ -67,12 +67,7 @@ class GeminiProvider:
 
     def build_body(self, request: Request) -> dict:
         """The generateContent body: source image inline, then the prompt."""
-        mime = sniff_mime(request.image_bytes)  # the bytes decide, not the file name or a label
-        if mime is None:
-            raise AttemptError(
-                f"source image {request.source_path or request.image_id} is not a recognised image format",
-                retryable=False, reason="BAD_INPUT_IMAGE",
-            )
+        mime = _http.source_mime(request)  # the bytes decide, not the file name or a label
         generation_config: dict = {"responseModalities": ["IMAGE"]}
         if self.image_config:
             generation_config["imageConfig"] = dict(self.image_config)
@@ -98,11 +93,7 @@ class GeminiProvider:
         payload = resp.json()
         if resp.status != 200:
             raise self._status_error(resp, payload)
-        if not isinstance(payload, dict):
-            raise AttemptError(
-                f"HTTP 200 with a body that is not a JSON object: {_http.quote(resp.body[:200].decode('utf-8', 'replace'))}",
-                retryable=True, status=200, reason="BAD_RESPONSE",
-            )
+        payload = _http.json_object(resp, payload)
         if isinstance(payload.get("error"), dict):  # not documented for 200, but never take it for an answer
             err = payload["error"]
             raise AttemptError(

@@ -18,7 +18,6 @@ import requests
 
 from .. import keys
 from ..errors import ConfigError
-from ..imaging import sniff_mime
 from . import _http
 from .base import AttemptError, Generation, Request, Usage
 from .gemini import decode_b64_image
@@ -94,12 +93,7 @@ class OpenRouterProvider:
 
     def build_body(self, request: Request) -> dict:
         """The chat/completions body: the source image as a data URL, then the prompt."""
-        mime = sniff_mime(request.image_bytes)  # the bytes decide, not the file name or a label
-        if mime is None:
-            raise AttemptError(
-                f"source image {request.source_path or request.image_id} is not a recognised image format",
-                retryable=False, reason="BAD_INPUT_IMAGE",
-            )
+        mime = _http.source_mime(request)  # the bytes decide, not the file name or a label
         data_url = f"data:{mime};base64,{base64.b64encode(request.image_bytes).decode('ascii')}"
         body = {
             "model": self.model,
@@ -128,11 +122,7 @@ class OpenRouterProvider:
         payload = resp.json()
         if resp.status != 200:
             raise self._status_error(resp, payload)
-        if not isinstance(payload, dict):
-            raise AttemptError(
-                f"HTTP 200 with a body that is not a JSON object: {_http.quote(resp.body[:200].decode('utf-8', 'replace'))}",
-                retryable=True, status=200, reason="BAD_RESPONSE",
-            )
+        payload = _http.json_object(resp, payload)
         return parse_response(payload, secret=self._api_key, retry_after=_http.parse_retry_after(resp.headers.get("Retry-After")))
 
     def _status_error(self, resp: _http.HttpResponse, payload) -> AttemptError:
