@@ -125,12 +125,12 @@ _targets_cache = {}
 
 
 def load_targets():
-    """The checkpoint's table, read once per Snakemake process."""
-    path = checkpoints.targets.get().output[0]
-    mtime = os.stat(path).st_mtime_ns
-    if _targets_cache.get("mtime") != mtime:
+    """The checkpoint's table, read once per Snakemake process (after the
+    checkpoint has run, its output is final for this run)."""
+    if "list" not in _targets_cache:
+        path = checkpoints.targets.get().output[0]
         targets = read_targets(path)
-        _targets_cache.update(mtime=mtime, list=targets, by_id={t.image_id: t for t in targets})
+        _targets_cache.update(list=targets, by_id={t.image_id: t for t in targets})
     return _targets_cache
 
 
@@ -138,15 +138,6 @@ def selected_targets():
     targets = load_targets()["list"]
     limit = int(config["limit"])
     return targets[:limit] if limit > 0 else targets
-
-
-def get_source_image(wildcards):
-    """The source file (existence only: its timestamp never reruns a job).
-    Unusable sources have no input: their jobs fail with the reason."""
-    target = load_targets()["by_id"].get(wildcards.image_id)
-    if target is None or target.problem:
-        return []
-    return ancient(target.source)
 
 
 _rejected = {}
@@ -160,29 +151,33 @@ def rejected_stems():
     return _rejected["stems"]
 
 
-def get_regenerate_stamp(wildcards):
-    """The augmentation's stamp; plus this run's stamp for a QC-rejected output with redo_rejected."""
-    stamps = [regenerate_stamp(wildcards.aug)]
-    if config["redo_rejected"] and layout.stem(wildcards.image_id, wildcards.aug, wildcards.k) in rejected_stems():
-        stamps.append(RUN_STAMP)
-    return stamps
+def get_redo_stamp(wildcards):
+    """With redo_rejected=true: this run's stamp for an output the QC gate rejected."""
+    if config["redo_rejected"] and f"{wildcards.image_id}__{wildcards.aug}__v{wildcards.k}" in rejected_stems():
+        return [RUN_STAMP]
+    return []
 
 
-_plan_reported = set()
+# generate's inputs: a plain pattern unless redo_rejected needs a function per job
+REGENERATE_STAMP = str(PIPE / "regenerate") + "/{aug}.stamp"
+REDO_STAMP = get_redo_stamp if config["redo_rejected"] else []
 
 
 def get_all_outputs(wildcards):
-    """Every output of the selected images x augmentations x variants."""
-    outputs = [
-        str(layout.output_path(OUT, t.image_id, aug, k, EXT))
-        for t in selected_targets()
-        for aug in AUG_NAMES
-        for k in range(NUM_IMAGES[aug])
-    ]
-    if MAIN and "plan" not in _plan_reported:
-        _plan_reported.add("plan")
-        report_plan(outputs)
-    return outputs
+    """Every output of the selected images x augmentations x variants (built once)."""
+    if "all" not in _outputs:
+        _outputs["all"] = [
+            f"{OUT}/{t.image_id}__{aug}__v{k}.{EXT}"
+            for t in selected_targets()
+            for aug in AUG_NAMES
+            for k in range(NUM_IMAGES[aug])
+        ]
+        if MAIN:
+            report_plan(_outputs["all"])
+    return _outputs["all"]
+
+
+_outputs = {}
 
 
 def get_final_targets(wildcards):

@@ -1,13 +1,15 @@
 # One job per output image: provider call, post-processing, output + sidecar.
-# Inputs are existence-only (ancient) and there are no params, so editing
-# train.csv, the config, the prompts or the code never reruns a finished
-# output; `regenerate` (config) or --forcerun does.
+# No input can trigger a rerun by its timestamp and there are no params, so
+# editing train.csv, the sources, the config, the prompts or the code never
+# reruns a finished output; `regenerate`, `redo_rejected` or --forcerun does.
+# The source image is read (and checked again) by generate.py itself.
 
 
 rule generate:
     input:
-        src=get_source_image,
-        stamp=get_regenerate_stamp,
+        targets=ancient(TARGETS_CSV),  # the checkpoint's table (the job reads its row; never a rerun trigger)
+        stamp=REGENERATE_STAMP,
+        redo=REDO_STAMP,
     output:
         f"{OUT}/{{image_id}}__{{aug}}__v{{k}}.{EXT}",
     resources:

@@ -77,3 +77,10 @@ def test_regenerate_names_checked():
 
 def test_full_prompt_prefix_blank_line():
     assert cfgmod.full_prompt({"prompt_prefix": "Keep it.\n"}, {"prompt": "Darker."}) == "Keep it.\n\nDarker."
+
+
+def test_schema_qc_defaults_are_the_qc_modules():
+    from nano_banana_aug.qc import DEFAULT_THRESHOLDS
+
+    cfg = checked({"augmentations": [{"name": "a", "prompt": "p"}], "qc": {}})
+    assert cfg["qc"] == DEFAULT_THRESHOLDS

@@ -124,7 +124,11 @@ def read_targets(path) -> list[Target]:
 
 
 def find_target(path, image_id: str) -> Target | None:
-    with open(path, newline="", encoding="utf-8") as fh:
+    try:
+        fh = open(path, newline="", encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: targets table not found; run the whole pipeline (checkpoint `targets`) first") from None
+    with fh:
         for r in csv.DictReader(fh):
             if r["image_id"] == image_id:
                 return Target(r["image_id"], r["image_path"], r["source"], int(r["row"]), int(r["width"]), int(r["height"]), r["problem"])
