@@ -98,6 +98,7 @@ if MAIN:
         )
         if settled:
             print(f"note: {len(settled)} output(s) finished after an interruption are kept", file=sys.stderr)
+        recovery.remove_stale_temporaries([OUT, layout.sidecar_dir(OUT)])
     # Adopt a legacy manifest before any rule can replace it.
     manifest_mod.adopt_legacy(OUT, DATA_ROOT, MANIFEST)
     # The manifest is rebuilt by every run: its `run` stamp is always newer.

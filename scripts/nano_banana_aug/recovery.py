@@ -90,3 +90,26 @@ def output_is_done(path: str, output_dir, parse_stem, sidecar_path, read_sidecar
         return read_sidecar(sidecar_path(output_dir, *key)).status == "success"
     except (OSError, ValueError, TypeError):
         return False
+
+
+def remove_stale_temporaries(directories, older_than_s: float = 600.0) -> int:
+    """Delete temporary files (``.<name>.*.tmp``) that killed jobs left behind.
+
+    They never count as outputs (only the final name does); the age guard
+    leaves alone a file an orphaned job is still writing.
+    """
+    import time
+
+    removed = 0
+    cutoff = time.time() - older_than_s
+    for directory in directories:
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
+                if entry.stat().st_mtime < cutoff:
+                    Path(entry.path).unlink(missing_ok=True)
+                    removed += 1
+    return removed
