@@ -184,7 +184,8 @@ def test_config_typo_stops_before_anything(tmp_path):
     assert not (wf / "data" / "aug").exists() or not list((wf / "data" / "aug").glob("*.png"))
 
 
-def test_kill_mid_run_then_resume(tmp_path):
+@pytest.mark.parametrize("how", ["SIGKILL process group", "Ctrl-C"])
+def test_kill_mid_run_then_resume(tmp_path, how):
     augs = [{"name": "bright", "prompt": "p", "num_images": 8, "local": {"exposure": 0.5, "gaussian_blur": 2.0}}]
     wf = make_run(tmp_path, n_images=3, augs=augs, size=(1600, 800))
     proc = subprocess.Popen(
@@ -195,8 +196,12 @@ def test_kill_mid_run_then_resume(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("*.png"))) < 3:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, like a lost terminal
-    proc.wait()
+    if how == "Ctrl-C":
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal sends to the foreground group
+        proc.wait(timeout=120)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, like a lost terminal
+        proc.wait()
     done = outputs(wf)
     assert 3 <= len(done) < 24, "the kill must land mid-run"
     res = run(wf)
