@@ -226,20 +226,27 @@ def finish_run(failed):
     try:
         if failed or manifest_mod.is_stale(OUT, config["data"]["manifest"]):
             _, records = manifest_mod.build(OUT, DATA_ROOT, config["data"]["manifest"])
-        else:
-            records = manifest_mod.collect(OUT, DATA_ROOT)
+            rows = [r.to_row() for r in records]
+        else:  # the manifest job just wrote it: read one file, not every sidecar again
+            rows = manifest_mod.read_csv_rows(MANIFEST)
     except (OSError, UserError) as exc:
         print(f"ERROR: could not rebuild {MANIFEST}: {exc}", file=sys.stderr)
         return
-    this_run = [r for r in records if r.ts >= RUN_START and r.origin == "generated"]
-    counts = manifest_mod.count_by_status(this_run)
-    paid = sum(r.attempts for r in this_run) if cfgmod.is_paid(config) else 0
-    cost = sum(r.est_cost_usd or 0.0 for r in this_run)
+    num = lambda v: float(v) if v not in (None, "") else 0.0
+    this_run = [r for r in rows if num(r["ts"]) >= RUN_START and r["origin"] == "generated"]
+    counts, total = {}, {}
+    for r in this_run:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    for r in rows:
+        total[r["status"]] = total.get(r["status"], 0) + 1
+    paid = int(sum(num(r["attempts"]) for r in this_run)) if cfgmod.is_paid(config) else 0
+    cost = sum(num(r["est_cost_usd"]) for r in this_run)
     ok = counts.get("success", 0)
     summary = (
-        f"summary: {ok} generated, {counts.get('failed', 0)} failed this run"
-        f" in {time.time() - RUN_START:.0f}s; manifest {MANIFEST}: {len(records)} rows"
-        f" ({', '.join(f'{v} {k}' for k, v in sorted(manifest_mod.count_by_status(records).items())) or 'empty'})"
+        f"summary: {counts.get('success', 0)} generated, {counts.get('rejected', 0)} rejected by QC,"
+        f" {counts.get('failed', 0)} failed this run in {time.time() - RUN_START:.0f}s;"
+        f" manifest {MANIFEST}: {len(rows)} rows"
+        f" ({', '.join(f'{v} {k}' for k, v in sorted(total.items())) or 'empty'})"
     )
     if cfgmod.is_paid(config):
         per = f"{paid / ok:.2f}" if ok else "n/a"

@@ -75,7 +75,7 @@ def test_full_run_then_nothing_to_do(tmp_path):
     assert (row["orig_w"], row["aspect_w"], row["out_w"], row["pad_area_px"], row["area_scale"]) == ("200", "200", "200", "0", "1.0")
     assert (wf / "data" / "aug" / "sidecars" / "ID1001__blur__v0.json").is_file()
     log = (wf / "data" / "aug" / "augment.log").read_text()
-    assert log.count(" ok ") == 9 and "summary: 9 generated, 0 failed" in log
+    assert log.count(" ok ") == 9 and "summary: 9 generated, 0 rejected by QC, 0 failed" in log
 
     again = run(wf)
     assert "9 already done, 0 to generate" in again.stderr
@@ -250,3 +250,26 @@ def test_legacy_output_dir_adopted(tmp_path):
     rows = {r["image_id"]: r for r in manifest_rows(wf)}
     assert rows["ID1000"]["ts"] == "200.0" and rows["ID1000"]["origin"] == "adopted" and rows["ID1000"]["area_scale"] == "1.0"
     assert rows["ID1001"]["status"] == "success" and rows["ID1001"]["origin"] == "generated"
+
+
+def test_bundled_sample_twice(tmp_path):
+    """The README's first command on the bundled sample; the second run generates nothing."""
+    import shutil
+
+    from .helpers import ROOT
+
+    wf = copy_workflow(tmp_path / "wf")
+    shutil.copytree(ROOT / "data" / "sample", wf / "data" / "sample", ignore=shutil.ignore_patterns("nano_banana_pro"))
+    first = snakemake(wf, "-j", "8", "--configfile", "configs/sample.yaml", timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "plan: 28 targets (7 images x 4 augmentations), 0 already done, 28 to generate" in first.stderr
+    out = wf / "data" / "sample" / "nano_banana_pro" / "train"
+    with open(out / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 28 and {r["status"] for r in rows} <= {"success", "rejected"}
+    assert {r["image_id"] for r in rows}.isdisjoint({"ID1591513760"})  # the image without Dry_Total_g
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    second = snakemake(wf, "-j", "8", "--configfile", "configs/sample.yaml", timeout=600)
+    assert second.returncode == 0
+    assert "28 already done, 0 to generate" in second.stderr and "Rule: generate" not in second.stderr + second.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == before
