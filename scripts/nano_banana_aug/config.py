@@ -13,20 +13,13 @@ import json
 import os
 from pathlib import Path
 
+from . import keys
 from .errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "configs" / "schema" / "config.schema.yaml"
 
-DEFAULT_MODELS = {
-    "gemini": "gemini-3-pro-image-preview",
-    "openrouter": "google/gemini-3-pro-image-preview",
-    "local": "recipes-v1",
-}
-DEFAULT_BASE_URLS = {
-    "gemini": "https://generativelanguage.googleapis.com/v1beta",
-    "openrouter": "https://openrouter.ai/api/v1/chat/completions",
-    "local": None,
-}
+DEFAULT_MODELS = {**keys.DEFAULT_MODEL, "local": "recipes-v1"}
+DEFAULT_BASE_URLS = {**keys.DEFAULT_BASE_URL, "local": None}
 PAID_PROVIDERS = ("gemini", "openrouter")
 
 
