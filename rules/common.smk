@@ -13,7 +13,6 @@ from snakemake.utils import validate
 
 from nano_banana_aug import config as cfgmod
 from nano_banana_aug import layout, manifest as manifest_mod, recovery, runlog
-from nano_banana_aug import sidecar as sidecar_mod
 from nano_banana_aug.errors import UserError
 from nano_banana_aug.targets import check_source, read_targets
 
@@ -92,10 +91,7 @@ if MAIN:
         if recovery.clear_stale_locks():
             print("note: removed the locks of an earlier run that was killed", file=sys.stderr)
         recovery.record_owner()
-        settled = recovery.settle_incomplete(
-            ".",
-            lambda p: recovery.output_is_done(p, OUT, layout.parse_stem, layout.sidecar_path, sidecar_mod.read),
-        )
+        settled = recovery.settle_incomplete(".", lambda p: recovery.output_is_done(p, OUT))
         if settled:
             print(f"note: {len(settled)} output(s) finished after an interruption are kept", file=sys.stderr)
         recovery.remove_stale_temporaries([OUT, layout.sidecar_dir(OUT)])

@@ -38,8 +38,7 @@ def test_incomplete_markers_of_done_outputs_settled(tmp_path):
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        settled = recovery.settle_incomplete(".", lambda p: recovery.output_is_done(
-            p, "aug", layout.parse_stem, layout.sidecar_path, sidecar.read))
+        settled = recovery.settle_incomplete(".", lambda p: recovery.output_is_done(p, "aug"))
     finally:
         os.chdir(cwd)
     assert settled == ["aug/ID1__a__v0.png"] and len(list(marks.iterdir())) == 1

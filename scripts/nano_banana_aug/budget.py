@@ -18,6 +18,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from .fileio import atomic_write_text
 from .providers.base import AttemptError
 
 
@@ -46,9 +47,7 @@ class Ledger:
             fcntl.flock(fd, fcntl.LOCK_EX)
             state = self.read()
             yield state
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(state))
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, json.dumps(state))
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)

@@ -10,11 +10,11 @@ settings without re-parsing YAML or re-validating.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from . import keys
 from .errors import ConfigError
+from .fileio import atomic_write_text
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "configs" / "schema" / "config.schema.yaml"
 
@@ -154,10 +154,7 @@ def write_effective_config(cfg: dict, path: Path) -> None:
             return
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def read_effective_config(path: Path) -> dict:

@@ -559,10 +559,9 @@ def make_contact_sheet(rows: list[Row], thumbs_dir: Path, dest: Path, *, max_row
             if not tile.is_source and tile.qc.get("qc_ssim"):
                 label += f"  ssim {_fmt(tile.qc['qc_ssim'])}"
             draw.text((x0, y0 + img_h + 2), _fit(draw, label, cell_w), fill=colour)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    sheet.save(tmp, "PNG", compress_level=6)
-    os.replace(tmp, dest)
+    buf = io.BytesIO()
+    sheet.save(buf, "PNG", compress_level=6)
+    atomic_write_bytes(dest, buf.getvalue())
     return dest
 
 

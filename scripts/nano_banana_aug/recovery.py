@@ -78,16 +78,18 @@ def settle_incomplete(workdir, is_done: Callable[[str], bool]) -> list[str]:
     return settled
 
 
-def output_is_done(path: str, output_dir, parse_stem, sidecar_path, read_sidecar) -> bool:
+def output_is_done(path: str, output_dir) -> bool:
     """An output is done when it exists, is non-empty and its sidecar says success."""
+    from . import layout, sidecar
+
     p = Path(path)
     if Path(os.path.abspath(p.parent)) != Path(os.path.abspath(output_dir)):
         return False
-    key = parse_stem(p.name)
+    key = layout.parse_stem(p.name)
     if key is None or not p.is_file() or p.stat().st_size == 0:
         return False
     try:
-        return read_sidecar(sidecar_path(output_dir, *key)).status == "success"
+        return sidecar.read(layout.sidecar_path(output_dir, *key)).status == "success"
     except (OSError, ValueError, TypeError):
         return False
 

@@ -114,11 +114,15 @@ def write_targets(targets: list[Target], path) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _target_from_row(r: dict) -> Target:
+    return Target(r["image_id"], r["image_path"], r["source"], int(r["row"]), int(r["width"]), int(r["height"]), r["problem"])
+
+
 def read_targets(path) -> list[Target]:
     """Read targets.csv (plain csv module: cheap enough to call from every job)."""
     with open(path, newline="", encoding="utf-8") as fh:
         return [
-            Target(r["image_id"], r["image_path"], r["source"], int(r["row"]), int(r["width"]), int(r["height"]), r["problem"])
+            _target_from_row(r)
             for r in csv.DictReader(fh)
         ]
 
@@ -131,7 +135,7 @@ def find_target(path, image_id: str) -> Target | None:
     with fh:
         for r in csv.DictReader(fh):
             if r["image_id"] == image_id:
-                return Target(r["image_id"], r["image_path"], r["source"], int(r["row"]), int(r["width"]), int(r["height"]), r["problem"])
+                return _target_from_row(r)
     return None
 
 
