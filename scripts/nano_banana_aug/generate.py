@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
 import socket
 import sys
 import time
@@ -283,6 +284,9 @@ def main(argv=None) -> int:
     ap.add_argument("--variant", required=True, type=int)
     ap.add_argument("--output", required=True)
     args = ap.parse_args(argv)
+    # Snakemake stops running jobs with SIGTERM: exit through Python so that
+    # temporary files are removed (a half-written file never stays behind).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         cfg = config_mod.read_effective_config(args.config_json)
         run(cfg, args.targets, args.image_id, args.aug, args.variant, args.output)
