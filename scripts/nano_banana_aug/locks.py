@@ -1,0 +1,132 @@
+"""File locks: per-target exclusivity and "jobs of this run are alive".
+
+* :func:`exclusive` — one process at a time per target.  A generate job holds
+  its target's lock (``{output_dir}/.pipeline/locks/<stem>.lock``) for its
+  whole life: from the decision whether to pay, through the call, the answer
+  store and post-processing, to the output and sidecar.  A second process for
+  the same target (an orphan of a killed run, a run started after
+  ``--unlock``) waits, then re-checks and finds the work done.
+* :func:`shared` / :func:`is_held` — every job of a run holds its run's
+  *alive* lock shared; recovery only removes a dead run's Snakemake locks
+  when nobody holds it any more.
+
+The locks are ``flock`` locks, released by the kernel when the holder dies
+(also ``kill -9``).  Waiting is a blocking ``flock`` (the kernel wakes the
+waiter, no polling), bounded by a timeout delivered with ``SIGALRM``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import UserError
+from .fileio import file_mode
+
+
+class LockTimeout(UserError):
+    """A lock could not be taken within its timeout."""
+
+
+class _Alarm(Exception):
+    pass
+
+
+def _open(path) -> int:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+
+
+def _raise_alarm(signum, frame):
+    raise _Alarm()
+
+
+def _wait(fd: int, mode: int, timeout_s: float | None) -> bool:
+    """Block until ``flock(fd, mode)`` succeeds; False when ``timeout_s`` passed first."""
+    if timeout_s is None:
+        fcntl.flock(fd, mode)
+        return True
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGALRM, _raise_alarm)
+        signal.setitimer(signal.ITIMER_REAL, max(0.001, float(timeout_s)))
+        try:
+            fcntl.flock(fd, mode)
+            return True
+        except _Alarm:
+            return False
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    # not the main thread (no signals here): back off up to 1 s between tries
+    deadline, pause = time.monotonic() + timeout_s, 0.05
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(1.0, pause * 2)
+
+
+@contextmanager
+def _held(path, mode: int, timeout_s: float | None, what: str, on_wait=None):
+    fd = _open(path)
+    try:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            if not _wait(fd, mode, timeout_s):
+                raise LockTimeout(
+                    f"{what}: still held by another process after {timeout_s:g} s ({path}); "
+                    "is another run or an orphaned job of a killed run working on it?"
+                ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def exclusive(path, *, timeout_s: float | None, what: str, on_wait=None):
+    """Hold an exclusive lock on ``path`` for the ``with`` body (waiting up to ``timeout_s``)."""
+    return _held(path, fcntl.LOCK_EX, timeout_s, what, on_wait)
+
+
+def shared(path, *, timeout_s: float | None = None, what: str = "lock"):
+    """Hold a shared lock on ``path`` for the ``with`` body."""
+    return _held(path, fcntl.LOCK_SH, timeout_s, what)
+
+
+def is_held(path) -> bool:
+    """True when some process holds a lock on ``path`` (exclusive or shared)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def wait_until_free(path, timeout_s: float | None) -> bool:
+    """Block until nobody holds ``path`` (True), or ``timeout_s`` passed (False)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        return _wait(fd, fcntl.LOCK_EX, timeout_s)
+    finally:
+        os.close(fd)
