@@ -1,13 +1,18 @@
-"""Budget guard: a run-wide ledger of paid calls and estimated cost.
+"""The run's ledger of paid calls, and the budget guard.
 
 Every paid attempt first *reserves* its place in the ledger of this run
-(``{output_dir}/.pipeline/ledger/<run_id>.json``) under an exclusive lock, so
-parallel jobs — also on other nodes of a shared filesystem — never start more
-calls than ``api.max_calls`` or spend past ``api.max_cost_usd``.  A
-reservation counts one call at the planning price (``pricing.image_usd_per_call``);
-after the call the estimate from the reported usage replaces it.  When the
-budget is used up the job ends without a call; its target is recorded as
-``over_budget`` and the next run (with a new budget) picks it up.
+(``{output_dir}/.pipeline/runs/<run id>/ledger.json``) under an exclusive
+lock, so parallel jobs — also on other nodes of a shared filesystem — never
+start more calls than ``api.max_calls`` or spend past ``api.max_cost_usd``.
+A reservation counts one call at the planning price
+(``pricing.image_usd_per_call``); after the call the estimate from the
+reported usage replaces it.  When the budget is used up the job ends without
+a call; its target is recorded as ``over_budget`` and the next run (with a new
+budget) picks it up.  The ledger is kept without a budget too: the end-of-run
+summary reports its counts.
+
+It fails closed: a ledger that exists but cannot be read stops every paid
+call (the run cannot know what it has spent), with a message naming the file.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, file_mode
 from .providers.base import AttemptError
+
+EMPTY = {"calls": 0, "cost_usd": 0.0, "refused": 0}
 
 
 class BudgetExceeded(AttemptError):
@@ -27,36 +34,50 @@ class BudgetExceeded(AttemptError):
         super().__init__(message, retryable=False, reason="BUDGET")
 
 
+class LedgerUnreadable(AttemptError):
+    def __init__(self, message: str):
+        super().__init__(message, retryable=False, reason="LEDGER")
+
+
 class Ledger:
-    def __init__(self, directory, run_id: str, *, max_calls=None, max_cost_usd=None, reserve_usd: float = 0.0):
-        self.path = Path(directory) / f"{run_id}.json"
-        self.lock_path = Path(directory) / f"{run_id}.lock"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path, *, max_calls=None, max_cost_usd=None, reserve_usd: float = 0.0):
+        self.path = Path(path)
+        self.lock_path = self.path.with_suffix(".lock")
         self.max_calls = max_calls
         self.max_cost_usd = max_cost_usd
         self.reserve_usd = float(reserve_usd)
 
-    @property
-    def active(self) -> bool:
-        return self.max_calls is not None or self.max_cost_usd is not None
-
     @contextmanager
     def _locked(self):
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, file_mode())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             state = self.read()
             yield state
             atomic_write_text(self.path, json.dumps(state))
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
     def read(self) -> dict:
+        """The ledger's counts; zeros when it does not exist yet; LedgerUnreadable when damaged."""
         try:
-            return json.loads(self.path.read_text())
-        except (FileNotFoundError, ValueError):
-            return {"calls": 0, "cost_usd": 0.0, "refused": 0}
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return dict(EMPTY)
+        except OSError as exc:
+            raise LedgerUnreadable(f"budget ledger {self.path} cannot be read ({exc.strerror}); "
+                                   "no paid call is made without knowing what this run has spent") from None
+        try:
+            state = json.loads(text)
+            if not isinstance(state, dict):
+                raise ValueError("not an object")
+            state = {**EMPTY, **state}
+            state["calls"], state["cost_usd"] = int(state["calls"]), float(state["cost_usd"])
+        except (ValueError, TypeError) as exc:
+            raise LedgerUnreadable(f"budget ledger {self.path} is damaged ({exc}); "
+                                   "no paid call is made without knowing what this run has spent") from None
+        return state
 
     def reserve(self) -> None:
         """Count one paid call, or raise BudgetExceeded without counting it."""
