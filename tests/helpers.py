@@ -55,3 +55,29 @@ def snakemake(workdir: Path, *args, timeout=300, env=None) -> subprocess.Complet
     """Run the real snakemake CLI in ``workdir``."""
     cmd = [sys.executable, "-m", "snakemake", *args]
     return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def make_paid_run(tmp_path: Path, standin, provider="gemini", n_images=2, augs=None, write_key=True,
+                  size=(200, 100), extra=None, **api) -> Path:
+    """A workflow copy with a tiny data set whose paid provider is the stand-in."""
+    import yaml
+
+    wf = copy_workflow(tmp_path / "wf")
+    make_dataset(wf / "data", n=n_images, size=size)
+    base = standin.gemini_base_url if provider == "gemini" else standin.openrouter_url
+    cfg = {
+        "api": {"provider": provider, "model": None, "base_url": base, "max_retries": 3, "retry_backoff_s": 0.05,
+                "timeout_s": 10, "concurrency": 2, **api},
+        "data": {"data_root": "data", "output_dir": "data/aug"},
+        "postprocess": {"enforce_aspect_ratio": 2.0, "mode": "pad", "png_compress_level": 1},
+        "prompt_prefix": "Change only imaging conditions.",
+        "augmentations": augs or [
+            {"name": "overcast", "prompt": "Make it overcast.", "num_images": 1},
+            {"name": "noise", "prompt": "Add sensor noise.", "num_images": 1},
+        ],
+        **(extra or {}),
+    }
+    (wf / "run.yaml").write_text(yaml.safe_dump(cfg))
+    if write_key:
+        (wf / f"{provider}.secret").write_text(standin.api_key + "\n")
+    return wf

@@ -2,9 +2,10 @@
 
 The Snakefile validates the user's YAML (plus ``--config`` overrides) with
 :func:`check_config` before any job runs, then fills defaults with
-``snakemake.utils.validate``.  The result is written once per run as JSON
-(:func:`write_effective_config`) so every ``generate.py`` job reads the same
-settings without re-parsing YAML or re-validating.
+``snakemake.utils.validate``.  The run that holds Snakemake's lock writes the
+result once, as JSON private to that run (:mod:`nano_banana_aug.runs`), so
+every job of the run reads the same settings without re-parsing YAML, and no
+other invocation can change them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 
 from . import keys
 from .errors import ConfigError
-from .fileio import atomic_write_text
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "configs" / "schema" / "config.schema.yaml"
 
@@ -63,16 +63,65 @@ def _describe(error, schema: dict) -> str:
     return f"config key '{key}': {error.message}"
 
 
-_TRUTH = {"true": True, "yes": True, "1": True, "on": True, "false": False, "no": False, "0": False, "off": False}
+_NULLS = ("null", "Null", "NULL", "~")
 
 
-def coerce_command_line(cfg: dict) -> dict:
-    """``--config plan_only=true`` arrives as the string "true": make it a boolean."""
-    for key in ("plan_only", "redo_rejected"):
-        value = cfg.get(key)
-        if isinstance(value, str) and value.strip().lower() in _TRUTH:
-            cfg[key] = _TRUTH[value.strip().lower()]
-    return cfg
+def _types(schema: dict) -> list[str]:
+    t = schema.get("type")
+    return [t] if isinstance(t, str) else list(t or [])
+
+
+def _resolve(schema: dict, root: dict) -> dict:
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target = root
+        for part in ref[2:].split("/"):
+            target = target.get(part, {})
+        return {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
+def _coerce(value, schema: dict, root: dict):
+    """``value`` converted to what ``schema`` asks for when it arrived as text (``--config``)."""
+    import yaml
+
+    schema = _resolve(schema, root)
+    types = _types(schema)
+    if isinstance(value, str) and types and "string" not in types:
+        if "null" in types and value.strip() in _NULLS:
+            return None
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        wanted = {"integer": int, "number": (int, float), "boolean": bool, "object": dict, "array": list}
+        if any(isinstance(parsed, wanted[t]) and not (t in ("integer", "number") and isinstance(parsed, bool))
+               for t in types if t in wanted):
+            value = parsed
+        elif parsed is None and "null" in types:
+            return None
+        else:
+            return value
+    elif isinstance(value, str) and "null" in types and value.strip() in _NULLS:
+        return None
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        for k, v in list(value.items()):
+            sub = props.get(k, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                value[k] = _coerce(v, sub, root)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        value[:] = [_coerce(v, schema["items"], root) for v in value]
+    return value
+
+
+def coerce_command_line(cfg: dict, schema: dict | None = None) -> dict:
+    """Values given with ``--config`` arrive as text, also inside nested values
+    (``'api={"concurrency": 4}'`` gives ``{"concurrency": "4"}``): convert them
+    to the types the schema asks for, so they validate as if written in YAML."""
+    schema = schema or load_schema()
+    return _coerce(cfg, schema, schema)
 
 
 def check_config(cfg: dict, schema: dict | None = None) -> None:
@@ -143,18 +192,6 @@ def train_csv_path(cfg: dict) -> Path:
 
 def output_dir(cfg: dict) -> Path:
     return Path(cfg["data"]["output_dir"])
-
-
-def write_effective_config(cfg: dict, path: Path) -> None:
-    """Write the validated config as JSON, atomically, only if it changed."""
-    text = json.dumps(cfg, indent=1, sort_keys=True)
-    path = Path(path)
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return
-    except FileNotFoundError:
-        pass
-    atomic_write_text(path, text)
 
 
 def read_effective_config(path: Path) -> dict:

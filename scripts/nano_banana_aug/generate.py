@@ -1,26 +1,49 @@
-"""One target: source image -> provider -> post-process -> output + sidecar.
+"""One target: decide, maybe pay, keep the answer, post-process, write output + sidecar.
 
 Called once per output file by rule ``generate`` (``scripts/generate.py``).
-Order of writes makes interruption safe: the image and the sidecar are
-written under temporary names, the sidecar is renamed first and the image
-last, so an output file that exists under its final name is always complete
-and described.  A failure writes a ``failed`` sidecar (no image) and exits
-non-zero, so Snakemake records the job as failed and the next run retries it.
+Money rules, in the order they act:
+
+1. **One process per target.**  The job holds the target's lock for its whole
+   life, then decides (:func:`nano_banana_aug.planning.decide`) from what is
+   on disk *now*: a second process for the same target (an orphan of a
+   killed run, a run started after ``--unlock``) waits and then finds the
+   work done.  Snakemake may also rerun the job for reasons of its own
+   (edited rules, ``--rerun-triggers``): the decision is then ``done`` and
+   nothing is paid or changed.
+2. **The source is checked before paying**: fully decoded, so a truncated
+   JPEG is never sent.
+3. **Every paid answer is stored** (:mod:`nano_banana_aug.answers`) the
+   moment it arrives, before decoding, QC or post-processing.  A later crash,
+   ``kill -9`` or bug loses nothing: the next run builds the output from it
+   with zero calls.
+4. **The old output stays until its replacement is complete.**  The output is
+   declared ``update()`` (Snakemake does not delete it before the job), and a
+   regeneration that fails leaves the old output and its sidecar as they
+   were, only noting why (``regen_error``).
+5. **Every failure leaves a trace**: a ``failed`` / ``over_budget`` /
+   ``blocked`` sidecar (or the ``regen_error`` note), also for unexpected
+   errors after a paid call.
+
+Commit order: when an existing output is replaced a *recheck* marker is set
+first; then the sidecar, then the image (atomic, durable renames); then the
+marker is cleared.  A crash in between is found and repaired by the next run
+from the stored answer, at no cost.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import signal
 import socket
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from . import config as config_mod
-from . import imaging, layout, postprocess, runlog, sidecar
+from . import imaging, layout, locks, planning, postprocess, regen, runlog, sidecar
+from .answers import AnswerStore, clear_recheck, mark_recheck, unconsumed
 from .errors import UserError
 from .sidecar import Record
 from .targets import find_target
@@ -32,31 +55,60 @@ class TargetFailed(Exception):
     def __init__(self, message: str, reason: str = "", status: str = "failed"):
         super().__init__(message)
         self.reason = reason
-        self.status = status  # failed | over_budget
+        self.status = status  # failed | over_budget | blocked
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_source(target, data_root) -> bytes:
-    """The source bytes, re-checking what the checkpoint found."""
-    if target.problem:  # checked again: the user may have fixed it since the checkpoint ran
+def _file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- the source
+
+def _recheck_source(target, data_root) -> None:
+    """A source the checkpoint found unusable is checked again (it may have been fixed)."""
+    if target.problem:
         from .targets import check_source
 
-        resolved, problem, _w, _h = check_source(data_root, target.image_path)
-        if problem:
-            raise TargetFailed(f"train.csv line {target.row}, image {target.image_id}: {problem}", "BAD_SOURCE")
-        target.source = resolved
+        resolved, problem, _w, _h = check_source(data_root, target.image_path, decode=True)
+        target.problem = f"train.csv line {target.row}, image {target.image_id}: {problem}" if problem else ""
+        if not problem:
+            target.source = resolved
+
+
+def _read_source(target, data_root, max_pixels: int):
+    """(bytes, fully decoded RGB image) of the source; TargetFailed before anything is sent."""
     root = Path(data_root).resolve()
     source = Path(target.source).resolve()
+    where = f"train.csv line {target.row}, image {target.image_id}"
     if not source.is_relative_to(root):
-        raise TargetFailed(f"image {target.image_id}: path resolves outside data_root: {target.image_path}", "BAD_SOURCE")
+        raise TargetFailed(f"{where}: path resolves outside data_root: {target.image_path}", "BAD_SOURCE")
     try:
-        return source.read_bytes()
+        data = source.read_bytes()
     except OSError as exc:
-        raise TargetFailed(f"train.csv line {target.row}, image {target.image_id}: cannot read {source}: {exc.strerror}", "BAD_SOURCE") from exc
+        raise TargetFailed(f"{where}: cannot read {source}: {exc.strerror}", "BAD_SOURCE") from None
+    try:
+        image = imaging.decode(data, max_pixels=max_pixels, what=f"{where}: source {source}")
+    except imaging.DecodeError as exc:
+        raise TargetFailed(str(exc), "BAD_SOURCE") from None
+    return data, image
 
+
+def _small(image, work_size):
+    """The source reduced to about twice QC's working grid (QC resizes it further)."""
+    w, h = (int(v) for v in work_size)
+    factor = max(1, min(image.width // (2 * w), image.height // (2 * h)))
+    return image.reduce(factor) if factor > 1 else image
+
+
+# ---------------------------------------------------------------- paying
 
 def _provider_and_policy(cfg: dict):
     from .providers import RetryPolicy, make_provider
@@ -82,57 +134,160 @@ def _provider_and_policy(cfg: dict):
 
 
 def _ledger(cfg: dict):
-    """This run's budget ledger, or None when no budget is set."""
-    api = cfg["api"]
-    if api.get("max_calls") is None and api.get("max_cost_usd") is None:
-        return None
+    """This run's ledger of paid calls (with the budget, if one is set)."""
     from .budget import Ledger
+    from .runs import run_dir
 
+    api = cfg["api"]
     run_id = (cfg.get("_run") or {}).get("id", "adhoc")
-    return Ledger(layout.pipeline_dir(cfg["data"]["output_dir"]) / "ledger", run_id,
+    return Ledger(run_dir(cfg["data"]["output_dir"], run_id) / "ledger.json",
                   max_calls=api.get("max_calls"), max_cost_usd=api.get("max_cost_usd"),
                   reserve_usd=float(api["pricing"]["image_usd_per_call"]))
 
 
-def _estimate_cost(cfg: dict, attempts_usage: list) -> float | None:
-    """Estimated USD of every attempt that reported usage (blocked answers can be billed too)."""
+def _estimate_cost(cfg: dict, usage) -> float | None:
+    """Estimated USD of one attempt's usage (blocked answers can be billed too)."""
     if not config_mod.is_paid(cfg):
         return 0.0
+    if usage is None:
+        return None
     from .accounting import estimate_cost_usd
 
-    total = None
-    for u in attempts_usage:
-        c = estimate_cost_usd(u, cfg["api"]["pricing"], cfg["api"]["provider"])
-        if c is not None:
-            total = (total or 0.0) + c
-    return total
+    return estimate_cost_usd(usage, cfg["api"]["pricing"], cfg["api"]["provider"])
 
 
-def _decode_answer(gen, max_pixels: int):
-    """The model's image as RGB PIL, refusing oversize or undecodable answers."""
-    if gen.image is not None:
-        image = gen.image.convert("RGB") if gen.image.mode != "RGB" else gen.image
-        if image.width * image.height > max_pixels:
-            raise TargetFailed(f"model output {image.width}x{image.height} exceeds postprocess.max_pixels", "OVERSIZE")
-        return image
+def _add(total, value):
+    return total if value is None else (total or 0.0) + value
+
+
+def _decode(data: bytes, max_pixels: int, what: str):
     try:
-        return imaging.decode(gen.data, max_pixels=max_pixels, what="model output")
+        return imaging.decode(data, max_pixels=max_pixels, what=what)
     except imaging.DecodeError as exc:
         raise TargetFailed(str(exc), "UNDECODABLE") from None
 
 
-def _source_for_qc(source_bytes: bytes, qc_cfg: dict):
-    """The source decoded at reduced size (JPEG draft mode): QC works on a small grid."""
-    from PIL import Image
+class Job:
+    """The state of one generate job while it holds its target's lock."""
 
-    im = Image.open(io.BytesIO(source_bytes))
-    w, h = qc_cfg.get("work_size", [512, 256])
-    im.draft("RGB", (2 * int(w), 2 * int(h)))
-    return im.convert("RGB")
+    def __init__(self, cfg: dict, target, aug: dict, variant_idx: int, output: Path, record: Record):
+        self.cfg, self.target, self.aug, self.k, self.output, self.record = cfg, target, aug, variant_idx, output, record
+        self.out_dir = config_mod.output_dir(cfg)
+        self.stem = layout.stem(target.image_id, aug["name"], variant_idx)
+        self.paid = config_mod.is_paid(cfg)
+        self.store = AnswerStore(self.out_dir) if self.paid else None
+        self.pp = cfg["postprocess"]
+        self.max_pixels = int(self.pp["max_pixels"])
+        self.calls = 0  # attempts made by this job (each one billed or refused by the service)
+        self.cost = None  # estimated USD of this job's attempts
+        self.seen = 0  # highest answer number looked at
+        self.usable = []  # numbers of answers that decoded but are not in an output yet
+
+    # --- one paid generation (with retries); every answer stored on arrival
+    def buy(self, source_bytes: bytes, prompt: str, satisfies: list[str]):
+        """A new paid answer: (decoded image, stored Answer)."""
+        from .budget import BudgetExceeded
+        from .providers import AttemptError, GenerationFailed, Request, call_with_retries
+
+        cfg, record = self.cfg, self.record
+        provider, policy = _provider_and_policy(cfg)
+        request = Request(
+            image_bytes=source_bytes, mime_type=imaging.sniff_mime(source_bytes) or "", prompt=prompt,
+            image_id=self.target.image_id, aug_name=self.aug["name"], variant_idx=self.k,
+            seed=int(cfg.get("seed", 0)), recipe=self.aug.get("local") or {}, source_path=self.target.image_path,
+        )
+        ledger = _ledger(cfg) if provider.paid else None
+        fingerprint = {
+            "provider": provider.name, "model": provider.model, "source_sha256": record.source_sha256,
+            "prompt_sha256": record.prompt_sha256, "image_config": cfg["api"].get("image_config"),
+        }
+        run = cfg.get("_run") or {}
+
+        def before_attempt(n):
+            if ledger is not None:
+                ledger.reserve()
+
+        def on_answer(n, gen):
+            stored = None
+            if self.store is not None and gen.data is not None:
+                u = gen.usage
+                stored = self.store.add(
+                    self.stem, gen.data, mime_label=gen.mime_type, response_id=gen.response_id,
+                    model_version=gen.model_version, usage={k: v for k, v in vars(u).items() if v is not None},
+                    est_cost_usd=_estimate_cost(cfg, u), finish_reason=gen.finish_reason, text=(gen.text or "")[:500],
+                    attempt=n, ts=time.time(), source="call", fingerprint=fingerprint, satisfies=list(satisfies),
+                    run_id=run.get("id", ""), host=record.host, slurm_job_id=record.slurm_job_id,
+                )
+                self.seen = max(self.seen, stored.seq)
+                if satisfies:
+                    regen.record_done(self.out_dir, satisfies, self.stem)
+            if gen.image is not None:
+                image = gen.image.convert("RGB") if gen.image.mode != "RGB" else gen.image
+                if image.width * image.height > self.max_pixels:
+                    raise AttemptError(f"model output {image.width}x{image.height} exceeds postprocess.max_pixels",
+                                       retryable=True, reason="OVERSIZE")
+                return image, stored
+            try:
+                image = imaging.decode(gen.data, max_pixels=self.max_pixels, what="model output")
+            except imaging.DecodeError as exc:  # a failed attempt: retried like any other
+                raise AttemptError(str(exc), retryable=True, status=200, reason="UNDECODABLE") from None
+            if stored is not None:
+                self.usable.append(stored.seq)
+            return image, stored
+
+        def after_attempt(n, gen, err):
+            self.calls += 1
+            u = gen.usage if gen is not None else err.usage
+            cost = _estimate_cost(cfg, u)
+            self.cost = _add(self.cost, cost)
+            if ledger is not None:
+                ledger.settle(cost)
+            if err is not None:
+                runlog.event(cfg, "retry" if err.retryable and n < policy.max_attempts else "attempt", self.stem,
+                             attempt=n, reason=err.reason, error=err.message[:200])
+
+        t0 = time.monotonic()
+        try:
+            gen = call_with_retries(provider, request, policy, before_attempt=before_attempt,
+                                    after_attempt=after_attempt, on_answer=on_answer)
+        except GenerationFailed as failed:
+            if isinstance(failed.last, BudgetExceeded):
+                raise TargetFailed(f"not generated: {failed.last.message} (run again to continue)", "BUDGET",
+                                   status="over_budget") from None
+            raise TargetFailed(f"after {failed.attempts} attempt(s): {failed.last.message}", failed.last.reason) from None
+        finally:
+            record.api_seconds += time.monotonic() - t0
+        image, stored = gen.result
+        record.model_version, record.response_id = gen.model_version, gen.response_id
+        u = gen.usage
+        record.prompt_tokens, record.candidates_tokens = u.prompt_tokens, u.candidates_tokens
+        record.thoughts_tokens, record.total_tokens, record.cost_usd = u.thoughts_tokens, u.total_tokens, u.cost_usd
+        record.provider, record.model = provider.name, provider.model
+        return image, stored
+
+    def reuse(self, answer):
+        """The decoded image of a stored answer (0 calls); the record describes that answer."""
+        record = self.record
+        try:
+            data = self.store.read_image(answer)
+        except (OSError, ValueError) as exc:
+            raise TargetFailed(f"stored answer {answer.stem}/{answer.image_file} cannot be used: {exc}",
+                               "STORED_ANSWER") from None
+        image = _decode(data, self.max_pixels, f"stored answer {answer.stem}/{answer.image_file}")
+        fp = answer.fingerprint or {}
+        record.provider, record.model = fp.get("provider", ""), fp.get("model", "")
+        record.source_sha256 = fp.get("source_sha256", record.source_sha256)
+        record.prompt_sha256 = fp.get("prompt_sha256", record.prompt_sha256)
+        record.model_version, record.response_id = answer.model_version, answer.response_id
+        u = answer.usage or {}
+        record.prompt_tokens, record.candidates_tokens = u.get("prompt_tokens"), u.get("candidates_tokens")
+        record.thoughts_tokens, record.total_tokens = u.get("thoughts_tokens"), u.get("total_tokens")
+        record.cost_usd = u.get("cost_usd")
+        return image
 
 
 def _quality_check(source_image, image, qc_cfg: dict, record: Record) -> bool:
-    """Label-safety QC of the raw model answer; fills record.qc, sets status/error when rejected."""
+    """Label-safety QC of the model's answer; fills record.qc, sets status/error when rejected."""
     from . import qc
 
     t0 = time.monotonic()
@@ -145,131 +300,211 @@ def _quality_check(source_image, image, qc_cfg: dict, record: Record) -> bool:
     return passed
 
 
-def produce(cfg: dict, target, aug: dict, variant_idx: int, output: Path, record: Record) -> tuple[bytes, object]:
-    """Call the provider (with retries) and post-process; returns (encoded bytes, final image)."""
-    from .budget import BudgetExceeded
-    from .providers import GenerationFailed, Request, call_with_retries
-
-    data_root = cfg["data"]["data_root"]
-    source_bytes = _read_source(target, data_root)
+def produce(job: Job, decision: planning.Decision, fresh: list, current) -> bytes:
+    """Get the answer the decision asks for, check it, post-process it; the encoded output."""
+    cfg, record, target = job.cfg, job.record, job.target
+    pp, qc_cfg = job.pp, cfg.get("qc") or {"enabled": False}
+    source_bytes, source_image = _read_source(target, cfg["data"]["data_root"], job.max_pixels)
     record.source_sha256 = _sha256(source_bytes)
-    prompt = config_mod.full_prompt(cfg, aug)
+    prompt = config_mod.full_prompt(cfg, job.aug)
     record.prompt_sha256 = _sha256(prompt.encode("utf-8"))
-    mime = imaging.sniff_mime(source_bytes)
-    if mime is None:
-        raise TargetFailed(f"train.csv line {target.row}, image {target.image_id}: source is not a recognised image: {target.source}", "BAD_SOURCE")
-    provider, policy = _provider_and_policy(cfg)
-    record.provider, record.model = provider.name, provider.model
-    request = Request(
-        image_bytes=source_bytes, mime_type=mime, prompt=prompt, image_id=target.image_id,
-        aug_name=aug["name"], variant_idx=variant_idx, seed=int(cfg.get("seed", 0)),
-        recipe=aug.get("local") or {}, source_path=target.image_path,
-    )
-    usages = []
-    ledger = _ledger(cfg) if provider.paid else None
 
-    def before_attempt(n):
-        if ledger is not None:
-            ledger.reserve()
+    if decision.action == "call":
+        image, answer = job.buy(source_bytes, prompt, decision.requests)
+        record.answer_source = "call" if job.paid else ""
+    else:
+        answer = fresh[-1] if decision.action == "store" else current
+        image = job.reuse(answer)
+        if decision.action == "store":
+            job.usable.append(answer.seq)
+        record.answer_source = "store"
+        record.attempts, record.est_cost_usd = answer.attempt, answer.est_cost_usd  # what the output cost
+        runlog.event(cfg, "reuse", job.stem, answer=answer.answer_id, why=decision.why)
+    if answer is not None:
+        record.answer_id = answer.answer_id
+        job.seen = max(job.seen, answer.seq)
 
-    def after_attempt(n, gen, err):
-        u = gen.usage if gen is not None else (err.usage if err is not None else None)
-        if u is not None:
-            usages.append(u)
-        if ledger is not None:
-            ledger.settle(_estimate_cost(cfg, [u]) if u is not None else None)
-        if err is not None:
-            runlog.event(cfg, "retry" if err.retryable and n < policy.max_attempts else "attempt", output.stem,
-                         attempt=n, reason=err.reason, error=err.message[:200])
-
-    def answer():
-        """One generation (with retries), decoded; accounting into ``record``."""
-        t0 = time.monotonic()
-        try:
-            gen = call_with_retries(provider, request, policy, before_attempt=before_attempt, after_attempt=after_attempt)
-        except BudgetExceeded as exc:
-            record.api_seconds += time.monotonic() - t0
-            record.est_cost_usd = _estimate_cost(cfg, usages)
-            raise TargetFailed(f"not generated: {exc.message} (run again to continue)", "BUDGET", status="over_budget") from None
-        except GenerationFailed as failed:
-            record.api_seconds += time.monotonic() - t0
-            record.attempts += failed.attempts
-            record.est_cost_usd = _estimate_cost(cfg, usages)
-            raise TargetFailed(f"after {failed.attempts} attempt(s): {failed.last.message}", failed.last.reason) from None
-        record.api_seconds += time.monotonic() - t0
-        record.attempts += gen.attempts
-        record.model_version, record.response_id = gen.model_version, gen.response_id
-        u = gen.usage
-        record.prompt_tokens, record.candidates_tokens = u.prompt_tokens, u.candidates_tokens
-        record.thoughts_tokens, record.total_tokens, record.cost_usd = u.thoughts_tokens, u.total_tokens, u.cost_usd
-        record.est_cost_usd = _estimate_cost(cfg, usages)
-        return _decode_answer(gen, int(pp["max_pixels"]))
-
-    pp = cfg["postprocess"]
-    image = answer()
-    qc_cfg = cfg.get("qc") or {"enabled": False}
     if qc_cfg.get("enabled", True):
-        source_image = _source_for_qc(source_bytes, qc_cfg)
-        for extra in range(int(qc_cfg.get("auto_regenerate", 0)) + 1):
-            passed = _quality_check(source_image, image, qc_cfg, record)
-            if passed or extra == int(qc_cfg.get("auto_regenerate", 0)):
+        small = _small(source_image, qc_cfg.get("work_size", [512, 256]))
+        # automatic QC regeneration pays: only where this job was asked to pay anyway
+        extra = int(qc_cfg.get("auto_regenerate", 0)) if decision.action == "call" else 0
+        for n in range(extra + 1):
+            if _quality_check(small, image, qc_cfg, record) or n == extra:
                 break
-            runlog.event(cfg, "regen", output.stem, why="qc rejected", qc=record.error[:200])
-            rejected = image
+            runlog.event(cfg, "regen", job.stem, why="qc rejected", qc=record.error[:200])
+            rejected = (image, answer)
             try:
-                image = answer()
+                image, answer = job.buy(source_bytes, prompt, [])
             except TargetFailed as exc:  # keep the rejected answer for review
                 record.error += f"; automatic regeneration failed: {exc}"
-                image = rejected
+                image, answer = rejected
                 break
+            if answer is not None:
+                record.answer_id = answer.answer_id
+    else:
+        record.status = "success"
     geo = postprocess.plan(image.width, image.height, pp)
     for key, value in geo.record().items():
         setattr(record, key, value)
-    final = postprocess.apply(image, geo, pp)
-    return imaging.encode(final, cfg["data"]["output_ext"], pp), final
+    return imaging.encode(postprocess.apply(image, geo, pp), cfg["data"]["output_ext"], pp)
 
 
-def run(cfg: dict, targets_csv, image_id: str, aug_name: str, variant_idx: int, output) -> Record:
-    """Produce one output and its sidecar; raises TargetFailed after writing a failed sidecar."""
-    started = time.monotonic()
+# ---------------------------------------------------------------- one target
+
+def _inspect(job: Job, old: Record | None):
+    """(TargetState, fresh answers, the output's current answer) under the lock."""
+    answers = job.store.list(job.stem) if job.store else []
+    seen = old.answer_seq_seen if old else 0
+    job.seen = seen
+    fresh = unconsumed(answers, seen)
+    current = next((a for a in answers if old and old.answer_id and a.answer_id == old.answer_id), None)
+    output_ok = planning.output_looks_ok(job.output)
+    if output_ok and old is not None and old.output_sha256:
+        output_ok = _file_sha256(job.output) == old.output_sha256  # replaced by someone else, or damaged
+    state = planning.TargetState(
+        stem=job.stem, aug=job.aug["name"], output_ok=output_ok, output_exists=job.output.exists(),
+        status=old.status if old else "", has_answer=current is not None, unconsumed=bool(fresh),
+        attempts_total=int(old.attempts_total or 0) if old else 0, problem=job.target.problem,
+    )
+    return state, fresh, current, answers
+
+
+def _intent_for(job: Job, answers) -> planning.RunIntent:
+    intent = planning.intent_from_config(job.cfg)
+    for a in answers:  # the answers say which requests this target was already regenerated for
+        for rid in a.satisfies or ():
+            intent.done.setdefault(rid, set()).add(job.stem)
+    return intent
+
+
+def _commit(job: Job, data: bytes, replacing: bool) -> None:
+    """Write the sidecar and the image; once done, the job reports success whatever happens."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    record = job.record
+    if replacing:
+        mark_recheck(job.out_dir, job.stem)
+    record.output_bytes = len(data)
+    record.output_sha256 = _sha256(data)
+    sidecar.write(record, layout.sidecar_path(job.out_dir, record.image_id, record.aug_name, record.variant_idx))
+    from .fileio import atomic_write_bytes
+
+    atomic_write_bytes(job.output, data)
+    if not job.store or not unconsumed(job.store.list(job.stem), record.answer_seq_seen):
+        clear_recheck(job.out_dir, job.stem)
+
+
+def run(cfg: dict, targets_csv, image_id: str, aug_name: str, variant_idx: int, output) -> Record | None:
+    """Produce one output and its sidecar; raises TargetFailed after leaving a trace of the failure."""
     output = Path(output)
     out_dir = config_mod.output_dir(cfg)
+    stem = layout.stem(image_id, aug_name, variant_idx)
+    run_info = cfg.get("_run") or {}
+    timeout = float(run_info.get("target_lock_timeout_s", 3600))
+    alive = run_info.get("alive_lock") or str(layout.pipeline_dir(out_dir) / "alive.lock")
+    with locks.shared(alive):
+        with locks.exclusive(layout.target_lock(out_dir, stem), timeout_s=timeout, what=f"target {stem}",
+                             on_wait=lambda: runlog.event(cfg, "waiting", stem, why="another process works on this target")):
+            return _run_locked(cfg, targets_csv, image_id, aug_name, variant_idx, output)
+
+
+def _run_locked(cfg, targets_csv, image_id, aug_name, variant_idx, output: Path) -> Record | None:
+    started = time.monotonic()
+    out_dir = config_mod.output_dir(cfg)
     data_root = cfg["data"]["data_root"]
+    stem = layout.stem(image_id, aug_name, variant_idx)
+    side = layout.sidecar_path(out_dir, image_id, aug_name, variant_idx)
     record = Record(image_id, aug_name, variant_idx, image_path=layout.relative_to_root(output, data_root),
                     host=socket.gethostname(), slurm_job_id=os.environ.get("SLURM_JOB_ID", ""))
-    side = layout.sidecar_path(out_dir, image_id, aug_name, variant_idx)
-    runlog.event(cfg, "started", output.stem, provider=cfg["api"]["provider"], model=cfg["api"]["model"])
+    try:
+        old = sidecar.read(side)
+    except FileNotFoundError:
+        old = None
+    except (OSError, ValueError, TypeError):
+        old = None  # unreadable: as if there were none (the output, if any, is judged by its file)
+    job, state = None, None
     try:
         target = find_target(targets_csv, image_id)
         if target is None:
-            raise TargetFailed(f"image {image_id} is not in {targets_csv} (not in train.csv, or lacks a primary target)", "UNKNOWN_IMAGE")
+            raise TargetFailed(f"image {image_id} is not in {targets_csv} (not in train.csv, or lacks a primary target)",
+                               "UNKNOWN_IMAGE")
         record.src_image_path = target.image_path
         aug = config_mod.augmentation(cfg, aug_name)
         if not 0 <= variant_idx < int(aug.get("num_images", 1)):
-            raise TargetFailed(f"variant v{variant_idx} is outside num_images={aug.get('num_images', 1)} of '{aug_name}'", "UNKNOWN_VARIANT")
-        data, _final = produce(cfg, target, aug, variant_idx, output, record)
-    except (TargetFailed, UserError) as exc:
-        record.status = getattr(exc, "status", "failed")
-        record.error = str(exc)
-        record.error_reason = getattr(exc, "reason", "") or exc.__class__.__name__
-        record.ts = time.time()
-        record.seconds = time.monotonic() - started
-        sidecar.write(record, side)
-        runlog.event(cfg, record.status, output.stem, attempts=record.attempts, secs=record.seconds, reason=record.error_reason, error=record.error[:300])
-        raise TargetFailed(record.error, record.error_reason, record.status) from None
+            raise TargetFailed(f"variant v{variant_idx} is outside num_images={aug.get('num_images', 1)} of '{aug_name}'",
+                               "UNKNOWN_VARIANT")
+        _recheck_source(target, data_root)
+        job = Job(cfg, target, aug, variant_idx, output, record)
+        state, fresh, current, answers = _inspect(job, old)
+        decision = planning.decide(state, _intent_for(job, answers))
+        if decision.action == "done":
+            if not fresh:
+                clear_recheck(out_dir, stem)
+            runlog.event(cfg, "checked", stem, result="output kept, nothing to do")
+            return None
+        runlog.event(cfg, "started", stem, action=decision.action, why=decision.why,
+                     provider=cfg["api"]["provider"], model=cfg["api"]["model"])
+        if decision.action == "blocked":
+            raise TargetFailed(f"not retried: {decision.why}; run with --config retry_blocked=true to try again",
+                               "BLOCKED", status="blocked")
+        if decision.action == "unusable":
+            raise TargetFailed(decision.why, "BAD_SOURCE")
+        data = produce(job, decision, fresh, current)
+    except (TargetFailed, UserError, Exception) as exc:  # every failure leaves a trace
+        if not isinstance(exc, (TargetFailed, UserError)):
+            traceback.print_exc(file=sys.stderr)
+        _record_failure(cfg, job, record, old, state, side, exc, time.monotonic() - started)
+        raise TargetFailed(str(exc), getattr(exc, "reason", "") or exc.__class__.__name__,
+                           getattr(exc, "status", "failed")) from None
 
-    record.status = record.status or "success"  # "rejected" when the QC gate said so
-    record.output_bytes = len(data)
+    if decision.action == "call":
+        record.attempts, record.est_cost_usd = job.calls, job.cost
+    record.answer_seq_seen = job.seen
+    record.attempts_total = 0
     record.ts = time.time()
     record.seconds = time.monotonic() - started
-    from .fileio import atomic_write_bytes
-
-    sidecar.write(record, side)
-    atomic_write_bytes(output, data)  # last: the output's existence means "done"
-    runlog.event(cfg, "ok" if record.status == "success" else record.status, output.stem,
-                 attempts=record.attempts, secs=record.seconds, size=f"{record.out_w}x{record.out_h}",
-                 bytes=record.output_bytes, qc=record.error[:200])
+    _commit(job, data, replacing=state.output_exists)
+    try:
+        runlog.event(cfg, "ok" if record.status == "success" else record.status, stem,
+                     attempts=job.calls, source=record.answer_source or None, secs=record.seconds,
+                     size=f"{record.out_w}x{record.out_h}", bytes=record.output_bytes, qc=record.error[:200])
+    except OSError:
+        pass
     return record
+
+
+def _record_failure(cfg, job, record: Record, old, state, side, exc, seconds) -> None:
+    """The trace of a failure: a failed sidecar, or a note on the old output when one is kept."""
+    status = getattr(exc, "status", "failed")
+    reason = getattr(exc, "reason", "") or exc.__class__.__name__
+    message = str(exc) if isinstance(exc, (TargetFailed, UserError)) else f"unexpected {type(exc).__name__}: {exc}"
+    calls = job.calls if job else 0
+    seen = job.seen if job else (old.answer_seq_seen if old else 0)
+    if job and job.usable:  # answers that decoded stay unused: the next run builds the output from them
+        seen = min(seen, min(job.usable) - 1)
+    max_total = int(cfg["api"].get("max_total_attempts", 6))
+    if state is not None and state.output_ok and old is not None and old.status in ("success", "rejected"):
+        # a regeneration failed: the old output (restored by Snakemake if needed) and its record stay
+        old.regen_error, old.regen_error_ts = message, time.time()
+        old.answer_seq_seen = max(old.answer_seq_seen, seen)
+        sidecar.write(old, side)
+    else:
+        record.status = status
+        record.error = message
+        record.error_reason = reason
+        record.attempts = calls
+        record.est_cost_usd = job.cost if job else None
+        record.answer_seq_seen = seen
+        record.attempts_total = (int(old.attempts_total or 0) if old else 0) + calls
+        if status == "failed" and calls and record.attempts_total >= max_total:
+            record.status, record.error_reason = "blocked", "BLOCKED"
+            record.error = (f"blocked after {record.attempts_total} failed attempts (api.max_total_attempts="
+                            f"{max_total}); retry with --config retry_blocked=true. Last: {message}")
+        record.ts = time.time()
+        record.seconds = seconds
+        sidecar.write(record, side)
+    stem = layout.stem(record.image_id, record.aug_name, record.variant_idx)
+    runlog.event(cfg, record.status if record.status != "success" else "failed", stem,
+                 attempts=calls, secs=seconds, reason=reason, error=message[:300])
 
 
 def main(argv=None) -> int:
@@ -277,7 +512,7 @@ def main(argv=None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(description="Produce one augmented image and its JSON sidecar.")
-    ap.add_argument("--config-json", required=True, help="effective config written by the Snakefile")
+    ap.add_argument("--config-json", required=True, help="the run's effective config (written at the run's start)")
     ap.add_argument("--targets", required=True, help="targets.csv of checkpoint `targets`")
     ap.add_argument("--image-id", required=True)
     ap.add_argument("--aug", required=True)

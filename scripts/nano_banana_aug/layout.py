@@ -3,7 +3,8 @@
     {output_dir}/{image_id}__{aug_name}__v{k}.{ext}    the outputs (rule targets)
     {output_dir}/sidecars/{image_id}__{aug_name}__v{k}.json   one per target
     {output_dir}/.pipeline/targets.csv                 checkpoint `targets`
-    {output_dir}/.pipeline/config.json                 effective config of the run
+    {output_dir}/.pipeline/runs/<run id>/              one run's private config, ledger, locks
+    {output_dir}/answers/<stem>/                       every paid answer (answers.py)
     {output_dir}/{manifest}, {output_dir}/{log_file}   derived, rebuilt each run
 
 ``image_id`` never contains ``__`` (it is ``sample_id`` up to the first
@@ -57,8 +58,13 @@ def targets_table(output_dir) -> Path:
     return pipeline_dir(output_dir) / "targets.csv"
 
 
-def effective_config(output_dir) -> Path:
-    return pipeline_dir(output_dir) / "config.json"
+def settings_file(output_dir, settings: dict) -> Path:
+    """The checkpoint's settings, under a name that changes with them (so it reruns)."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return pipeline_dir(output_dir) / "settings" / f"targets-{digest}.json"
 
 
 def relative_to_root(path, data_root) -> str:
@@ -69,3 +75,8 @@ def relative_to_root(path, data_root) -> str:
         return p.relative_to(root).as_posix()
     except ValueError:
         return str(p)
+
+
+def target_lock(output_dir, stem: str) -> Path:
+    """Held by the one process working on a target (generate, answer pruning)."""
+    return pipeline_dir(output_dir) / "locks" / f"{stem}.lock"

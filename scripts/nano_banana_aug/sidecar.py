@@ -29,7 +29,7 @@ class Record:
     variant_idx: int
     src_image_path: str = ""  # train.csv's image_path
     image_path: str = ""  # output, relative to data_root when under it
-    status: str = ""  # success | failed | rejected | missing | over_budget
+    status: str = ""  # success | failed | rejected | missing | over_budget | blocked
     error: str = ""
     ts: float = 0.0  # unix time the result was written
     orig_w: int = 0
@@ -52,6 +52,7 @@ class Record:
     prompt_sha256: str = ""
     source_sha256: str = ""
     output_bytes: int = 0
+    output_sha256: str = ""  # of the output file as written (tells a replaced or damaged file apart)
     prompt_tokens: int | None = None
     candidates_tokens: int | None = None
     thoughts_tokens: int | None = None
@@ -59,15 +60,22 @@ class Record:
     cost_usd: float | None = None  # reported by the service (OpenRouter)
     est_cost_usd: float | None = None  # from the config's price table
     origin: str = "generated"  # generated | adopted (legacy output without sidecar)
+    answer_source: str = ""  # call (paid in this job) | store (a stored answer, 0 calls) | "" (local, adopted)
+    answer_id: str = ""  # the stored answer the output was made from (answers/<stem>/<id>.*)
+    answer_seq_seen: int = 0  # every stored answer up to this number has been used
+    attempts_total: int = 0  # failed attempts since the last success (api.max_total_attempts)
+    regen_error: str = ""  # why the last regeneration of this (kept) output failed
+    regen_error_ts: float = 0.0  # when
     host: str = ""  # where the job ran
     slurm_job_id: str = ""  # set when it ran inside a SLURM job
     qc: dict = field(default_factory=dict)  # qc_* scores (flattened into columns)
 
     def __post_init__(self):
         self.error = (self.error or "")[:ERROR_MAX_CHARS]
+        self.regen_error = (self.regen_error or "")[:ERROR_MAX_CHARS]
 
     def to_json(self) -> str:
-        self.error = (self.error or "")[:ERROR_MAX_CHARS]
+        self.__post_init__()
         return json.dumps(asdict(self), indent=1, sort_keys=False)
 
     def to_row(self) -> dict:

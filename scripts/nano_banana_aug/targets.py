@@ -73,10 +73,15 @@ def select_images(df, primary_targets) -> list[tuple[str, str, int]]:
     return [(str(i), str(r.image_path), int(r._line)) for i, r in first.iterrows() if not pd.isna(r.image_path)]
 
 
-def check_source(data_root, image_path: str) -> tuple[str, str, int, int]:
-    """Resolve and check one source image without reading past its header.
+def check_source(data_root, image_path: str, *, decode: bool = False, cache: dict | None = None) -> tuple[str, str, int, int]:
+    """Resolve and check one source image.
 
-    Returns (resolved path, problem, width, height); problem is "" when usable.
+    With ``decode`` the whole file is decoded (JPEG at reduced scale, which
+    still reads every byte of the compressed data), so a truncated or corrupt
+    file is found here and never sent; ``cache`` maps a resolved path to the
+    verdict for a (size, mtime) already checked.  Without ``decode`` only the
+    header is read.  Returns (resolved path, problem, width, height); problem
+    is "" when usable.
     """
     root = Path(data_root).resolve()
     resolved = (root / image_path).resolve()
@@ -88,20 +93,42 @@ def check_source(data_root, image_path: str) -> tuple[str, str, int, int]:
         return str(resolved), f"source image unreadable (permission denied): {resolved}", 0, 0
     from PIL import Image, UnidentifiedImageError
 
+    st = resolved.stat()
+    stamp = [st.st_size, st.st_mtime_ns]
+    if decode and cache is not None and cache.get(str(resolved), [None])[:2] == stamp:
+        _size, _mtime, problem, w, h = cache[str(resolved)]
+        return str(resolved), problem, w, h
     try:
         with Image.open(resolved) as im:
             w, h = im.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        return str(resolved), f"source image unreadable ({exc.__class__.__name__}: {exc}): {resolved}", 0, 0
-    return str(resolved), "", int(w), int(h)
+            if decode:
+                im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+                im.load()
+        problem = ""
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        problem, w, h = f"source image unreadable ({exc.__class__.__name__}: {exc}): {resolved}", 0, 0
+    if decode and cache is not None:
+        cache[str(resolved)] = [*stamp, problem, int(w), int(h)]
+    return str(resolved), problem, int(w), int(h)
 
 
-def build_targets(train_csv, data_root, primary_targets) -> list[Target]:
+def build_targets(train_csv, data_root, primary_targets, cache_path=None) -> list[Target]:
+    """The checkpoint's rows; every source decoded once (verdicts cached by size and mtime)."""
+    import json
+
     df = read_train_csv(train_csv)
+    cache = {}
+    if cache_path is not None:
+        try:
+            cache = json.loads(Path(cache_path).read_text())
+        except (OSError, ValueError):
+            cache = {}
     out = []
     for image_id, image_path, line in select_images(df, list(primary_targets)):
-        source, problem, w, h = check_source(data_root, image_path)
+        source, problem, w, h = check_source(data_root, image_path, decode=True, cache=cache)
         out.append(Target(image_id, image_path, source, line, w, h, problem))
+    if cache_path is not None:
+        atomic_write_text(cache_path, json.dumps(cache), durable=False)
     return out
 
 
@@ -150,7 +177,10 @@ def main(argv=None) -> int:
     ap.add_argument("--output", required=True)
     args = ap.parse_args(argv)
     cfg = config_mod.read_effective_config(args.config_json)
-    targets = build_targets(config_mod.train_csv_path(cfg), config_mod.data_root(cfg), cfg["data"]["primary_targets"])
+    from . import layout
+
+    targets = build_targets(config_mod.train_csv_path(cfg), config_mod.data_root(cfg), cfg["data"]["primary_targets"],
+                            cache_path=layout.pipeline_dir(cfg["data"]["output_dir"]) / "source_checks.json")
     write_targets(targets, args.output)
     bad = [t for t in targets if t.problem]
     print(f"targets: {len(targets)} images with {', '.join(cfg['data']['primary_targets'])}; {len(bad)} unusable")

@@ -109,6 +109,8 @@ KINDS = {
           "usage (bool), image_details (bool), cost (OpenRouter usage.cost; None = omit)",
     "jpeg_as_png": "ok, but JPEG bytes labelled image/png",
     "slow": "wait `delay` seconds (default 5), then answer as `then` (default ok)",
+    "hold": "hold the answer until the test calls release() (or the server stops), then answer as `then` "
+            "(default ok); lets a test act while calls are in flight without timing anything",
     "drop": "close the connection without any response",
     "prompt_blocked": "Gemini: promptFeedback.blockReason=`reason` (default PROHIBITED_CONTENT), no candidates; "
                       "OpenRouter: finish_reason content_filter, native_finish_reason=`reason`",
@@ -188,6 +190,7 @@ class RecordedRequest:
     status: int | None = None  # None = dropped
     finished: float | None = None
     cancel: threading.Event | None = field(default=None, repr=False)
+    held: bool = False  # waiting in behaviour ``hold``
 
     def header(self, name: str, default=None):
         for k, v in self.headers.items():
@@ -816,6 +819,8 @@ class StandinServer:
             if old is not None:
                 old.set()
             self._cancel = threading.Event()
+            self._release = threading.Event()
+            self._changed = threading.Condition(self._lock)
             self._queues: dict = {}  # (protocol, match) -> deque[B]
             self._defaults: dict = {}  # (protocol, match) -> B
             self._rule: Callable | None = None
@@ -872,6 +877,24 @@ class StandinServer:
                         return found
         return B("ok")
 
+    def release(self) -> None:
+        """Let every held answer (behaviour ``hold``) go, now and from now on."""
+        self._release.set()
+
+    def wait_until(self, predicate: Callable[["StandinServer"], bool], timeout: float = 120.0) -> None:
+        """Block until ``predicate(server)`` is true (re-checked whenever a request starts or ends)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate(self):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"stand-in: condition not met within {timeout:g} s ({self.stats()})")
+                self._changed.wait(min(left, 1.0))
+
+    def answers(self) -> list[RecordedRequest]:
+        """Requests answered with an image (each one a paid answer at the real service)."""
+        return [r for r in self.requests if r.status == 200 and r.kind in ("ok", "hold", "slow", "jpeg_as_png")]
+
     # --- observation
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -917,11 +940,17 @@ class StandinServer:
             rec.cancel = self._cancel
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._changed.notify_all()
 
     def _leave(self, rec: RecordedRequest) -> None:
         with self._lock:
             if rec.cancel is self._cancel:  # else counted before a reset
                 self.in_flight -= 1
+            self._changed.notify_all()
+
+    def _notify(self) -> None:
+        with self._lock:
+            self._changed.notify_all()
 
     def _record(self, rec_args: dict) -> RecordedRequest:
         with self._lock:
@@ -958,6 +987,14 @@ class StandinServer:
             delay = float(b.get("delay", 5.0))
             then = as_behaviour(b.get("then", "ok"))
             b = then
+        elif b.kind == "hold":
+            rec.held = True
+            self._notify()
+            release = self._release
+            while not release.is_set() and not (rec.cancel is not None and rec.cancel.is_set()):
+                release.wait(0.5)
+            rec.held = False
+            b = as_behaviour(b.get("then", "ok"))
         if b.kind == "drop":
             return Reply(drop=True, delay=delay)
         reply = proto.answer(rec, b, info)
@@ -1053,6 +1090,7 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
             return
         rec.status = reply.status
+        st._notify()
         try:
             self._send(reply.status, reply.body, reply.headers)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):

@@ -55,9 +55,11 @@ class Generation:
     response_id: str = ""  # Gemini responseId / OpenRouter id
     text: str = ""  # any text the model returned next to the image
     usage: Usage = field(default_factory=Usage)
+    finish_reason: str = ""  # Gemini finishReason / OpenRouter native_finish_reason
     # filled by call_with_retries:
     attempts: int = 0
     seconds: float = 0.0
+    result: Any = None  # what on_answer returned (e.g. the decoded image)
 
 
 class AttemptError(Exception):
@@ -135,25 +137,38 @@ def call_with_retries(
     *,
     before_attempt: Callable[[int], None] | None = None,
     after_attempt: Callable[[int, Generation | None, AttemptError | None], None] | None = None,
+    on_answer: Callable[[int, Generation], Any] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Generation:
     """Run ``provider.attempt`` until it succeeds, a non-retryable error
     occurs, or ``policy.max_attempts`` attempts were made.
 
-    ``before_attempt(n)`` runs before attempt n (budget guard: it may raise
-    AttemptError(retryable=False) to stop paying); ``after_attempt`` sees each
-    outcome (accounting, logging).
+    ``before_attempt(n)`` runs before attempt n (budget guard): an
+    AttemptError it raises stops the loop with GenerationFailed counting only
+    the attempts really made.  ``on_answer(n, gen)`` runs on every answer as
+    soon as it arrived (store it, decode it); its return value becomes
+    ``gen.result`` and an AttemptError it raises makes that answer a failed
+    attempt (e.g. an image that does not decode), retried like any other.
+    ``after_attempt`` sees each outcome (accounting, logging).
     """
     started = time.monotonic()
     attempts = 0
     last: AttemptError | None = None
     while attempts < max(1, policy.max_attempts):
-        attempts += 1
         if before_attempt is not None:
-            before_attempt(attempts)
+            try:
+                before_attempt(attempts + 1)
+            except AttemptError as err:  # e.g. the budget: this attempt is not made
+                raise GenerationFailed(err, attempts, time.monotonic() - started) from None
+        attempts += 1
+        gen = None
         try:
             gen = provider.attempt(request)
+            if on_answer is not None:
+                gen.result = on_answer(attempts, gen)
         except AttemptError as err:
+            if gen is not None and err.usage is None:
+                err.usage = gen.usage  # an answer that arrived but cannot be used was billed
             last = err
             if after_attempt is not None:
                 after_attempt(attempts, None, err)

@@ -186,8 +186,8 @@ def parse_response(payload: dict, *, secret: str | None = None) -> Generation:
     model_version = str(payload.get("modelVersion") or payload.get("model_version") or "")
     response_id = str(payload.get("responseId") or payload.get("response_id") or "")
 
-    def fail(message: str, reason: str) -> AttemptError:
-        return AttemptError(_http.redact(message, secret), retryable=True, status=200, reason=reason, usage=usage)
+    def fail(message: str, reason: str, retryable: bool = True) -> AttemptError:
+        return AttemptError(_http.redact(message, secret), retryable=retryable, status=200, reason=reason, usage=usage)
 
     feedback = payload.get("promptFeedback") or payload.get("prompt_feedback") or {}
     if not isinstance(feedback, dict):
@@ -195,7 +195,9 @@ def parse_response(payload: dict, *, secret: str | None = None) -> Generation:
     block = feedback.get("blockReason") or feedback.get("block_reason")
     if block:
         note = feedback.get("blockReasonMessage") or feedback.get("block_reason_message") or ""
-        raise fail(f"prompt blocked: promptFeedback.blockReason={block}" + (f" {_http.quote(note)}" if note else ""), str(block))
+        # the input itself was refused: asking again with the same input gets the same answer
+        raise fail(f"prompt blocked: promptFeedback.blockReason={block}" + (f" {_http.quote(note)}" if note else "")
+                   + " (the input is refused; not retried)", str(block), retryable=False)
 
     candidates = payload.get("candidates") or []
     if not isinstance(candidates, list) or not candidates or not isinstance(candidates[0], dict):
@@ -227,4 +229,5 @@ def parse_response(payload: dict, *, secret: str | None = None) -> Generation:
         raise
     return Generation(
         data=data, mime_type=label, model_version=model_version, response_id=response_id, text=text, usage=usage,
+        finish_reason=finish,
     )

@@ -247,7 +247,7 @@ def parse_response(payload: dict, *, secret: str | None = None, retry_after: flo
     err = payload.get("error")
     if isinstance(err, dict):
         code = err.get("code")
-        code_num = code if isinstance(code, int) else None
+        code_num = _code_number(code)
         detail = _describe_metadata(err.get("metadata"))
         reason = provider_reason(err.get("metadata")) or (f"ERROR_{code}" if code is not None else "ERROR")
         raise fail(
@@ -290,8 +290,9 @@ def parse_response(payload: dict, *, secret: str | None = None, retry_after: flo
         raise fail(f"answer without an image ({finish_note}){said}", reason)
     parsed = _data_url(urls[-1])
     if parsed is None:
-        raise fail(f"image is not a base64 data URL (starts {_http.quote(urls[-1][:40])}); only data URLs are supported",
-                   "BAD_IMAGE_DATA")
+        # the model/provider answers with hosted URLs: asking again gives another URL, never data
+        raise fail(f"image is not a base64 data URL (starts {_http.quote(urls[-1][:40])}); only data URLs are "
+                   "supported (not retried: this model answers with hosted URLs)", "IMAGE_URL", retryable=False)
     label, data = parsed
     try:
         raw = decode_b64_image(data, label, secret=secret)
@@ -300,5 +301,16 @@ def parse_response(payload: dict, *, secret: str | None = None, retry_after: flo
         raise
     return Generation(
         data=raw, mime_type=label, model_version=str(payload.get("model") or ""),
-        response_id=str(payload.get("id") or ""), text=text, usage=usage,
+        response_id=str(payload.get("id") or ""), text=text, usage=usage, finish_reason=native or finish,
     )
+
+
+def _code_number(code) -> int | None:
+    """An error code as a number: ``402`` and ``"402"`` alike (OpenRouter sends both)."""
+    if isinstance(code, bool):
+        return None
+    if isinstance(code, int):
+        return code
+    if isinstance(code, str) and code.strip().isdigit():
+        return int(code.strip())
+    return None
