@@ -12,16 +12,22 @@ configfile: "configs/nano_banana_pro_augment.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/run.smk"
 include: "rules/targets.smk"
 include: "rules/generate.smk"
 include: "rules/manifest.smk"
 include: "rules/gallery.smk"
+include: "rules/answers.smk"
 
 
 rule all:
     default_target: True
     input:
         get_final_targets,
+
+
+onstart:
+    start_run()
 
 
 onsuccess:

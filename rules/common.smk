@@ -1,5 +1,13 @@
-# Config validation, paths, input functions and end-of-run hooks.
+# Config validation, paths, input functions and run hooks.
 # All logic lives in the package scripts/nano_banana_aug/.
+#
+# Nothing here writes a file while the Snakefile is parsed: dry-runs,
+# --summary, --lint, --unlock and runs that fail to get Snakemake's lock
+# change nothing a live run uses. The run that holds the lock writes its
+# private config, its owner record and its regeneration requests in
+# `onstart` (start_run), before any job. The one exception is recovery after
+# a hard kill (recovery.recover): it only removes what provably belongs to a
+# dead run.
 
 import os
 import re
@@ -12,12 +20,14 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from snakemake.utils import validate
 
 from nano_banana_aug import config as cfgmod
-from nano_banana_aug import layout, manifest as manifest_mod, recovery, runlog
+from nano_banana_aug import layout, manifest as manifest_mod, planning, recovery, regen, runlog, runs
 from nano_banana_aug.errors import UserError
 from nano_banana_aug.targets import check_source, read_targets
 
 RUN_START = time.time()
 MAIN = workflow.is_main_process
+RUN_ID = runs.run_id_for(MAIN)  # new in the main process; inherited by cluster job steps
+PYTHON = sys.executable  # jobs run with the interpreter that runs Snakemake
 
 
 def stop(message):
@@ -40,16 +50,18 @@ try:
 except UserError as exc:
     stop(str(exc))
 
+PAID = cfgmod.is_paid(config)
 OUT = config["data"]["output_dir"].rstrip("/")
 EXT = config["data"]["output_ext"]
 DATA_ROOT = config["data"]["data_root"]
 TRAIN_CSV = str(cfgmod.train_csv_path(config))
 PIPE = layout.pipeline_dir(OUT)
 LOG_DIR = PIPE / "logs"
-CONFIG_JSON = str(layout.effective_config(OUT))
-TARGET_SETTINGS = str(PIPE / "target_settings.json")
+RUN_CONFIG = str(runs.config_path(OUT, RUN_ID))  # this run's effective config, written by start_run
+RUN_MARK = str(runs.start_mark(OUT, RUN_ID))  # new every run: what must run every time depends on it
 TARGETS_CSV = str(layout.targets_table(OUT))
-RUN_STAMP = str(PIPE / "run.stamp")
+TARGET_SETTINGS = {k: config["data"][k] for k in ("data_root", "train_csv", "primary_targets")}
+SETTINGS_JSON = str(layout.settings_file(OUT, TARGET_SETTINGS))  # a new file when they change
 MANIFEST = f"{OUT}/{config['data']['manifest']}"
 AUG_NAMES = [a["name"] for a in config["augmentations"]]
 NUM_IMAGES = {a["name"]: int(a["num_images"]) for a in config["augmentations"]}
@@ -59,7 +71,7 @@ NUM_IMAGES = {a["name"]: int(a["num_images"]) for a in config["augmentations"]}
 # resource bounds how many paid jobs run (or sit queued on a cluster) at once:
 # 2 x concurrency lets post-processing overlap other calls' waiting.
 # Override with --resources api=N.
-API_SLOTS_PER_JOB = 1 if cfgmod.is_paid(config) else 0
+API_SLOTS_PER_JOB = 1 if PAID else 0
 # worst case of one generate job: every attempt times out after the longest wait
 _api = config["api"]
 GENERATE_RUNTIME_MIN = 5 + int(
@@ -68,53 +80,62 @@ GENERATE_RUNTIME_MIN = 5 + int(
 if "api" not in workflow.global_resources:
     workflow.global_resources.update({"api": 2 * int(config["api"]["concurrency"])})
 
+
 wildcard_constraints:
     image_id=r"(?:(?!__)[^/])+",
     aug="|".join(map(re.escape, AUG_NAMES)),
     k=r"\d+",
 
 
-def regenerate_stamp(aug):
-    return str(PIPE / "regenerate" / f"{aug}.stamp")
-
-
 if MAIN:
+    runs.keep_other_runs_locks()  # Snakemake would delete a live run's locks when this invocation ends
     if not Path(TRAIN_CSV).is_file():
         stop(f"{TRAIN_CSV}: train.csv not found (data.data_root={DATA_ROOT!r}, data.train_csv={config['data']['train_csv']!r})")
-    # the run's identity (budget ledger) travels with the effective config
-    cfgmod.write_effective_config({**config, "_run": {"id": f"{int(RUN_START)}-{os.getpid()}"}}, CONFIG_JSON)
-    cfgmod.write_effective_config(
-        {k: config["data"][k] for k in ("data_root", "train_csv", "primary_targets")}, TARGET_SETTINGS
+    try:  # after a hard kill: locks of a dead run, once its orphaned jobs are gone
+        recovery.recover(OUT, orphan_wait_s=60 * GENERATE_RUNTIME_MIN, say=lambda m: print(m, file=sys.stderr))
+    except UserError as exc:
+        stop(str(exc))
+
+
+# ---- what this run was asked to regenerate (read-only until start_run) ----
+_state = {"started": False, "plan_lines": None}
+
+
+def forced_stems():
+    """Outputs named by -f / --forcerun FILE (Snakemake's own options)."""
+    ds = workflow.dag_settings
+    named = set(ds.forcerun or ()) | (set(ds.targets or ()) if ds.forcetargets else set())
+    out = os.path.abspath(OUT)
+    stems = []
+    for name in named:
+        key = layout.parse_stem(name) if os.path.dirname(os.path.abspath(name)) == out else None
+        if key is not None and str(name).endswith(f".{EXT}"):
+            stems.append(layout.stem(*key))
+    return stems
+
+
+def active_requests():
+    """The regeneration requests of this run: asked for now, resumed when still open (regen.py)."""
+    if "requests" not in _state:
+        ds = workflow.dag_settings
+        rejected = []
+        if config["redo_rejected"]:
+            rejected = [layout.stem(r.image_id, r.aug_name, r.variant_idx)
+                        for r in manifest_mod.collect(OUT, DATA_ROOT) if r.status == "rejected"]
+        asked = regen.wanted(regenerate=config["regenerate"], redo_rejected=config["redo_rejected"],
+                             rejected_stems=rejected, forceall=ds.forceall, forcerun=ds.forcerun,
+                             forced_stems=forced_stems())
+        _state["requests"] = regen.resolve(OUT, asked)
+    return _state["requests"]
+
+
+def run_intent():
+    reqs = active_requests()
+    return planning.RunIntent(
+        paid=PAID, requests=reqs, done={r.id: regen.done_stems(OUT, r) for r in reqs if r.id},
+        rederive=config["rederive"], retry_blocked=config["retry_blocked"],
+        max_total_attempts=int(config["api"]["max_total_attempts"]),
     )
-    # After a hard kill: remove locks of a dead run, keep finished outputs.
-    if not workflow.dryrun:
-        if recovery.clear_stale_locks():
-            print("note: removed the locks of an earlier run that was killed", file=sys.stderr)
-        recovery.record_owner()
-        settled = recovery.settle_incomplete(".", lambda p: recovery.output_is_done(p, OUT))
-        if settled:
-            print(f"note: {len(settled)} output(s) finished after an interruption are kept", file=sys.stderr)
-        recovery.remove_stale_temporaries([OUT, layout.sidecar_dir(OUT)])
-    # Adopt a legacy manifest before any rule can replace it.
-    manifest_mod.adopt_legacy(OUT, DATA_ROOT, MANIFEST)
-    # The manifest is rebuilt by every run: its `run` stamp is always newer.
-    # (Without this Snakemake would not even schedule the missing outputs of
-    # an existing manifest, e.g. after `limit` was raised or a job failed, nor
-    # re-read an edited train.csv through checkpoint `targets`.)
-    # (Its content changes too: Snakemake ignores a newer mtime of a small
-    # input whose checksum is unchanged.)
-    Path(RUN_STAMP).parent.mkdir(parents=True, exist_ok=True)
-    Path(RUN_STAMP).write_text(f"{RUN_START!r} {os.getpid()}\n")
-    # Regeneration stamps: an input of every generate job, dated 1970 unless
-    # this run regenerates the augmentation (then dated now: outputs are older).
-    for aug in AUG_NAMES:
-        stamp = Path(regenerate_stamp(aug))
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        if aug in config["regenerate"]:
-            stamp.write_text(f"regenerate {aug} {RUN_START!r}\n")  # new content and mtime: outputs are older
-        else:
-            stamp.touch()
-            os.utime(stamp, (0, 0))
 
 
 # ---- input functions ----
@@ -137,88 +158,154 @@ def selected_targets():
     return targets[:limit] if limit > 0 else targets
 
 
-_rejected = {}
-
-
-def rejected_stems():
-    """Stems the QC gate rejected (read from the sidecars once, only with redo_rejected)."""
-    if "stems" not in _rejected:
-        records = manifest_mod.collect(OUT, DATA_ROOT) if config["redo_rejected"] else []
-        _rejected["stems"] = {layout.stem(r.image_id, r.aug_name, r.variant_idx) for r in records if r.status == "rejected"}
-    return _rejected["stems"]
-
-
-def get_redo_stamp(wildcards):
-    """With redo_rejected=true: this run's stamp for an output the QC gate rejected."""
-    if config["redo_rejected"] and f"{wildcards.image_id}__{wildcards.aug}__v{wildcards.k}" in rejected_stems():
-        return [RUN_STAMP]
-    return []
-
-
-# generate's inputs: a plain pattern unless redo_rejected needs a function per job
-REGENERATE_STAMP = str(PIPE / "regenerate") + "/{aug}.stamp"
-REDO_STAMP = get_redo_stamp if config["redo_rejected"] else []
-
-
-def get_all_outputs(wildcards):
-    """Every output of the selected images x augmentations x variants (built once)."""
-    if "all" not in _outputs:
-        _outputs["all"] = [
-            f"{OUT}/{t.image_id}__{aug}__v{k}.{EXT}"
-            for t in selected_targets()
-            for aug in AUG_NAMES
-            for k in range(NUM_IMAGES[aug])
-        ]
-        if MAIN:
-            report_plan(_outputs["all"])
-    return _outputs["all"]
-
-
 _outputs = {}
 
 
+def get_all_outputs(wildcards=None):
+    """Every output of the selected images x augmentations x variants; decides and reports the plan (once)."""
+    if "all" not in _outputs:
+        targets = selected_targets()
+        for t in targets:  # sources found unusable by the checkpoint are checked again (they may be fixed)
+            if t.problem:
+                t.problem = check_source(DATA_ROOT, t.image_path, decode=True)[1]
+        _outputs["all"] = [f"{OUT}/{t.image_id}__{aug}__v{k}.{EXT}" for t in targets for aug in AUG_NAMES
+                           for k in range(NUM_IMAGES[aug])]
+        if MAIN:
+            plan, trigger = planning.survey(OUT, EXT, targets, NUM_IMAGES, run_intent(), read_sidecar)
+            _outputs.update(plan=plan, trigger=trigger)
+            report_plan(plan, targets)
+    return _outputs["all"]
+
+
+def read_sidecar(stem):
+    from nano_banana_aug import sidecar
+
+    key = layout.parse_stem(stem)
+    try:
+        return sidecar.read(layout.sidecar_path(OUT, *key))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def get_generate_trigger(wildcards):
+    """This run's start mark for outputs that exist but must be redone now (a regeneration
+    request, rederive, a stored answer not used yet, a damaged file); Snakemake itself only
+    runs missing outputs and those forced with -R / -f / -F."""
+    if not MAIN:
+        return []
+    get_all_outputs()
+    stem = layout.stem(wildcards.image_id, wildcards.aug, wildcards.k)
+    return [RUN_MARK] if stem in _outputs.get("trigger", ()) else []
+
+
+# generate's trigger input: a function for paid providers (stored answers, damaged
+# outputs) or when the config asks for regeneration; else nothing (faster planning)
+GENERATE_TRIGGER = (
+    get_generate_trigger
+    if PAID or config["regenerate"] or config["redo_rejected"] or config["rederive"]
+    else []
+)
+
+
 def get_final_targets(wildcards):
-    """The manifest; with plan_only=true just the checkpoint (and the plan it prints)."""
+    """The manifest; with plan_only=true just the checkpoint (and the plan it prints).
+
+    The run's start mark, which never exists before the run, makes Snakemake
+    look at the whole DAG every time: it only looks for missing intermediate
+    files (our outputs) below jobs that must run, and with `rerun-triggers:
+    [mtime]` nothing else would make the manifest's job run."""
     if config["plan_only"]:
         get_all_outputs(wildcards)  # reports the plan
-        return [TARGETS_CSV]
-    return [MANIFEST]
+        return [TARGETS_CSV, RUN_MARK]
+    return [MANIFEST, RUN_MARK]
 
 
-def report_plan(outputs):
-    regen = set(config["regenerate"])
-    done = sum(1 for o in outputs if os.path.exists(o) and layout.parse_stem(o)[1] not in regen)
-    todo = len(outputs) - done
-    # sources found unusable by the checkpoint, checked again (they may have been fixed since)
-    bad = [t for t in selected_targets() if t.problem and check_source(DATA_ROOT, t.image_path)[1]]
+def report_plan(plan, targets):
+    n = len(plan.actions)
+    done = plan.count("done")
+    todo = n - done  # every job that will run: paid, rebuilt from the store, or failing without a call
+    calls, free = plan.count("call"), plan.count("store", "rederive")
+    regen_names = sorted(config["regenerate"])
     lines = [
-        f"plan: {len(outputs)} targets ({len(selected_targets())} images x {len(AUG_NAMES)} augmentations), "
+        f"plan: {n} targets ({len(targets)} images x {len(AUG_NAMES)} augmentations), "
         f"{done} already done, {todo} to generate"
-        + (f" (regenerating: {', '.join(sorted(regen))})" if regen else "")
+        + (f" (regenerating: {', '.join(regen_names)})" if regen_names else "")
         + f"; provider {config['api']['provider']}, model {config['api']['model']}",
     ]
-    if cfgmod.is_paid(config) and todo:
-        est = todo * float(config["api"]["pricing"]["image_usd_per_call"])
-        lines.append(f"plan: {todo} paid calls (more if retried), estimated ${est:.2f}")
+    intent = run_intent()
+    for r in intent.requests:
+        scope = [s for s, d in plan.actions.items() if r.matches(s, layout.parse_stem(s)[1])]
+        if r.id:
+            already = len(intent.done.get(r.id, set()) & set(scope))
+            lines.append(f"plan: {r.what}: resuming the request of {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created))}"
+                         f" ({already} of {len(scope)} outputs already regenerated, not paid again)")
+        else:
+            lines.append(f"plan: {r.what}: {len(scope)} outputs to regenerate (a new request)")
+    if PAID:
+        est = calls * float(config["api"]["pricing"]["image_usd_per_call"])
+        if calls:
+            lines.append(f"plan: {calls} paid calls (more if retried), estimated ${est:.2f}")
+        if free:
+            lines.append(f"plan: {free} outputs built from stored answers (0 calls)")
         api = config["api"]
-        if api["max_calls"] is not None or api["max_cost_usd"] is not None:
+        if calls and (api["max_calls"] is not None or api["max_cost_usd"] is not None):
             limits = [f"max_calls={api['max_calls']}" if api["max_calls"] is not None else "",
                       f"max_cost_usd=${api['max_cost_usd']:.2f}" if api["max_cost_usd"] is not None else ""]
             lines.append(f"plan: budget of this run: {' '.join(x for x in limits if x)}; "
                          "targets past it are recorded as over_budget and left for the next run")
+    blocked = plan.count("blocked")
+    if blocked:
+        lines.append(f"plan: {blocked} outputs blocked after api.max_total_attempts failed attempts, not retried "
+                     "(--config retry_blocked=true to try again)")
     if config["plan_only"]:
         lines.append("plan: plan_only=true: nothing is generated")
-    for t in bad:
+    for t in sorted({t.image_id: t for t in plan.problems.values()}.values(), key=lambda t: t.row):
         lines.append(f"plan: unusable source, train.csv line {t.row}, image {t.image_id}: {t.problem}")
     for line in lines:
         print(line, file=sys.stderr)
-    if not workflow.dryrun:
+    if _state["started"]:
         runlog.message(config, "\n".join(lines))
+    else:  # logged by start_run: only the run that holds the lock writes to augment.log
+        _state["plan_lines"] = lines
 
 
-# ---- end of run ----
+# ---- start and end of a run (only the run that holds Snakemake's lock) ----
+def start_run():
+    """onstart: this run's private config, owner record and requests; legacy adoption."""
+    reqs = regen.save_new(OUT, active_requests(), RUN_ID, now=RUN_START)
+    effective = {
+        **config,
+        "_run": {
+            "id": RUN_ID,
+            "started": RUN_START,
+            "alive_lock": str(runs.alive_lock(OUT, RUN_ID)),
+            "target_lock_timeout_s": 60 * GENERATE_RUNTIME_MIN,
+            "requests": [vars(r) for r in reqs],
+        },
+    }
+    runs.write_run_config(effective, RUN_CONFIG)
+    lockfiles = getattr(workflow.persistence, "_lockfile", {}).values()
+    runs.record_owner(RUN_ID, OUT, lockfiles)
+    manifest_mod.adopt_legacy(OUT, DATA_ROOT, MANIFEST)
+    recovery.remove_stale_temporaries([OUT, layout.sidecar_dir(OUT)])
+    _state["started"] = True
+    if _state["plan_lines"]:
+        runlog.message(config, "\n".join(_state["plan_lines"]))
+
+
+def write_start_mark(path):
+    Path(path).write_text(f"{RUN_ID} {RUN_START!r}\n")
+
+
+def write_target_settings(path):
+    import json
+
+    Path(path).write_text(json.dumps(TARGET_SETTINGS, sort_keys=True) + "\n")
+
+
 def finish_run(failed):
-    """Rebuild the manifest when stale (always after failures) and log a summary."""
+    """Rebuild the manifest when stale (always after failures), close finished requests, log a summary."""
+    runs.forget_owner(RUN_ID)
     try:
         if failed or manifest_mod.is_stale(OUT, config["data"]["manifest"]):
             _, records = manifest_mod.build(OUT, DATA_ROOT, config["data"]["manifest"])
@@ -228,6 +315,7 @@ def finish_run(failed):
     except (OSError, UserError) as exc:
         print(f"ERROR: could not rebuild {MANIFEST}: {exc}", file=sys.stderr)
         return
+    close_requests(rows)
     num = lambda v: float(v) if v not in (None, "") else 0.0
     this_run = [r for r in rows if num(r["ts"]) >= RUN_START and r["origin"] == "generated"]
     counts, total = {}, {}
@@ -235,21 +323,53 @@ def finish_run(failed):
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     for r in rows:
         total[r["status"]] = total.get(r["status"], 0) + 1
-    paid = int(sum(num(r["attempts"]) for r in this_run)) if cfgmod.is_paid(config) else 0
-    cost = sum(num(r["est_cost_usd"]) for r in this_run)
     ok = counts.get("success", 0)
     summary = (
-        f"summary: {counts.get('success', 0)} generated, {counts.get('rejected', 0)} rejected by QC,"
+        f"summary: {ok} generated, {counts.get('rejected', 0)} rejected by QC,"
         f" {counts.get('failed', 0)} failed this run in {time.time() - RUN_START:.0f}s;"
         f" manifest {MANIFEST}: {len(rows)} rows"
         f" ({', '.join(f'{v} {k}' for k, v in sorted(total.items())) or 'empty'})"
     )
-    if cfgmod.is_paid(config):
-        per = f"{paid / ok:.2f}" if ok else "n/a"
-        summary += f"; {paid} paid calls ({per} per successful output), estimated ${cost:.2f}"
+    if PAID:
+        ledger = run_ledger()
+        per = f"{ledger['calls'] / ok:.2f}" if ok else "n/a"
+        reused = sum(1 for r in this_run if r.get("answer_source") == "store")
+        summary += f"; {ledger['calls']} paid calls ({per} per successful output), estimated ${ledger['cost_usd']:.2f}"
+        if reused:
+            summary += f"; {reused} built from stored answers (0 calls)"
     if counts.get("over_budget"):
         summary += f"; {counts['over_budget']} not generated: budget reached (run again to continue)"
+    if counts.get("blocked"):
+        summary += f"; {counts['blocked']} blocked after repeated failures (--config retry_blocked=true to retry)"
+    kept = sum(1 for r in rows if num(r.get("regen_error_ts")) >= RUN_START)
+    if kept:
+        summary += f"; {kept} regenerations not done, their old outputs kept (run the same command again to continue)"
     if failed:
-        summary += "; failed targets are listed in the manifest (status failed); run the same command again to retry only them"
+        if counts.get("failed") or counts.get("blocked"):
+            summary += "; failed targets are listed in the manifest (status failed); run the same command again to retry only them"
+        else:
+            summary += "; some jobs did not finish; run the same command again to continue"
     print(summary, file=sys.stderr)
     runlog.message(config, summary)
+
+
+def run_ledger():
+    from nano_banana_aug.budget import Ledger, LedgerUnreadable
+
+    try:
+        return Ledger(runs.run_dir(OUT, RUN_ID) / "ledger.json").read()
+    except LedgerUnreadable:
+        return {"calls": 0, "cost_usd": 0.0}
+
+
+def close_requests(rows):
+    """Requests of this run whose every target was regenerated once are finished."""
+    reqs = [r for r in _state.get("requests") or () if r.id and r.finished is None]
+    if not reqs or "list" not in _targets_cache:
+        return
+    stems = {layout.stem(t.image_id, a, k) for t in selected_targets() for a in AUG_NAMES for k in range(NUM_IMAGES[a])}
+    by_stem = {layout.stem(r["image_id"], r["aug_name"], int(r["variant_idx"])): r for r in rows}
+    excused = {s for s, r in by_stem.items() if r["status"] == "blocked" or r.get("error_reason") == "BAD_SOURCE"}
+    for req in reqs:
+        scope = {s for s in stems if req.matches(s, layout.parse_stem(s)[1])}
+        regen.finish_if_complete(OUT, req, scope, excused)

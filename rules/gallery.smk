@@ -8,12 +8,14 @@
 
 rule report_gallery:
     input:
-        run=RUN_STAMP,  # new every run: the gallery is rebuilt whenever asked for
+        run=RUN_MARK,
     output:
-        f"{OUT}/gallery/index.html",
+        # a new path every run: the gallery is rebuilt whenever asked for
+        # ({OUT}/gallery/index.html and contact_sheet.png are written beside)
+        touch(str(runs.run_dir(OUT, RUN_ID) / "gallery.done")),
     localrule: True
     message:
-        "Writing the review gallery {output}"
+        f"Writing the review gallery {OUT}/gallery/index.html"
     shell:
-        "python {workflow.basedir}/scripts/build_manifest.py --config-json {CONFIG_JSON:q}"
-        " && python {workflow.basedir}/scripts/build_gallery.py --config-json {CONFIG_JSON:q}"
+        "{PYTHON:q} {workflow.basedir:q}/scripts/build_manifest.py --config-json {RUN_CONFIG:q}"
+        " && {PYTHON:q} {workflow.basedir:q}/scripts/build_gallery.py --config-json {RUN_CONFIG:q}"

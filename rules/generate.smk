@@ -1,21 +1,24 @@
-# One job per output image: provider call, post-processing, output + sidecar.
-# No input can trigger a rerun by its timestamp and there are no params, so
-# editing train.csv, the sources, the config, the prompts or the code never
-# reruns a finished output; `regenerate`, `redo_rejected` or --forcerun does.
-# The source image is read (and checked again) by generate.py itself.
+# One job per output image: decide, maybe pay, keep the answer, post-process,
+# write output + sidecar (nano_banana_aug.generate).
+#
+# Paying is decided by the job itself, under the target's lock, so that no
+# rerun Snakemake decides on for its own reasons (edited rules, changed
+# parameters, --rerun-triggers, a duplicate run) can pay twice: such a job
+# finds its output done and changes nothing. The output is update(): Snakemake
+# never deletes it before the job, so an old paid output stays until its
+# replacement is complete (and is restored if the job fails).
 
 
 rule generate:
     input:
         targets=ancient(TARGETS_CSV),  # the checkpoint's table (the job reads its row; never a rerun trigger)
-        stamp=REGENERATE_STAMP,
-        redo=REDO_STAMP,
+        trigger=GENERATE_TRIGGER,  # this run's start mark, for outputs that must be redone now
     output:
-        f"{OUT}/{{image_id}}__{{aug}}__v{{k}}.{EXT}",
+        update(f"{OUT}/{{image_id}}__{{aug}}__v{{k}}.{EXT}"),
     resources:
         api=API_SLOTS_PER_JOB,
         runtime=GENERATE_RUNTIME_MIN,  # minutes, for cluster schedulers
         mem_mb=1500,
     shell:
-        "python {workflow.basedir}/scripts/generate.py --config-json {CONFIG_JSON:q} --targets {TARGETS_CSV:q}"
+        "{PYTHON:q} {workflow.basedir:q}/scripts/generate.py --config-json {RUN_CONFIG:q} --targets {TARGETS_CSV:q}"
         " --image-id {wildcards.image_id:q} --aug {wildcards.aug:q} --variant {wildcards.k} --output {output:q}"

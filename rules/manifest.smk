@@ -1,10 +1,11 @@
-# manifest.csv from the sidecars. The end-of-run hooks rebuild it too, so it
-# is current even when some generate jobs failed (this rule then cannot run).
+# manifest.csv from the sidecars, rebuilt by every run (it depends on the
+# run's start mark). The end-of-run hooks rebuild it too, so it is current
+# even when some generate jobs failed (this rule then cannot run).
 
 
 rule manifest:
     input:
-        run=RUN_STAMP,  # touched at the start of every run: the manifest is always rebuilt
+        run=RUN_MARK,
         targets=TARGETS_CSV,
         outputs=get_all_outputs,
     output:
@@ -13,4 +14,4 @@ rule manifest:
     message:
         "Rebuilding {output} from the sidecars"
     shell:
-        "python {workflow.basedir}/scripts/build_manifest.py --config-json {CONFIG_JSON:q}"
+        "{PYTHON:q} {workflow.basedir:q}/scripts/build_manifest.py --config-json {RUN_CONFIG:q}"

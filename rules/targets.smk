@@ -1,10 +1,20 @@
 # Checkpoint `targets`: the table of images to augment (one row per image_id).
+# It reruns when train.csv is newer or data_root / train_csv / primary_targets
+# change (they name the settings file).
+
+
+rule target_settings:
+    output:
+        SETTINGS_JSON,
+    localrule: True
+    run:
+        write_target_settings(output[0])
 
 
 checkpoint targets:
     input:
         csv=TRAIN_CSV,
-        settings=TARGET_SETTINGS,
+        settings=SETTINGS_JSON,
     output:
         TARGETS_CSV,
     log:
@@ -13,4 +23,4 @@ checkpoint targets:
     message:
         "Reading {input.csv}: images with every primary target"
     shell:
-        "python {workflow.basedir}/scripts/make_targets.py --config-json {CONFIG_JSON:q} --output {output:q} 2>&1 | tee {log:q}"
+        "{PYTHON:q} {workflow.basedir:q}/scripts/make_targets.py --config-json {RUN_CONFIG:q} --output {output:q} 2>&1 | tee {log:q}"
