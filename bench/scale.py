@@ -289,6 +289,14 @@ def fabricate_plain(work: Path, n: int) -> None:
     (work / "agg.txt").write_text(f"{4 * n}\n")
 
 
+def latest_run_config(work: Path) -> str:
+    """The effective config of the newest run in ``work`` (each run writes its own)."""
+    found = sorted((work / "data/out/.pipeline/runs").glob("*/config.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise RuntimeError(f"no run config under {work}/data/out/.pipeline/runs: run the workflow first")
+    return str(found[-1].relative_to(work))
+
+
 def clear_outputs(out: Path) -> None:
     """Remove outputs, sidecars and manifest of a run (keep .pipeline/targets.csv)."""
     if not out.is_dir():
@@ -321,7 +329,7 @@ def bench_size(base: Path, n: int, repeats: int, jobs: int, logs: Path, profile:
     for i in range(repeats):
         (ours / targets_csv).unlink(missing_ok=True)
         sm_ck.append(measure([*SNAKEMAKE, targets_csv, "-j", "1", *cfg], ours, L("ours_checkpoint"))["wall"])
-        res = measure([PY, "scripts/make_targets.py", "--config-json", "data/out/.pipeline/config.json",
+        res = measure([PY, "scripts/make_targets.py", "--config-json", latest_run_config(ours),
                        "--output", "/tmp/_bench_targets.csv"], ours, L("ours_make_targets"))
         direct.append(res["wall"])
         direct_cpu.append(res["cpu"])
@@ -419,7 +427,7 @@ def bench_dispatch(base: Path, d: int, repeats: int, jobs: int, logs: Path) -> d
     r["ours_s"] = med(walls)
     r["ours_tps"] = 4 * n / r["ours_s"]
     # one generate job alone (what each job costs before Snakemake's share)
-    one = measure([PY, "scripts/generate.py", "--config-json", "data/out/.pipeline/config.json", "--targets",
+    one = measure([PY, "scripts/generate.py", "--config-json", latest_run_config(ours), "--targets",
                    "data/out/.pipeline/targets.csv", "--image-id", "ID1000000", "--aug", "a0", "--variant", "0",
                    "--output", "/tmp/_bench_one.png"], ours, logs / "dispatch_one.log")
     r["one_job_s"] = one["wall"]

@@ -1,39 +1,42 @@
-"""The budget ledger: exact caps under parallel reservation from many processes."""
+"""The budget ledger: exact caps under parallel reservation from many processes; fails closed."""
 
 import multiprocessing as mp
 
 import pytest
 
-from nano_banana_aug.budget import BudgetExceeded, Ledger
+from nano_banana_aug.budget import BudgetExceeded, Ledger, LedgerUnreadable
 
 
-def _worker(directory, n, q):
-    ledger = Ledger(directory, "run1", max_calls=37)
+def _worker(path, n, q):
+    ledger = Ledger(path, max_calls=37)
     ok = 0
-    for _ in range(n):
-        try:
-            ledger.reserve()
-            ok += 1
-        except BudgetExceeded:
-            pass
-    q.put(ok)
+    try:
+        for _ in range(n):
+            try:
+                ledger.reserve()
+                ok += 1
+            except BudgetExceeded:
+                pass
+    finally:
+        q.put(ok)
 
 
 def test_max_calls_exact_across_processes(tmp_path):
     ctx = mp.get_context("fork")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(tmp_path, 20, q)) for _ in range(6)]
+    path = tmp_path / "run1" / "ledger.json"
+    procs = [ctx.Process(target=_worker, args=(path, 20, q)) for _ in range(6)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join()
-    assert sum(q.get() for _ in procs) == 37
-    state = Ledger(tmp_path, "run1").read()
+        p.join(timeout=120)
+    assert sum(q.get(timeout=10) for _ in procs) == 37
+    state = Ledger(path).read()
     assert state["calls"] == 37 and state["refused"] == 6 * 20 - 37
 
 
 def test_cost_cap_reserves_then_settles(tmp_path):
-    ledger = Ledger(tmp_path, "r", max_cost_usd=0.30, reserve_usd=0.1345)
+    ledger = Ledger(tmp_path / "r.json", max_cost_usd=0.30, reserve_usd=0.1345)
     ledger.reserve()
     ledger.settle(0.1355)
     ledger.reserve()
@@ -44,7 +47,25 @@ def test_cost_cap_reserves_then_settles(tmp_path):
 
 
 def test_runs_have_separate_ledgers(tmp_path):
-    Ledger(tmp_path, "a", max_calls=1).reserve()
-    Ledger(tmp_path, "b", max_calls=1).reserve()
+    Ledger(tmp_path / "a" / "ledger.json", max_calls=1).reserve()
+    Ledger(tmp_path / "b" / "ledger.json", max_calls=1).reserve()
     with pytest.raises(BudgetExceeded):
-        Ledger(tmp_path, "a", max_calls=1).reserve()
+        Ledger(tmp_path / "a" / "ledger.json", max_calls=1).reserve()
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", '{"calls": "many"}'])
+def test_damaged_ledger_refuses_every_call(tmp_path, content):
+    path = tmp_path / "ledger.json"
+    path.write_text(content)
+    with pytest.raises(LedgerUnreadable, match=r"ledger.json is damaged.*no paid call is made"):
+        Ledger(path, max_calls=100).reserve()
+    with pytest.raises(LedgerUnreadable):  # also without a budget: the run must know what it spent
+        Ledger(path).reserve()
+    assert path.read_text() == content  # left for the user to look at
+
+
+def test_missing_ledger_starts_at_zero(tmp_path):
+    ledger = Ledger(tmp_path / "new" / "ledger.json", max_calls=1)
+    assert ledger.read() == {"calls": 0, "cost_usd": 0.0, "refused": 0}
+    ledger.reserve()
+    assert ledger.read()["calls"] == 1

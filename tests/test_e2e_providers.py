@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .helpers import copy_workflow, make_dataset, snakemake
+from .helpers import make_paid_run, snakemake
 from .standin.server import B
 
 pytestmark = pytest.mark.e2e
@@ -23,21 +23,7 @@ AUGS = [
 
 
 def make_run(tmp_path: Path, standin, provider="gemini", n_images=2, augs=AUGS, write_key=True, **api) -> Path:
-    wf = copy_workflow(tmp_path / "wf")
-    make_dataset(wf / "data", n=n_images, size=(200, 100))
-    base = standin.gemini_base_url if provider == "gemini" else standin.openrouter_url
-    cfg = {
-        "api": {"provider": provider, "model": None, "base_url": base, "max_retries": 3, "retry_backoff_s": 0.05,
-                "timeout_s": 10, "concurrency": 2, **api},
-        "data": {"data_root": "data", "output_dir": "data/aug"},
-        "postprocess": {"enforce_aspect_ratio": 2.0, "mode": "pad", "png_compress_level": 1},
-        "prompt_prefix": "Change only imaging conditions.",
-        "augmentations": augs,
-    }
-    (wf / "run.yaml").write_text(yaml.safe_dump(cfg))
-    if write_key:
-        (wf / f"{provider}.secret").write_text(standin.api_key + "\n")
-    return wf
+    return make_paid_run(tmp_path, standin, provider, n_images=n_images, augs=augs, write_key=write_key, **api)
 
 
 def run(wf, *args, check=True, env=None):

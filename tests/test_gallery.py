@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from nano_banana_aug import config as cfgmod
+from nano_banana_aug import runs
 from nano_banana_aug import gallery
 
 from .helpers import ROOT, copy_workflow, snakemake, textured
@@ -214,8 +214,8 @@ def test_contact_sheet_grid_and_row_cap(synth):
 
 def test_main_reads_effective_config(synth, capsys):
     cfg = {"data": {"output_dir": str(synth["out"]), "data_root": str(synth["root"]), "manifest": "manifest.csv"}}
-    cfg_json = synth["out"] / ".pipeline" / "config.json"
-    cfgmod.write_effective_config(cfg, cfg_json)
+    cfg_json = synth["out"] / ".pipeline" / "runs" / "r1" / "config.json"
+    runs.write_run_config(cfg, cfg_json)
     assert gallery.main(["--config-json", str(cfg_json)]) == 0
     assert (synth["out"] / "gallery" / "index.html").is_file()
     assert (synth["out"] / "gallery" / "contact_sheet.png").is_file()

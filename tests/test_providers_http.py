@@ -190,7 +190,8 @@ def test_mime_type_of_request_comes_from_bytes(standin, make, provider_name):
 def test_image_less_answers_are_retryable(standin, make, provider_name, kind, gemini_reason, openrouter_reason):
     standin.script(provider_name, kind)
     err = attempt_error(make(provider_name))
-    assert err.retryable is True
+    # a blocked *input* (Gemini promptFeedback.blockReason) is refused again and again: not retried
+    assert err.retryable is not (provider_name == "gemini" and kind == "prompt_blocked")
     assert err.reason == (gemini_reason if provider_name == "gemini" else openrouter_reason)
     assert err.status == 200
 
@@ -221,6 +222,25 @@ def test_openrouter_http200_error_carries_message_and_raw_reason(standin, make):
     assert err.reason == "IMAGE_SAFETY" and "finish_reason=error" in err.message
     err = attempt_error(prov)
     assert err.reason == "IMAGE_SAFETY" and "content_filter" in err.message and '"No."' in err.message
+
+
+def test_openrouter_error_code_as_text_is_final(standin, make):
+    """OpenRouter has been seen to send error codes as strings: "402" is as final as 402."""
+    body = {"error": {"code": "402", "message": "Insufficient credits"}}
+    standin.script("openrouter", B("raw", status=200, body=body))
+    err = attempt_error(make("openrouter"))
+    assert err.retryable is False and "Insufficient credits" in err.message
+
+
+def test_openrouter_hosted_image_url_is_not_retried(standin, make):
+    """A model that answers with a hosted URL does so every time: a deterministic failure."""
+    body = {"id": "gen-1", "model": "google/gemini-3-pro-image-preview", "choices": [{
+        "finish_reason": "stop", "native_finish_reason": "STOP",
+        "message": {"role": "assistant", "content": "",
+                    "images": [{"type": "image_url", "image_url": {"url": "https://cdn.example/img.png"}}]}}]}
+    standin.script("openrouter", B("raw", status=200, body=body))
+    err = attempt_error(make("openrouter"))
+    assert err.retryable is False and err.reason == "IMAGE_URL" and "data URL" in err.message
 
 
 @pytest.mark.parametrize("kind, status", [

@@ -6,22 +6,77 @@ import os
 import socket
 import time
 
-from nano_banana_aug import layout, recovery, sidecar
+from pathlib import Path
+
+import pytest
+
+from nano_banana_aug import layout, locks, recovery, runs, sidecar
+from nano_banana_aug.errors import UserError
 from nano_banana_aug.sidecar import Record
 
 
-def test_stale_locks_removed_only_when_owner_is_dead(tmp_path):
-    locks = tmp_path / ".snakemake" / "locks"
-    locks.mkdir(parents=True)
-    (locks / "0.input.lock").write_text("x")
-    assert not recovery.clear_stale_locks(tmp_path)  # no owner record: not ours to judge
-    owner = tmp_path / ".snakemake" / recovery.PID_FILE
-    owner.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
-    assert not recovery.clear_stale_locks(tmp_path)  # alive
-    owner.write_text(json.dumps({"host": "another-host", "pid": 999999}))
-    assert not recovery.clear_stale_locks(tmp_path)  # cannot tell on another host
-    owner.write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345}))
-    assert recovery.clear_stale_locks(tmp_path) and not list(locks.iterdir())
+def _owner(pid, host=None, lockfiles=(), alive_lock="alive.lock", run_id="r1"):
+    owner = runs.Owner(run_id=run_id, pid=pid, host=host or socket.gethostname(), boot_id="", started="",
+                       output_dir="aug", alive_lock=alive_lock,
+                       lockfiles={str(p): runs.lockfile_identity(p) for p in lockfiles})
+    runs.OWNERS_DIR.mkdir(parents=True, exist_ok=True)
+    (runs.OWNERS_DIR / f"{run_id}.json").write_text(json.dumps(owner.__dict__))
+    return owner
+
+
+DEAD = 2**22 + 12345  # above the default pid_max: never a live process
+
+
+def _locks(*names):
+    d = Path(".snakemake/locks")
+    d.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (d / n).write_text("aug/x.png\n")
+    return [d / n for n in names]
+
+
+def test_only_the_recorded_lock_files_of_a_dead_run_are_removed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mine, other = _locks("0.input.lock", "1.output.lock")
+    _owner(DEAD, lockfiles=[mine])
+    notes = []
+    recovery.recover("aug", orphan_wait_s=1, say=notes.append)
+    assert not mine.exists() and other.exists()  # a lock nobody recorded is not ours to judge
+    assert not list(runs.OWNERS_DIR.iterdir()) and "was killed" in notes[0]
+
+
+def test_live_or_unknown_owners_keep_their_locks(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (lock,) = _locks("0.input.lock")
+    _owner(os.getpid(), lockfiles=[lock], run_id="alive")
+    _owner(DEAD, host="another-host", lockfiles=[lock], run_id="elsewhere")
+    recovery.recover("aug", orphan_wait_s=1, say=lambda m: None)
+    assert lock.exists() and len(list(runs.OWNERS_DIR.iterdir())) == 2
+
+
+def test_a_lock_file_replaced_since_is_not_removed(tmp_path, monkeypatch):
+    """Snakemake reuses lock file names: a new run's 0.input.lock is not the dead run's."""
+    monkeypatch.chdir(tmp_path)
+    (lock,) = _locks("0.input.lock")
+    _owner(DEAD, lockfiles=[lock])
+    lock.unlink()
+    time.sleep(0.01)
+    _locks("0.input.lock")
+    recovery.recover("aug", orphan_wait_s=1, say=lambda m: None)
+    assert lock.exists()
+
+
+def test_orphaned_jobs_of_a_dead_run_are_waited_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (lock,) = _locks("0.input.lock")
+    _owner(DEAD, lockfiles=[lock], alive_lock="alive.lock")
+    notes = []
+    with locks.shared("alive.lock"):  # an orphaned generate job is still running
+        with pytest.raises(UserError, match=r"still running.*pkill -f 'runs/r1/'"):
+            recovery.recover("aug", orphan_wait_s=0.2, say=notes.append)
+        assert lock.exists() and "still running" in notes[0]
+    recovery.recover("aug", orphan_wait_s=0.2, say=notes.append)
+    assert not lock.exists()
 
 
 def test_incomplete_markers_of_done_outputs_settled(tmp_path):
@@ -30,7 +85,9 @@ def test_incomplete_markers_of_done_outputs_settled(tmp_path):
     marks = tmp_path / ".snakemake" / "incomplete"
     marks.mkdir(parents=True)
     done, partial = out / "ID1__a__v0.png", out / "ID2__a__v0.png"
-    done.write_bytes(b"png")
+    from PIL import Image
+
+    Image.new("RGB", (4, 2)).save(done)
     sidecar.write(Record("ID1", "a", 0, status="success"), layout.sidecar_path(out, "ID1", "a", 0))
     sidecar.write(Record("ID2", "a", 0, status="success"), layout.sidecar_path(out, "ID2", "a", 0))  # file missing
     for p in (done, partial):
