@@ -8,6 +8,11 @@ Use from a conftest (``from tests.standin.fixtures import *``) or as a plugin
   ``.openrouter_url``, ``.api_key``, ``.script(protocol, *behaviours, match=None)``,
   ``.set_default(...)``, ``.set_rule(fn)``, ``.requests``, ``.requests_for(p)``,
   ``.max_in_flight``, ``.key_leaks(key)``, ``.reset()``; latency back to 0.
+  Gemini Files + Batch API (``batch.py``): ``.set_batch_behaviour(kind, **params)``,
+  ``.script_batches(*kinds)``, ``.finish_batches(*names, outcome=None)``,
+  ``.hold_batch_step(*steps)`` / ``.release_batch_step(*steps)`` (``.release()`` too),
+  ``.set_batch_stats(mode)``, ``.set_upload_granularity(n)``, ``.batches``, ``.uploads``,
+  ``.batch_lines``, ``.batch_answers()``; all cleared by the reset.
 - ``standin_key``: the key the stand-in accepts.
 """
 

@@ -4,6 +4,13 @@ One stdlib ``ThreadingHTTPServer`` on 127.0.0.1 speaks both protocols:
 
 - Gemini:     ``POST /v1beta/models/{model}:generateContent``  (key: ``x-goog-api-key``)
 - OpenRouter: ``POST /api/v1/chat/completions``                 (key: ``Authorization: Bearer``)
+- Gemini Files API and Batch API (``batch.py`` has the wire details), key ``x-goog-api-key``:
+  ``POST /upload/v1beta/files`` (resumable start; the returned ``X-Goog-Upload-URL`` takes
+  the chunks: ``upload``, ``upload, finalize``, ``query``, ``cancel``),
+  ``GET|DELETE /v1beta/files/{id}``, ``GET /v1beta/files``,
+  ``GET /download/v1beta/files/{id}:download?alt=media`` (also ``/v1beta/files/{id}:download``),
+  ``POST /v1beta/models/{model}:batchGenerateContent``, ``GET /v1beta/batches[?pageSize&pageToken]``,
+  ``GET|DELETE /v1beta/batches/{id}``, ``POST /v1beta/batches/{id}:cancel``.
 
 Like the real services it checks the key first (Gemini: missing -> 403,
 wrong -> 400 API_KEY_INVALID; OpenRouter: 401), then the request shape
@@ -22,6 +29,25 @@ A behaviour is a kind name, ``B(kind, **params)`` or a dict ``{"kind": ..., **pa
 (headers and body kept, so tests can check where the key went) and the
 maximum number of requests in flight is tracked.
 
+Batch jobs.  Each JSONL line of a batch is answered (when the job succeeds) by the
+same behaviours as a synchronous ``gemini`` call -- scripts, defaults, rules and
+``match=`` apply per line, error kinds give error lines -- but the line records
+(``batch=True``, ``batch_name``, ``key``) are kept apart: ``server.batch_lines``,
+``server.batch_answers()``; ``requests_for("gemini")``, ``answers()`` and the
+in-flight counters see synchronous calls only.  The Files/Batch HTTP requests
+themselves are in ``requests`` with protocol ``gemini_batch`` and ``kind`` naming the
+operation (``file_upload_start``, ``file_upload``, ``file_upload_finalize``, ``file_get``,
+``file_delete``, ``file_list``, ``file_download``, ``batch_create``, ``batch_get``,
+``batch_list``, ``batch_cancel``, ``batch_delete``).  The job's life is scripted, never timed:
+
+    server.set_batch_behaviour("succeed", polls=2)       # RUNNING for 2 gets, SUCCEEDED on the 3rd
+    server.script_batches("hold", {"kind": "fail", "code": 8}, "expire")   # one per created batch
+    server.finish_batches()                              # end held batches now
+    server.set_batch_stats("omit")                       # no batchStats (real | full | omit)
+    server.hold_batch_step("create")                     # upload | create | poll | download
+    server.wait_until(lambda s: any(r.held for r in s.requests)); ...; server.release()
+    server.batches, server.uploads                       # BatchRecord / FileRecord, oldest first
+
 Standalone (pipeline end-to-end tests, benchmarks)::
 
     python -m tests.standin.server --port 0 --latency 0.5 --api-key KEY [--script FILE] [--ready-file F]
@@ -31,7 +57,9 @@ It is controlled over HTTP: ``GET /_standin/stats``, ``GET /_standin/requests``,
 ``POST /_standin/script`` ``{"protocol", "behaviours", "match"}``,
 ``POST /_standin/default`` ``{"protocol", "behaviour", "match"}``,
 ``POST /_standin/reset``, ``POST /_standin/config`` ``{"latency"}``,
-``POST /_standin/key_leaks`` ``{"key"}``.
+``POST /_standin/key_leaks`` ``{"key"}``, ``GET /_standin/batches`` (batches, uploads, lines),
+``POST /_standin/batch`` ``{"behaviour", "script", "stats", "granularity", "hold": [steps],
+"release": [steps] | true, "finish": true | [names], "outcome"}``.
 """
 
 from __future__ import annotations
@@ -167,6 +195,7 @@ class Reply:
     headers: dict = field(default_factory=dict)
     delay: float = 0.0
     drop: bool = False
+    stream: object = None  # an iterable of bytes chunks: sent with Transfer-Encoding: chunked
 
 
 @dataclass
@@ -190,7 +219,11 @@ class RecordedRequest:
     status: int | None = None  # None = dropped
     finished: float | None = None
     cancel: threading.Event | None = field(default=None, repr=False)
-    held: bool = False  # waiting in behaviour ``hold``
+    held: bool = False  # waiting in behaviour ``hold`` (or at a held batch step)
+    batch: bool = False  # one JSONL line of a batch job (not in ``requests``; see ``batch_lines``)
+    batch_name: str = ""  # batches/<id> of a batch line or of a Batch API request
+    key: str = ""  # the JSONL line's key (batch lines)
+    file_name: str = ""  # files/<id> a Files API request concerned
 
     def header(self, name: str, default=None):
         for k, v in self.headers.items():
@@ -203,7 +236,8 @@ class RecordedRequest:
             "index": self.index, "protocol": self.protocol, "path": self.path, "query": self.query,
             "headers": self.headers, "model": self.model, "prompt": self.prompt[:300], "kind": self.kind,
             "status": self.status, "image_bytes": len(self.image_bytes), "body_bytes": len(self.body),
-            "started": self.started, "finished": self.finished,
+            "started": self.started, "finished": self.finished, "held": self.held, "batch": self.batch,
+            "batch_name": self.batch_name, "key": self.key, "file_name": self.file_name,
         }
 
 
@@ -768,7 +802,11 @@ class StandinServer:
         self._lock = threading.RLock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.batch = None
         self.reset()
+        from .batch import BatchService  # Files + Batch API state (batch.py)
+
+        self.batch = BatchService(self)
 
     # --- lifecycle
     def start(self) -> "StandinServer":
@@ -828,6 +866,8 @@ class StandinServer:
             self._counter = itertools.count()
             self.in_flight = 0
             self.max_in_flight = 0
+        if self.batch is not None:  # outside the server lock (lock order: batch, then server)
+            self.batch.reset()
 
     def script(self, protocol: str, *behaviours, match: str | None = None) -> None:
         """Queue behaviours for the next requests of ``protocol`` ("gemini", "openrouter" or "*")
@@ -878,11 +918,15 @@ class StandinServer:
         return B("ok")
 
     def release(self) -> None:
-        """Let every held answer (behaviour ``hold``) go, now and from now on."""
+        """Let every held answer (behaviour ``hold``) go, now and from now on; also every held
+        batch step (those are disarmed: ``hold_batch_step`` arms them again)."""
         self._release.set()
+        if self.batch is not None:
+            self.batch.release_step()
 
     def wait_until(self, predicate: Callable[["StandinServer"], bool], timeout: float = 120.0) -> None:
-        """Block until ``predicate(server)`` is true (re-checked whenever a request starts or ends)."""
+        """Block until ``predicate(server)`` is true (re-checked whenever a request starts or ends,
+        and on batch events: uploads, creates, polls, state changes, holds)."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while not predicate(self):
@@ -892,8 +936,68 @@ class StandinServer:
                 self._changed.wait(min(left, 1.0))
 
     def answers(self) -> list[RecordedRequest]:
-        """Requests answered with an image (each one a paid answer at the real service)."""
+        """Requests answered with an image (each one a paid answer at the real service).
+        Synchronous calls only: batch lines are in ``batch_answers()``."""
         return [r for r in self.requests if r.status == 200 and r.kind in ("ok", "hold", "slow", "jpeg_as_png")]
+
+    # --- Batch API + Files API (state and logic in batch.py)
+    def set_batch_behaviour(self, kind: str = "succeed", **params) -> None:
+        """How batches created from now on live (when ``script_batches`` has none queued):
+        ``succeed`` (default; ``polls`` = how many gets still see it unfinished, default 1;
+        0 = finished at creation), ``hold`` (RUNNING until ``finish_batches()``; ``then``),
+        ``fail`` (FAILED + operation ``error``: ``code``, ``message``), ``expire`` (EXPIRED, no
+        results).  Every kind also takes ``stats`` (real | full | omit) and ``polls``."""
+        self.batch.set_behaviour(kind, **params)
+
+    def script_batches(self, *behaviours) -> None:
+        """Queue batch behaviours (kind, dict or ``BatchBehaviour``), one per batch created."""
+        self.batch.script(*behaviours)
+
+    def finish_batches(self, *names, outcome: str | None = None) -> list[str]:
+        """End unfinished batches now (all, or those named) as ``outcome`` (succeed | fail | expire;
+        default: the batch's own, ``then`` for ``hold``); answers their lines.  Returns the names."""
+        return self.batch.finish(*names, outcome=outcome)
+
+    def hold_batch_step(self, *steps: str) -> None:
+        """Hold the answers of ``upload`` (finalize; the file is stored), ``create`` (the job
+        exists and is listed), ``poll`` (GET batches/{id}) or ``download`` until
+        ``release_batch_step`` / ``release()``.  Held requests have ``held=True``."""
+        self.batch.hold_step(*steps)
+
+    def release_batch_step(self, *steps: str) -> None:
+        """Let held batch steps go (all when none named) and stop holding them."""
+        self.batch.release_step(*steps)
+
+    def set_batch_stats(self, mode: str) -> None:
+        """``real`` (default: int64 strings, zero counts left out like proto3 JSON), ``full``
+        (all four counts) or ``omit`` (no ``batchStats`` at all, as the service sometimes does)."""
+        self.batch.set_stats(mode)
+
+    def set_upload_granularity(self, size: int) -> None:
+        """``X-Goog-Upload-Chunk-Granularity`` (default 8 MiB): non-final chunks must be multiples."""
+        if int(size) <= 0:
+            raise ValueError("granularity must be positive")
+        self.batch.granularity = int(size)
+
+    @property
+    def batches(self) -> list:
+        """Every batch ever created (``BatchRecord``: name, display_name, model, keys, state, polls,
+        behaviour, responses_file, line_requests, deleted, create_answered ...), oldest first."""
+        return self.batch.batches
+
+    @property
+    def uploads(self) -> list:
+        """Every uploaded file (``FileRecord``: name, display_name, mime_type, data, size, deleted ...)."""
+        return self.batch.uploads
+
+    @property
+    def batch_lines(self) -> list[RecordedRequest]:
+        """Every batch line answered so far (protocol gemini, ``batch=True``); not in ``requests``."""
+        return self.batch.lines
+
+    def batch_answers(self) -> list[RecordedRequest]:
+        """Batch lines answered with an image (each one a paid answer, at the batch price)."""
+        return self.batch.answers()
 
     # --- observation
     @property
@@ -916,14 +1020,18 @@ class StandinServer:
             for r in reqs:
                 by_kind[r.kind] = by_kind.get(r.kind, 0) + 1
             return {"count": len(reqs), "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
-                    "by_protocol": {p: sum(1 for r in reqs if r.protocol == p) for p in ("gemini", "openrouter")},
+                    "by_protocol": {p: sum(1 for r in reqs if r.protocol == p)
+                                    for p in ("gemini", "openrouter", "gemini_batch")},
                     "by_kind": by_kind, "pending": sum(len(q) for q in self._queues.values()),
-                    "latency": self.latency}
+                    "latency": self.latency,
+                    "batches": len(self.batch.batches) if self.batch is not None else 0,
+                    "uploads": len(self.batch.uploads) if self.batch is not None else 0,
+                    "batch_lines": len(self.batch.lines) if self.batch is not None else 0}
 
     def key_leaks(self, key: str) -> list[str]:
         """Where ``key`` appears other than in the protocol's auth header (empty = nowhere)."""
         leaks = []
-        auth_header = {"gemini": "x-goog-api-key", "openrouter": "authorization"}
+        auth_header = {"gemini": "x-goog-api-key", "gemini_batch": "x-goog-api-key", "openrouter": "authorization"}
         for r in self.requests:
             if key in r.path or key in unquote(r.query) or key in r.query:
                 leaks.append(f"request {r.index}: URL")
@@ -1046,13 +1154,77 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         self.wfile.flush()
 
+    def _send_stream(self, status: int, chunks, headers: dict | None = None) -> None:
+        self.send_response(status)
+        headers = dict(headers or {})
+        headers.setdefault("Content-Type", "application/octet-stream")
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for chunk in chunks:
+            if chunk:
+                self.wfile.write(b"%x\r\n" % len(chunk) + bytes(chunk) + b"\r\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
     def do_GET(self):
+        parts = urlsplit(self.path)
+        if not parts.path.startswith("/_standin/") and self._batch_api("GET", parts):
+            return
         self._control("GET")
+
+    def do_DELETE(self):
+        parts = urlsplit(self.path)
+        if self._batch_api("DELETE", parts):
+            return
+        self._read_body()
+        self._send(404, {"error": {"code": 404, "message": f"stand-in: no such endpoint DELETE {parts.path}",
+                                   "status": "NOT_FOUND"}})
+
+    def _batch_api(self, method: str, parts) -> bool:
+        """Files API / Batch API requests (batch.py); False when the path is none of theirs."""
+        st = self.standin
+        routed = st.batch.route(method, parts.path, parts.query)
+        if routed is None:
+            return False
+        op, args = routed
+        body = self._read_body()
+        parsed = None
+        if op != "file_upload" and body:
+            try:
+                parsed = json.loads(body.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                parsed = None
+        rec = st._record(dict(protocol="gemini_batch", method=method, path=parts.path, query=parts.query,
+                              headers={k: v for k, v in self.headers.items()}, body=body, started=time.time(),
+                              json=parsed, model=args.get("model", ""), kind=op))
+        rec.cancel = st._cancel
+        st._notify()
+        try:
+            reply = st.batch.handle(rec, op, args)
+        except Exception as exc:  # a bug in the stand-in: answer 500 and say so
+            rec.kind = "standin_bug"
+            reply = Reply(500, {"error": {"code": 500, "message": f"stand-in bug: {type(exc).__name__}: {exc}",
+                                          "status": "INTERNAL"}})
+        rec.finished = time.time()
+        rec.status = reply.status
+        st._notify()
+        try:
+            if reply.stream is not None:
+                self._send_stream(reply.status, reply.stream, reply.headers)
+            else:
+                self._send(reply.status, reply.body, reply.headers)
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+            self.close_connection = True
+        return True
 
     def do_POST(self):
         parts = urlsplit(self.path)
         if parts.path.startswith("/_standin/"):
             return self._control("POST")
+        if self._batch_api("POST", parts):
+            return
         body = self._read_body()
         protocol, model = "unknown", ""
         if parts.path.startswith("/v1beta/models/") and parts.path.endswith(":generateContent"):
@@ -1124,6 +1296,34 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, {"ok": True})
             if method == "POST" and action == "key_leaks":
                 return self._send(200, {"leaks": st.key_leaks(str(payload.get("key", "")))})
+            if method == "GET" and action == "batches":
+                return self._send(200, {"batches": [b.summary() for b in st.batches],
+                                        "uploads": [{"name": f.name, "display_name": f.display_name,
+                                                     "size": f.size, "deleted": f.deleted} for f in st.uploads],
+                                        "batch_lines": [r.summary() for r in st.batch_lines]})
+            if method == "POST" and action == "batch":
+                # {"behaviour": kind | {"kind", ...}, "script": [...], "stats": mode, "hold": [steps],
+                #  "release": [steps] | true, "finish": true | [names], "outcome": ..., "granularity": n}
+                if "behaviour" in payload:
+                    spec = payload["behaviour"]
+                    st.set_batch_behaviour(**spec) if isinstance(spec, dict) else st.set_batch_behaviour(spec)
+                if payload.get("script"):
+                    st.script_batches(*payload["script"])
+                if payload.get("stats"):
+                    st.set_batch_stats(payload["stats"])
+                if payload.get("granularity"):
+                    st.set_upload_granularity(int(payload["granularity"]))
+                if payload.get("hold"):
+                    st.hold_batch_step(*payload["hold"])
+                if payload.get("release"):
+                    rel = payload["release"]
+                    st.release_batch_step(*(rel if isinstance(rel, list) else []))
+                finished = []
+                if payload.get("finish"):
+                    fin = payload["finish"]
+                    finished = st.finish_batches(*(fin if isinstance(fin, list) else []),
+                                                 outcome=payload.get("outcome"))
+                return self._send(200, {"ok": True, "finished": finished})
             return self._send(404, {"error": f"no control action {method} {parts.path}"})
         except (ValueError, TypeError) as exc:
             return self._send(400, {"error": str(exc)})
@@ -1131,7 +1331,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 def load_script_file(server: StandinServer, path: str) -> None:
     """Apply a JSON script file: {"gemini": [...], "openrouter": [...], "*": [...],
-    "defaults": {"gemini": behaviour, ...}, "match": [{"protocol", "match", "behaviours"|"default"}]}."""
+    "defaults": {"gemini": behaviour, ...}, "match": [{"protocol", "match", "behaviours"|"default"}],
+    "batch_default": batch behaviour, "batches": [batch behaviours]}."""
     with open(path, encoding="utf-8") as fh:
         spec = json.load(fh)
     for proto in ("gemini", "openrouter", "*"):
@@ -1145,6 +1346,11 @@ def load_script_file(server: StandinServer, path: str) -> None:
             server.script(proto, *entry["behaviours"], match=entry.get("match"))
         if entry.get("default"):
             server.set_default(proto, entry["default"], match=entry.get("match"))
+    if spec.get("batch_default"):
+        beh = spec["batch_default"]
+        server.set_batch_behaviour(**beh) if isinstance(beh, dict) else server.set_batch_behaviour(beh)
+    if spec.get("batches"):
+        server.script_batches(*spec["batches"])
 
 
 def main(argv=None) -> int:
