@@ -64,6 +64,7 @@ class Answer:
     attempt: int = 0  # attempt number within the job that paid for it
     ts: float = 0.0  # when it arrived (unix time)
     source: str = "call"  # call (synchronous request) | batch
+    batch: str = ""  # the batch job it came from (batches/…)
     fingerprint: dict = field(default_factory=dict)  # provider, model, source_sha256, prompt_sha256, image_config
     satisfies: list = field(default_factory=list)  # ids of the regeneration requests it was bought for
     run_id: str = ""

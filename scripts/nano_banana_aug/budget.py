@@ -96,6 +96,37 @@ class Ledger:
         if refusal:
             raise BudgetExceeded(refusal)
 
+    def reserve_up_to(self, n: int, unit_usd: float) -> int:
+        """Count up to ``n`` paid calls at ``unit_usd`` each (a batch chunk); how many fit the budget."""
+        with self._locked() as state:
+            k = int(n)
+            if self.max_calls is not None:
+                k = min(k, max(0, self.max_calls - state["calls"]))
+            if self.max_cost_usd is not None and unit_usd > 0:
+                k = min(k, max(0, int((self.max_cost_usd - state["cost_usd"] + 1e-9) // unit_usd)))
+            state["calls"] += k
+            state["cost_usd"] += k * unit_usd
+            if k < n:
+                state["refused"] = state.get("refused", 0) + (n - k)
+        return k
+
+    def release(self, n: int, unit_usd: float) -> None:
+        """Give back ``n`` reserved calls that were not made."""
+        with self._locked() as state:
+            state["calls"] = max(0, state["calls"] - int(n))
+            state["cost_usd"] = max(0.0, state["cost_usd"] - n * unit_usd)
+
+    def adjust(self, delta_usd: float) -> None:
+        """Correct the estimated cost (reservations replaced by what the answers report)."""
+        with self._locked() as state:
+            state["cost_usd"] = max(0.0, state["cost_usd"] + float(delta_usd))
+
+    def count(self, n: int, usd: float) -> None:
+        """Calls paid outside this run's reservations (a batch submitted by an earlier run)."""
+        with self._locked() as state:
+            state["calls"] += int(n)
+            state["cost_usd"] += float(usd)
+
     def settle(self, actual_usd: float | None) -> None:
         """Replace the reservation of one call by its estimated cost."""
         if actual_usd is None:

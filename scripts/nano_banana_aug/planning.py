@@ -177,3 +177,31 @@ def survey(output_dir, ext: str, targets, augs: dict, run: RunIntent, sidecar_re
                 if exists and decision.action != "done":
                     trigger.add(stem)
     return plan, trigger
+
+
+def plan_for_run(cfg: dict, targets_csv) -> Plan:
+    """The plan of a running run, decided again from its effective config (the batch job's view)."""
+    from . import config as config_mod
+    from . import regen, sidecar
+    from .targets import check_source, read_targets
+
+    out = config_mod.output_dir(cfg)
+    targets = read_targets(targets_csv)
+    limit = int(cfg.get("limit") or 0)
+    if limit > 0:
+        targets = targets[:limit]
+    for t in targets:
+        if t.problem:
+            t.problem = check_source(cfg["data"]["data_root"], t.image_path, decode=True)[1]
+    intent = intent_from_config(cfg)
+    intent.done = {r.id: regen.done_stems(out, r) for r in intent.requests if r.id}
+    augs = {a["name"]: int(a.get("num_images", 1)) for a in cfg["augmentations"]}
+
+    def read_sidecar(stem):
+        try:
+            return sidecar.read(layout.sidecar_path(out, *layout.parse_stem(stem)))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    plan, _trigger = survey(out, cfg["data"]["output_ext"], targets, augs, intent, read_sidecar)
+    return plan
