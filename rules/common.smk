@@ -59,6 +59,8 @@ PIPE = layout.pipeline_dir(OUT)
 LOG_DIR = PIPE / "logs"
 RUN_CONFIG = str(runs.config_path(OUT, RUN_ID))  # this run's effective config, written by start_run
 RUN_MARK = str(runs.start_mark(OUT, RUN_ID))  # new every run: what must run every time depends on it
+BATCH = PAID and config["api"]["mode"] == "batch"
+BATCH_OUTCOME = str(runs.run_dir(OUT, RUN_ID) / "batch_outcome.json")  # the batch checkpoint's output
 TARGETS_CSV = str(layout.targets_table(OUT))
 TARGET_SETTINGS = {k: config["data"][k] for k in ("data_root", "train_csv", "primary_targets")}
 SETTINGS_JSON = str(layout.settings_file(OUT, TARGET_SETTINGS))  # a new file when they change
@@ -177,6 +179,21 @@ def get_all_outputs(wildcards=None):
     return _outputs["all"]
 
 
+def get_manifest_outputs(wildcards=None):
+    """The outputs the manifest waits for; in batch mode after the batch checkpoint,
+    without the targets whose batch is still running (collected by a later run)."""
+    outputs = get_all_outputs(wildcards)
+    if not BATCH:
+        return outputs
+    from nano_banana_aug.batch import read_outcome
+
+    outcome = read_outcome(checkpoints.batch.get().output[0])
+    pending = {s for s, o in outcome.items() if o.get("status") == "pending"}
+    if not pending:
+        return outputs
+    return [p for p in outputs if Path(p).name.rsplit(".", 1)[0] not in pending or Path(p).exists()]
+
+
 def read_sidecar(stem):
     from nano_banana_aug import sidecar
 
@@ -195,7 +212,14 @@ def get_generate_trigger(wildcards):
         return []
     get_all_outputs()
     stem = layout.stem(wildcards.image_id, wildcards.aug, wildcards.k)
-    return [RUN_MARK] if stem in _outputs.get("trigger", ()) else []
+    if stem not in _outputs.get("trigger", ()):
+        return []
+    if BATCH:  # an existing output whose new answer is still in a running batch: keep it for now
+        from nano_banana_aug.batch import read_outcome
+
+        if read_outcome(checkpoints.batch.get().output[0]).get(stem, {}).get("status") == "pending":
+            return []
+    return [RUN_MARK]
 
 
 # generate's trigger input: a function for paid providers (stored answers, damaged
@@ -225,6 +249,12 @@ def report_plan(plan, targets):
     done = plan.count("done")
     todo = n - done  # every job that will run: paid, rebuilt from the store, or failing without a call
     calls, free = plan.count("call"), plan.count("store", "rederive")
+    waiting = 0
+    if BATCH:  # already submitted by an earlier run: collected, not paid again
+        from nano_banana_aug.batch import open_stems
+
+        waiting = len(plan.stems("call") & open_stems(OUT))
+        calls -= waiting
     regen_names = sorted(config["regenerate"])
     lines = [
         f"plan: {n} targets ({len(targets)} images x {len(AUG_NAMES)} augmentations), "
@@ -242,9 +272,17 @@ def report_plan(plan, targets):
         else:
             lines.append(f"plan: {r.what}: {len(scope)} outputs to regenerate (a new request)")
     if PAID:
-        est = calls * float(config["api"]["pricing"]["image_usd_per_call"])
-        if calls:
+        unit = float(config["api"]["pricing"]["image_usd_per_call"])
+        if BATCH:
+            unit *= float(config["api"]["pricing"]["batch_factor"])
+        est = calls * unit
+        if calls and BATCH:
+            lines.append(f"plan: {calls} paid answers through the Gemini Batch API, estimated ${est:.2f} "
+                         f"(${unit:.4f} each; ${calls * float(config['api']['pricing']['image_usd_per_call']):.2f} synchronously)")
+        elif calls:
             lines.append(f"plan: {calls} paid calls (more if retried), estimated ${est:.2f}")
+        if waiting:
+            lines.append(f"plan: {waiting} answers awaited from batches submitted earlier (paid once, collected now)")
         if free:
             lines.append(f"plan: {free} outputs built from stored answers (0 calls)")
         api = config["api"]
@@ -334,7 +372,8 @@ def finish_run(failed):
         ledger = run_ledger()
         per = f"{ledger['calls'] / ok:.2f}" if ok else "n/a"
         reused = sum(1 for r in this_run if r.get("answer_source") == "store")
-        summary += f"; {ledger['calls']} paid calls ({per} per successful output), estimated ${ledger['cost_usd']:.2f}"
+        what = "paid answers (Gemini Batch API)" if BATCH else "paid calls"
+        summary += f"; {ledger['calls']} {what} ({per} per successful output), estimated ${ledger['cost_usd']:.2f}"
         if reused:
             summary += f"; {reused} built from stored answers (0 calls)"
     if counts.get("over_budget"):

@@ -7,7 +7,7 @@ rule manifest:
     input:
         run=RUN_MARK,
         targets=TARGETS_CSV,
-        outputs=get_all_outputs,
+        outputs=get_manifest_outputs,
     output:
         MANIFEST,
     localrule: True

@@ -133,6 +133,10 @@ def check_config(cfg: dict, schema: dict | None = None) -> None:
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(list(e.absolute_path)), list(map(str, e.absolute_path))))
     if errors:
         raise ConfigError(_describe(errors[0], schema))
+    api = cfg.get("api") or {}
+    if api.get("mode") == "batch" and api.get("provider", "gemini") != "gemini":
+        raise ConfigError(f"config key 'api.mode': batch needs api.provider gemini, not {api.get('provider')!r} "
+                          "(OpenRouter's batch API returns text only, no images)")
     names = [a["name"] for a in cfg["augmentations"]]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

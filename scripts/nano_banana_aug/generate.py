@@ -317,7 +317,7 @@ def produce(job: Job, decision: planning.Decision, fresh: list, current) -> byte
         image = job.reuse(answer)
         if decision.action == "store":
             job.usable.append(answer.seq)
-        record.answer_source = "store"
+        record.answer_source = "batch" if answer.source == "batch" and decision.action == "store" else "store"
         record.attempts, record.est_cost_usd = answer.attempt, answer.est_cost_usd  # what the output cost
         runlog.event(cfg, "reuse", job.stem, answer=answer.answer_id, why=decision.why)
     if answer is not None:
@@ -448,6 +448,8 @@ def _run_locked(cfg, targets_csv, image_id, aug_name, variant_idx, output: Path)
                                "BLOCKED", status="blocked")
         if decision.action == "unusable":
             raise TargetFailed(decision.why, "BAD_SOURCE")
+        if decision.action == "call" and cfg["api"].get("mode") == "batch":
+            _batch_gate(cfg, stem)
         data = produce(job, decision, fresh, current)
     except (TargetFailed, UserError, Exception) as exc:  # every failure leaves a trace
         if not isinstance(exc, (TargetFailed, UserError)):
@@ -470,6 +472,27 @@ def _run_locked(cfg, targets_csv, image_id, aug_name, variant_idx, output: Path)
     except OSError:
         pass
     return record
+
+
+def _batch_gate(cfg: dict, stem: str) -> None:
+    """Batch mode: a target with no stored answer gets no synchronous call, unless
+    api.batch.fallback is sync and its batch line or batch failed (TargetFailed otherwise)."""
+    from .batch import read_outcome
+    from .runs import run_dir
+
+    run_id = (cfg.get("_run") or {}).get("id", "adhoc")
+    out = read_outcome(run_dir(config_mod.output_dir(cfg), run_id) / "batch_outcome.json").get(stem)
+    if out is None:
+        raise TargetFailed("not submitted to a batch in this run (it needed an answer only after the batch job "
+                           "had run); the next run submits it", "BATCH_NOT_SUBMITTED")
+    if out.get("status") == "over_budget":
+        raise TargetFailed(out.get("message") or "not submitted: budget reached", "BUDGET", status="over_budget")
+    if out.get("status") == "pending":
+        raise TargetFailed("its batch is still running; the next run collects it", "BATCH_PENDING")
+    if cfg["api"]["batch"].get("fallback") == "sync" and out.get("status") == "failed":
+        runlog.event(cfg, "fallback", stem, why=out.get("message", "")[:200])
+        return
+    raise TargetFailed(out.get("message") or "no answer from the batch", out.get("reason") or "BATCH_FAILED")
 
 
 def _record_failure(cfg, job, record: Record, old, state, side, exc, seconds) -> None:

@@ -60,7 +60,7 @@ class Record:
     cost_usd: float | None = None  # reported by the service (OpenRouter)
     est_cost_usd: float | None = None  # from the config's price table
     origin: str = "generated"  # generated | adopted (legacy output without sidecar)
-    answer_source: str = ""  # call (paid in this job) | store (a stored answer, 0 calls) | "" (local, adopted)
+    answer_source: str = ""  # call (paid in this job) | batch (a Batch API answer, 0 calls) | store (a stored answer, 0 calls) | "" (local, adopted)
     answer_id: str = ""  # the stored answer the output was made from (answers/<stem>/<id>.*)
     answer_seq_seen: int = 0  # every stored answer up to this number has been used
     attempts_total: int = 0  # failed attempts since the last success (api.max_total_attempts)

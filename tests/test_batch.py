@@ -1,0 +1,200 @@
+"""Batch mode end to end: the real `snakemake` against the stand-in's Gemini
+Batch and Files API.  Counts batches created, batch answers per target and
+synchronous calls.  Kills happen when the stand-in holds a step (an upload, a
+create, a running batch), never after a time."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from .helpers import make_paid_run, snakemake
+
+pytestmark = pytest.mark.e2e
+pytest_plugins = ["tests.standin.fixtures"]
+
+ONE = [{"name": "overcast", "prompt": "Make it overcast.", "num_images": 1}]
+TWO = [{"name": "overcast", "prompt": "Make it overcast.", "num_images": 1},
+       {"name": "noise", "prompt": "Add sensor noise.", "num_images": 1}]
+
+
+def batch_run(tmp_path, standin, n_images=3, augs=TWO, **batch):
+    return make_paid_run(tmp_path, standin, n_images=n_images, augs=augs, mode="batch",
+                         batch={"poll_s": 0.05, **batch})
+
+
+def run(wf, *args, check=True):
+    res = snakemake(wf, "-j", "4", "--configfile", "run.yaml", *args)
+    if check and res.returncode != 0:
+        raise AssertionError(f"snakemake failed ({res.returncode}):\n{res.stderr[-4000:]}")
+    return res
+
+
+def start(wf, *args):
+    log = open(wf / "bg.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "snakemake", "-j", "4", "--configfile", "run.yaml", *args],
+                            cwd=wf, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+
+
+def kill_run(proc):
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def rows(wf):
+    with open(wf / "data" / "aug" / "manifest.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def pngs(wf):
+    return sorted(p.name for p in (wf / "data" / "aug").glob("*.png"))
+
+
+def per_key(standin) -> Counter:
+    return Counter(r.key for r in standin.batch_answers())
+
+
+def assert_paid_once(standin, n_targets):
+    assert len(standin.answers()) == 0  # no synchronous call
+    got = per_key(standin)
+    assert len(got) == n_targets and set(got.values()) == {1}, got
+
+
+def test_a_batch_run_pays_batch_prices_and_makes_no_synchronous_call(tmp_path, standin):
+    wf = batch_run(tmp_path, standin)
+    res = run(wf)
+    assert "plan: 6 paid answers through the Gemini Batch API, estimated $0.40" in res.stderr
+    assert len(standin.batches) == 1 and len(standin.batches[0].keys) == 6
+    assert_paid_once(standin, 6)
+    got = rows(wf)
+    assert len(got) == 6 and {r["status"] for r in got} == {"success"}
+    assert {r["answer_source"] for r in got} == {"batch"}
+    # the JSONL went through the Files API; no inline requests
+    assert standin.uploads and standin.batches[0].display_name.startswith("nbaug-")
+    # a second run: nothing to do, nothing submitted
+    res = run(wf)
+    assert len(standin.batches) == 1 and "paid answers" not in res.stderr
+    # the key never left its header
+    assert standin.key_leaks(standin.api_key) == []
+
+
+def test_chunks_follow_max_requests(tmp_path, standin):
+    wf = batch_run(tmp_path, standin, n_images=5, max_requests=4)
+    run(wf)
+    assert sorted(len(b.keys) for b in standin.batches) == [2, 4, 4]
+    assert_paid_once(standin, 10)
+
+
+@pytest.mark.parametrize("step", ["upload", "create"])
+def test_kill_during_upload_or_create_never_makes_a_second_batch(tmp_path, standin, step):
+    wf = batch_run(tmp_path, standin)
+    standin.hold_batch_step(step)
+    a = start(wf)
+    standin.wait_until(lambda s: any(r.held for r in s.requests))
+    kill_run(a)  # upload: the file is stored, its name never recorded; create: the batch exists, unnamed locally
+    standin.release()
+    res = run(wf)
+    assert len(standin.batches) == 1, [b.display_name for b in standin.batches]
+    if step == "create":
+        assert "found by its display name" in res.stderr
+    assert_paid_once(standin, 6)
+    assert {r["status"] for r in rows(wf)} == {"success"} and len(pngs(wf)) == 6
+
+
+def test_kill_while_polling_then_the_next_run_collects_the_same_batch(tmp_path, standin):
+    wf = batch_run(tmp_path, standin)
+    standin.set_batch_behaviour("hold")
+    a = start(wf)
+    standin.wait_until(lambda s: s.batches and s.batches[0].polls >= 1)
+    kill_run(a)
+    standin.finish_batches()
+    res = run(wf)
+    assert len(standin.batches) == 1
+    assert "6 answers awaited from batches submitted earlier" in res.stderr
+    assert_paid_once(standin, 6)
+    assert len(pngs(wf)) == 6
+
+
+def test_wait_false_submits_and_a_later_run_collects(tmp_path, standin):
+    wf = batch_run(tmp_path, standin, wait=False)
+    standin.set_batch_behaviour("hold")
+    res = run(wf)
+    assert "run the same command again to collect them" in res.stderr
+    assert pngs(wf) == [] and len(standin.batches) == 1
+    res = run(wf)  # still running: nothing new submitted, nothing made
+    assert len(standin.batches) == 1 and pngs(wf) == []
+    standin.finish_batches()
+    run(wf)
+    assert len(standin.batches) == 1 and len(pngs(wf)) == 6
+    assert_paid_once(standin, 6)
+
+
+def test_an_expired_batch_is_resubmitted_by_the_next_run(tmp_path, standin):
+    wf = batch_run(tmp_path, standin)
+    standin.script_batches("expire")
+    res = run(wf, check=False)
+    assert res.returncode != 0
+    got = rows(wf)
+    assert len(got) == 6 and {r["status"] for r in got} == {"failed"}
+    assert {r["error_reason"] for r in got} == {"BATCH_EXPIRED"} and "expired" in got[0]["error"]
+    run(wf)
+    assert len(standin.batches) == 2 and len(standin.batches[1].keys) == 6
+    assert_paid_once(standin, 6)
+    assert {r["status"] for r in rows(wf)} == {"success"}
+
+
+def test_failed_lines_are_resubmitted_alone(tmp_path, standin):
+    wf = batch_run(tmp_path, standin)
+    standin.set_default("gemini", "server_error", match="overcast")
+    res = run(wf, check=False)
+    assert res.returncode != 0
+    failed = sorted(f"{r['image_id']}__{r['aug_name']}__v0" for r in rows(wf) if r["status"] == "failed")
+    assert failed == [f"ID100{i}__overcast__v0" for i in range(3)]
+    standin.set_default("gemini", "ok", match="overcast")
+    run(wf)
+    assert len(standin.batches) == 2 and sorted(standin.batches[1].keys) == failed
+    assert_paid_once(standin, 6)
+
+
+def test_fallback_sync_sends_only_the_failed_lines_synchronously(tmp_path, standin):
+    wf = batch_run(tmp_path, standin, fallback="sync")
+    standin.set_rule(lambda req: "server_error" if getattr(req, "batch", False) and "overcast" in req.prompt else None)
+    run(wf)
+    assert len(standin.batches) == 1
+    assert len(standin.answers()) == 3 and all("overcast" in r.prompt for r in standin.answers())
+    assert {r["answer_source"] for r in rows(wf)} == {"batch", "call"}
+
+
+def test_batch_cancel_cancels_outstanding_batches(tmp_path, standin):
+    wf = batch_run(tmp_path, standin, wait=False)
+    standin.set_batch_behaviour("hold")
+    run(wf)
+    res = run(wf, "--config", "batch_cancel=true", check=False)
+    assert standin.batches[0].state.endswith("CANCELLED"), res.stderr[-2000:]
+    assert "cancel requested" in res.stderr
+    standin.set_batch_behaviour("succeed", polls=0)  # done when first polled (wait=false collects it now)
+    run(wf)
+    assert len(standin.batches) == 2 and len(pngs(wf)) == 6
+    assert_paid_once(standin, 6)
+
+
+def test_the_budget_reserves_a_chunk_before_it_is_submitted(tmp_path, standin):
+    wf = batch_run(tmp_path, standin)
+    res = run(wf, "--config", 'api={"max_calls": 2}', check=False)
+    assert res.returncode != 0
+    assert len(standin.batches) == 1 and len(standin.batches[0].keys) == 2
+    assert sorted(r["status"] for r in rows(wf)) == ["over_budget"] * 4 + ["success"] * 2
+
+
+def test_batch_mode_needs_the_gemini_provider(tmp_path, standin):
+    wf = make_paid_run(tmp_path, standin, provider="openrouter", mode="batch")
+    res = snakemake(wf, "-j", "1", "--configfile", "run.yaml")
+    assert res.returncode != 0
+    assert "api.mode" in res.stderr and "OpenRouter's batch API returns text only" in res.stderr
+    assert len(standin.requests) == 0
