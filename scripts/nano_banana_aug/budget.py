@@ -26,7 +26,7 @@ from pathlib import Path
 from .fileio import atomic_write_text, file_mode
 from .providers.base import AttemptError
 
-EMPTY = {"calls": 0, "cost_usd": 0.0, "refused": 0}
+EMPTY = {"calls": 0, "billable": 0, "cost_usd": 0.0, "refused": 0}
 
 
 class BudgetExceeded(AttemptError):
@@ -116,20 +116,25 @@ class Ledger:
             state["calls"] = max(0, state["calls"] - int(n))
             state["cost_usd"] = max(0.0, state["cost_usd"] - n * unit_usd)
 
-    def adjust(self, delta_usd: float) -> None:
+    def adjust(self, delta_usd: float, billable: int = 0) -> None:
         """Correct the estimated cost (reservations replaced by what the answers report)."""
         with self._locked() as state:
             state["cost_usd"] = max(0.0, state["cost_usd"] + float(delta_usd))
+            state["billable"] = state.get("billable", 0) + int(billable)
 
     def count(self, n: int, usd: float) -> None:
         """Calls paid outside this run's reservations (a batch submitted by an earlier run)."""
         with self._locked() as state:
             state["calls"] += int(n)
+            state["billable"] = state.get("billable", 0) + int(n)
             state["cost_usd"] += float(usd)
 
-    def settle(self, actual_usd: float | None) -> None:
-        """Replace the reservation of one call by its estimated cost."""
-        if actual_usd is None:
-            return
+    def settle(self, actual_usd: float | None, billable: bool = True) -> None:
+        """Replace the reservation of one call by its estimated cost; count it as billable
+        (an answer, also a refused one) or not (an HTTP error, a lost connection: made, not billed)."""
         with self._locked() as state:
-            state["cost_usd"] += float(actual_usd) - self.reserve_usd
+            state["billable"] = state.get("billable", 0) + (1 if billable else 0)
+            if actual_usd is not None:
+                state["cost_usd"] += float(actual_usd) - self.reserve_usd
+            elif not billable:
+                state["cost_usd"] = max(0.0, state["cost_usd"] - self.reserve_usd)

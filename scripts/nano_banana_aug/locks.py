@@ -130,3 +130,66 @@ def wait_until_free(path, timeout_s: float | None) -> bool:
         return _wait(fd, fcntl.LOCK_EX, timeout_s)
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------- where locks hold
+
+def _mount_of(path, mountinfo: str) -> tuple[str, str, str]:
+    """(mount point, fs type, mount + super options) of the mount holding ``path``."""
+    real = os.path.realpath(path)
+    best = ("/", "", "")
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        f, r = left.split(), right.split()
+        if len(f) < 6 or len(r) < 2:
+            continue
+        point = f[4].replace("\\040", " ")
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
+            best = (point, r[0], f"{f[5]},{r[2] if len(r) > 2 else ''}")
+    return best
+
+
+def node_local_reason(path, mountinfo: str | None = None, beegfs_conf: str = "/etc/beegfs/beegfs-client.conf") -> str:
+    """Why flock on ``path`` would not be seen by other nodes ("" = it would, as far as we can tell)."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return ""
+    point, fstype, opts = _mount_of(path, mountinfo)
+    options = set(opts.split(","))
+    if fstype == "lustre" and "localflock" in options:
+        return f"{point} is Lustre mounted with localflock (flock is per node)"
+    if fstype.startswith("nfs") and ({"nolock", "local_lock=all", "local_lock=flock"} & options):
+        return f"{point} is NFS mounted with {sorted({'nolock', 'local_lock=all', 'local_lock=flock'} & options)[0]} (flock is per node)"
+    if fstype == "beegfs" or fstype.startswith("fuse.beegfs"):
+        try:
+            conf = Path(beegfs_conf).read_text()
+        except OSError:
+            conf = ""
+        if not any(l.split("=", 1)[0].strip() == "tuneUseGlobalFileLocks" and l.split("=", 1)[1].strip().lower() == "true"
+                   for l in conf.splitlines() if "=" in l and not l.lstrip().startswith("#")):
+            return f"{point} is BeeGFS without tuneUseGlobalFileLocks=true (flock is per node)"
+    return ""
+
+
+def probe(directory) -> None:
+    """Check that flock works in ``directory``; UserError naming the mount otherwise."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    test = d / ".lock-probe"
+    fd = os.open(test, os.O_RDWR | os.O_CREAT, file_mode())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError as exc:
+        if isinstance(exc, BlockingIOError):
+            return
+        point, fstype, _ = _mount_of(d, Path("/proc/self/mountinfo").read_text() if Path("/proc/self/mountinfo").exists() else "")
+        raise UserError(
+            f"file locks do not work in {d} ({fstype or 'unknown filesystem'} at {point}: {exc.strerror}); "
+            "the per-target locks and the budget ledger need them. Use a data.output_dir on a filesystem "
+            "with locks (e.g. Lustre mounted with flock, NFS without nolock)"
+        ) from None
+    finally:
+        os.close(fd)

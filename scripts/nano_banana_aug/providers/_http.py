@@ -159,7 +159,17 @@ def post_json(
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     send_headers = {"Content-Type": "application/json", **headers}
     try:
-        resp = session.post(url, data=data, headers=send_headers, timeout=(min(timeout_s, 30.0), timeout_s), stream=True)
+        # never follow a redirect: requests would send the key header along, even to another host over http
+        resp = session.post(url, data=data, headers=send_headers, timeout=(min(timeout_s, 30.0), timeout_s), stream=True,
+                            allow_redirects=False)
+        if 300 <= resp.status_code < 400:
+            location = resp.headers.get("Location", "?")
+            resp.close()
+            raise AttemptError(
+                redact(f"HTTP {resp.status_code} redirect to {quote(location)} not followed (the API key would go "
+                       "with it); check api.base_url", secret),
+                retryable=False, status=resp.status_code, reason="REDIRECT",
+            )
         try:
             chunks, size = [], 0
             for chunk in resp.iter_content(chunk_size=256 * 1024):

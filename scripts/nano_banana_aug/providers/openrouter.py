@@ -19,7 +19,7 @@ import requests
 from .. import keys
 from ..errors import ConfigError
 from . import _http
-from .base import AttemptError, Generation, Request, Usage
+from .base import AttemptError, Generation, Request, Usage, image_config_for
 from .gemini import decode_b64_image
 
 # Statuses an HTTP-200 error body may carry that will not get better by retrying.
@@ -107,8 +107,9 @@ class OpenRouterProvider:
             "modalities": list(self.modalities),
             "stream": False,
         }
-        if self.image_config:
-            body["image_config"] = dict(self.image_config)
+        image_config = image_config_for(self.image_config, request, ratio_key="aspect_ratio", size_key="image_size")
+        if image_config:
+            body["image_config"] = image_config
         return body
 
     def attempt(self, request: Request) -> Generation:
@@ -250,11 +251,13 @@ def parse_response(payload: dict, *, secret: str | None = None, retry_after: flo
         code_num = _code_number(code)
         detail = _describe_metadata(err.get("metadata"))
         reason = provider_reason(err.get("metadata")) or (f"ERROR_{code}" if code is not None else "ERROR")
-        raise fail(
+        error = fail(
             f"HTTP 200 with error {code if code is not None else ''}: {_http.quote(err.get('message') or '')}"
             + (f" ({detail})" if detail else ""),
             reason, retryable=code_num not in FINAL_CODES,
         )
+        error.code = code_num  # the status the error stands for (402 inside an HTTP 200, ...)
+        raise error
 
     choices = payload.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
