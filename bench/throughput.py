@@ -62,7 +62,7 @@ def setup(workdir: Path, n: int, variants: int, url: str, concurrency: int, prov
     cfg = {
         "api": {"provider": provider, "model": "recipes-v1" if provider == "local" else None,
                 "base_url": f"{url}/v1beta" if provider == "gemini" else None,
-                "concurrency": concurrency, "max_retries": 1, "timeout_s": 60},
+                "concurrency": concurrency, "max_retries": 1, "timeout_s": 60, "match_aspect": False},
         "data": {"data_root": "data", "output_dir": "data/aug"},
         "postprocess": {"enforce_aspect_ratio": 2.0, "mode": "pad", "png_compress_level": png_level},
         "augmentations": [{"name": "overcast", "prompt": "Overcast.", "num_images": variants,

@@ -79,8 +79,17 @@ _api = config["api"]
 GENERATE_RUNTIME_MIN = 5 + int(
     (1 + int(config["qc"]["auto_regenerate"])) * _api["max_retries"] * (_api["timeout_s"] + _api["max_retry_wait_s"]) / 60
 )
-if "api" not in workflow.global_resources:
+API_RESOURCE_SET_BY_USER = "api" in workflow.global_resources
+if not API_RESOURCE_SET_BY_USER:
     workflow.global_resources.update({"api": 2 * int(config["api"]["concurrency"])})
+
+
+def cap_cluster_jobs():
+    """On a cluster executor, at most api.concurrency paid jobs run at once: Snakemake on the
+    submit host enforces it, whatever the shared filesystem's locks do (called while the DAG
+    is built: the executor is known then, the scheduler not made yet)."""
+    if PAID and not workflow.local_exec and not API_RESOURCE_SET_BY_USER:
+        workflow.global_resources.update({"api": int(config["api"]["concurrency"])})
 
 
 wildcard_constraints:
@@ -120,13 +129,17 @@ def active_requests():
     """The regeneration requests of this run: asked for now, resumed when still open (regen.py)."""
     if "requests" not in _state:
         ds = workflow.dag_settings
-        rejected = []
-        if config["redo_rejected"]:
-            rejected = [layout.stem(r.image_id, r.aug_name, r.variant_idx)
-                        for r in manifest_mod.collect(OUT, DATA_ROOT) if r.status == "rejected"]
-        asked = regen.wanted(regenerate=config["regenerate"], redo_rejected=config["redo_rejected"],
-                             rejected_stems=rejected, forceall=ds.forceall, forcerun=ds.forcerun,
-                             forced_stems=forced_stems())
+        rejected, stale = [], []
+        if config["redo_rejected"] or "stale" in config["regenerate"]:
+            records = manifest_mod.collect(OUT, DATA_ROOT)
+            rejected = [layout.stem(r.image_id, r.aug_name, r.variant_idx) for r in records if r.status == "rejected"]
+            manifest_mod.mark_current(records, config)
+            stale = [layout.stem(r.image_id, r.aug_name, r.variant_idx) for r in records
+                     if r.stale == "model/prompt" and r.status in ("success", "rejected")]
+        asked = regen.wanted(regenerate=[a for a in config["regenerate"] if a != "stale"],
+                             redo_rejected=config["redo_rejected"], rejected_stems=rejected, forceall=ds.forceall,
+                             forcerun=ds.forcerun, forced_stems=forced_stems(),
+                             stale_stems=stale if "stale" in config["regenerate"] else None)
         _state["requests"] = regen.resolve(OUT, asked)
     return _state["requests"]
 
@@ -173,6 +186,7 @@ def get_all_outputs(wildcards=None):
         _outputs["all"] = [f"{OUT}/{t.image_id}__{aug}__v{k}.{EXT}" for t in targets for aug in AUG_NAMES
                            for k in range(NUM_IMAGES[aug])]
         if MAIN:
+            cap_cluster_jobs()
             plan, trigger = planning.survey(OUT, EXT, targets, NUM_IMAGES, run_intent(), read_sidecar)
             _outputs.update(plan=plan, trigger=trigger)
             report_plan(plan, targets)
@@ -291,6 +305,12 @@ def report_plan(plan, targets):
                       f"max_cost_usd=${api['max_cost_usd']:.2f}" if api["max_cost_usd"] is not None else ""]
             lines.append(f"plan: budget of this run: {' '.join(x for x in limits if x)}; "
                          "targets past it are recorded as over_budget and left for the next run")
+    stale = stale_counts()
+    if stale.get("model/prompt") or stale.get("postprocess") or stale.get("orphaned"):
+        lines.append(f"plan: outputs that differ from the config: {stale.get('model/prompt', 0)} made with another "
+                     f"provider/model/prompt (regenerate=stale pays for them), {stale.get('postprocess', 0)} only in "
+                     f"post-processing (rederive=true rebuilds them for free), {stale.get('orphaned', 0)} of "
+                     "augmentations or variants no longer in the config (orphaned: kept, never joined into training)")
     blocked = plan.count("blocked")
     if blocked:
         lines.append(f"plan: {blocked} outputs blocked after api.max_total_attempts failed attempts, not retried "
@@ -310,6 +330,18 @@ def report_plan(plan, targets):
 # ---- start and end of a run (only the run that holds Snakemake's lock) ----
 def start_run():
     """onstart: this run's private config, owner record and requests; legacy adoption."""
+    if PAID:  # locks that do not hold where the jobs run: refuse before anything is paid
+        from nano_banana_aug import locks
+
+        try:
+            locks.probe(PIPE)
+        except UserError as exc:
+            stop(str(exc))
+        reason = "" if workflow.local_exec else locks.node_local_reason(OUT)
+        if reason:
+            stop(f"{reason}: jobs on different nodes could not see each other's target locks and budget ledger "
+                 "and could pay twice. Put data.output_dir on a filesystem with cluster-wide locks, or run on one "
+                 "machine (the local executor)")
     reqs = regen.save_new(OUT, active_requests(), RUN_ID, now=RUN_START)
     effective = {
         **config,
@@ -346,7 +378,7 @@ def finish_run(failed):
     runs.forget_owner(RUN_ID)
     try:
         if failed or manifest_mod.is_stale(OUT, config["data"]["manifest"]):
-            _, records = manifest_mod.build(OUT, DATA_ROOT, config["data"]["manifest"])
+            _, records = manifest_mod.build(OUT, DATA_ROOT, config["data"]["manifest"], cfg=config)
             rows = [r.to_row() for r in records]
         else:  # the manifest job just wrote it: read one file, not every sidecar again
             rows = manifest_mod.read_csv_rows(MANIFEST)
@@ -372,10 +404,17 @@ def finish_run(failed):
         ledger = run_ledger()
         per = f"{ledger['calls'] / ok:.2f}" if ok else "n/a"
         reused = sum(1 for r in this_run if r.get("answer_source") == "store")
-        what = "paid answers (Gemini Batch API)" if BATCH else "paid calls"
-        summary += f"; {ledger['calls']} {what} ({per} per successful output), estimated ${ledger['cost_usd']:.2f}"
+        if BATCH:
+            summary += f"; {ledger['calls']} paid answers (Gemini Batch API; {per} per successful output)"
+        else:
+            summary += (f"; {ledger['calls']} calls made ({ledger.get('billable', 0)} billable answers,"
+                        f" {per} calls per successful output)")
+        summary += f", estimated ${ledger['cost_usd']:.2f}"
         if reused:
             summary += f"; {reused} built from stored answers (0 calls)"
+    stop = api_stop()
+    if stop:
+        summary += f"; stopped dispatching calls: {stop.get('message', stop.get('reason', ''))}"
     if counts.get("over_budget"):
         summary += f"; {counts['over_budget']} not generated: budget reached (run again to continue)"
     if counts.get("blocked"):
@@ -383,13 +422,48 @@ def finish_run(failed):
     kept = sum(1 for r in rows if num(r.get("regen_error_ts")) >= RUN_START)
     if kept:
         summary += f"; {kept} regenerations not done, their old outputs kept (run the same command again to continue)"
-    if failed:
+    if failed and not stop:
         if counts.get("failed") or counts.get("blocked"):
             summary += "; failed targets are listed in the manifest (status failed); run the same command again to retry only them"
         else:
             summary += "; some jobs did not finish; run the same command again to continue"
     print(summary, file=sys.stderr)
     runlog.message(config, summary)
+
+
+def stale_counts():
+    """Rows of the current manifest that differ from this config (read from manifest.csv: one file)."""
+    if not Path(MANIFEST).is_file():
+        return {}
+    try:
+        rows = manifest_mod.read_csv_rows(MANIFEST)
+    except (OSError, UserError, ValueError):
+        return {}
+    augs = {a["name"]: a for a in config["augmentations"]}
+    keys = {n: cfgmod.generation_key(config, a) for n, a in augs.items()}
+    counts = {}
+    for r in rows:
+        if r.get("status") not in ("success", "rejected", "orphaned"):
+            continue
+        aug = augs.get(r.get("aug_name"))
+        try:
+            k = int(r.get("variant_idx") or 0)
+        except ValueError:
+            k = 0
+        if aug is None or k >= int(aug.get("num_images", 1)):
+            what = "orphaned"
+        else:
+            what = cfgmod.staleness(r.get("generation_key", ""), keys[r["aug_name"]])
+        if what:
+            counts[what] = counts.get(what, 0) + 1
+    return counts
+
+
+def api_stop():
+    """Why this run stopped dispatching calls (governor), or None."""
+    from nano_banana_aug.governor import Governor
+
+    return Governor(runs.run_dir(OUT, RUN_ID) / "api").stopped() if PAID else None
 
 
 def run_ledger():

@@ -67,7 +67,7 @@ def make_paid_run(tmp_path: Path, standin, provider="gemini", n_images=2, augs=N
     base = standin.gemini_base_url if provider == "gemini" else standin.openrouter_url
     cfg = {
         "api": {"provider": provider, "model": None, "base_url": base, "max_retries": 3, "retry_backoff_s": 0.05,
-                "timeout_s": 10, "concurrency": 2, **api},
+                "timeout_s": 10, "concurrency": 2, "match_aspect": False, **api},
         "data": {"data_root": "data", "output_dir": "data/aug"},
         "postprocess": {"enforce_aspect_ratio": 2.0, "mode": "pad", "png_compress_level": 1},
         "prompt_prefix": "Change only imaging conditions.",

@@ -66,6 +66,6 @@ def test_damaged_ledger_refuses_every_call(tmp_path, content):
 
 def test_missing_ledger_starts_at_zero(tmp_path):
     ledger = Ledger(tmp_path / "new" / "ledger.json", max_calls=1)
-    assert ledger.read() == {"calls": 0, "cost_usd": 0.0, "refused": 0}
+    assert ledger.read() == {"calls": 0, "billable": 0, "cost_usd": 0.0, "refused": 0}
     ledger.reserve()
     assert ledger.read()["calls"] == 1

@@ -71,7 +71,7 @@ def test_bad_values_one_line(patch, expected):
 def test_regenerate_names_checked():
     cfg = checked({"regenerate": "a", "augmentations": [{"name": "a", "prompt": "p"}]})
     assert cfg["regenerate"] == ["a"]
-    with pytest.raises(ConfigError, match="unknown augmentation.*allowed: all, a"):
+    with pytest.raises(ConfigError, match="unknown augmentation.*allowed: all, stale, a"):
         checked({"regenerate": ["zzz"], "augmentations": [{"name": "a", "prompt": "p"}]})
 
 

@@ -137,8 +137,8 @@ def test_genai_wrong_key(standin):
     assert "API key not valid" in err.value.message
 
 
-# drop/slow/hold/raw send no answer of their own; garbage_base64 is invalid on purpose (checked below)
-GEMINI_ANSWER_KINDS = [k for k in KINDS if k not in ("drop", "slow", "hold", "raw", "garbage_base64")]
+# drop/slow/hold/raw/redirect send no answer of their own; garbage_base64 is invalid on purpose (checked below)
+GEMINI_ANSWER_KINDS = [k for k in KINDS if k not in ("drop", "slow", "hold", "raw", "redirect", "garbage_base64")]
 
 
 @pytest.mark.parametrize("kind", GEMINI_ANSWER_KINDS)

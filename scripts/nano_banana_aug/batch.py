@@ -200,18 +200,22 @@ class BatchRun:
         return bool(unconsumed(self.store.list(stem), int(seen or 0)))
 
     # --- submitting
-    def _line(self, stem: str, target, provider) -> bytes:
-        from .generate import TargetFailed, _read_source
+    def _line(self, stem: str, target, provider) -> tuple[bytes, dict | None]:
+        """The JSONL line of one target (the body a synchronous call would send) and its match_aspect region."""
+        from .generate import TargetFailed, _read_source, source_request
 
         image_id, aug_name, k = layout.parse_stem(stem)
         aug = config_mod.augmentation(self.cfg, aug_name)
         try:
-            data, _image = _read_source(target, self.cfg["data"]["data_root"], int(self.cfg["postprocess"]["max_pixels"]))
+            data, image = _read_source(target, self.cfg["data"]["data_root"], int(self.cfg["postprocess"]["max_pixels"]))
         except TargetFailed as exc:
             raise AttemptError(str(exc), retryable=False, reason="BAD_SOURCE") from None
-        req = Request(image_bytes=data, mime_type=imaging.sniff_mime(data) or "", prompt=config_mod.full_prompt(self.cfg, aug),
-                      image_id=image_id, aug_name=aug_name, variant_idx=k, source_path=target.image_path)
-        return (json.dumps({"key": stem, "request": provider.build_body(req)}, separators=(",", ":")) + "\n").encode()
+        send, region = source_request(self.cfg, data, image)
+        req = Request(image_bytes=send, mime_type=imaging.sniff_mime(send) or "", prompt=config_mod.full_prompt(self.cfg, aug),
+                      image_id=image_id, aug_name=aug_name, variant_idx=k, source_path=target.image_path,
+                      aspect_ratio=region["ratio"] if region else None)
+        line = (json.dumps({"key": stem, "request": provider.build_body(req)}, separators=(",", ":")) + "\n").encode()
+        return line, region
 
     def _fingerprint(self, stem: str, target, provider) -> dict:
         import hashlib
@@ -258,8 +262,10 @@ class BatchRun:
                 if target is None:
                     continue
                 try:
-                    line = self._line(stem, target, provider)
+                    line, region = self._line(stem, target, provider)
                     fp = self._fingerprint(stem, target, provider)
+                    if region:
+                        fp["region"] = region
                 except (AttemptError, OSError) as exc:
                     self.outcome[stem] = {"status": "failed", "reason": "BAD_SOURCE", "message": str(exc)}
                     continue
@@ -416,8 +422,7 @@ class BatchRun:
         if sub.run_id == self.run_id:
             if unpaid:
                 ledger.release(unpaid, unit)
-            if cost is not None:
-                ledger.adjust(cost - paid * unit)
+            ledger.adjust((cost - paid * unit) if cost is not None else 0.0, billable=paid)
         elif paid:  # reserved by an earlier run: what it cost is counted in this run's ledger
             ledger.count(paid, cost if cost is not None else paid * unit)
 

@@ -156,14 +156,14 @@ def finalise(cfg: dict) -> dict:
     if isinstance(cfg.get("regenerate"), str):
         cfg["regenerate"] = [cfg["regenerate"]] if cfg["regenerate"] else []
     known = {a["name"] for a in cfg["augmentations"]}
-    unknown = [n for n in cfg["regenerate"] if n != "all" and n not in known]
+    unknown = [n for n in cfg["regenerate"] if n not in ("all", "stale") and n not in known]
     if unknown:
         raise ConfigError(
             f"config key 'regenerate': unknown augmentation(s) {', '.join(unknown)}; "
-            f"allowed: all, {', '.join(sorted(known))}"
+            f"allowed: all, stale, {', '.join(sorted(known))}"
         )
     if "all" in cfg["regenerate"]:
-        cfg["regenerate"] = sorted(known)
+        cfg["regenerate"] = sorted(known) + (["stale"] if "stale" in cfg["regenerate"] else [])
     return cfg
 
 
@@ -204,3 +204,33 @@ def read_effective_config(path: Path) -> dict:
             return json.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"{path}: effective config not found; run the pipeline through snakemake") from None
+
+
+def generation_key(cfg: dict, aug: dict) -> str:
+    """``<made>/<post>``: hashes of what made an output's answer (provider, model, prompt, image
+    config, match_aspect) and of how it was turned into the file (postprocess, output type).
+    An output whose first part differs from the config's is stale (another model or prompt:
+    ``regenerate=stale`` pays for it); one whose second part differs is rebuilt for free by
+    ``rederive=true``."""
+    import hashlib
+    import json
+
+    api = cfg["api"]
+    made = {"provider": api["provider"], "model": api["model"], "prompt": full_prompt(cfg, aug),
+            "image_config": api.get("image_config"), "match_aspect": bool(api.get("match_aspect")),
+            "local": aug.get("local") if api["provider"] == "local" else None}
+    pp = cfg.get("postprocess") or {}
+    post = {k: pp.get(k) for k in ("enforce_aspect_ratio", "mode", "pad_mode", "pad_color", "target_size", "resample")}
+    post["ext"] = cfg["data"]["output_ext"]
+
+    def h(obj):
+        return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+    return f"{h(made)}/{h(post)}"
+
+
+def staleness(key: str, current: str) -> str:
+    """"" (current or unknown), "model/prompt" (made otherwise: pay to refresh) or "postprocess" (free)."""
+    if not key or not current or key == current:
+        return ""
+    return "model/prompt" if key.split("/")[0] != current.split("/")[0] else "postprocess"

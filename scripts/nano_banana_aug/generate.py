@@ -42,7 +42,7 @@ import traceback
 from pathlib import Path
 
 from . import config as config_mod
-from . import imaging, layout, locks, planning, postprocess, regen, runlog, sidecar
+from . import governor, imaging, layout, locks, planning, postprocess, regen, runlog, sidecar
 from .answers import AnswerStore, clear_recheck, mark_recheck, unconsumed
 from .errors import UserError
 from .sidecar import Record
@@ -128,8 +128,10 @@ def _provider_and_policy(cfg: dict):
     if provider.paid:
         from .slots import CallSlots, SlotLimited
 
-        slots = CallSlots(layout.pipeline_dir(cfg["data"]["output_dir"]) / "slots", int(api["concurrency"]))
-        provider = SlotLimited(provider, slots)
+        slots = CallSlots(layout.pipeline_dir(cfg["data"]["output_dir"]) / "slots", int(api["concurrency"]),
+                          wait_timeout_s=2 * float(api["timeout_s"]) + 60)
+        gov = governor.for_config(cfg, say=lambda m: runlog.message(cfg, m))
+        provider = SlotLimited(provider, slots, gate=gov.check_stop, on_error=gov.after_error)
     return provider, policy
 
 
@@ -184,26 +186,33 @@ class Job:
         self.usable = []  # numbers of answers that decoded but are not in an output yet
 
     # --- one paid generation (with retries); every answer stored on arrival
-    def buy(self, source_bytes: bytes, prompt: str, satisfies: list[str]):
-        """A new paid answer: (decoded image, stored Answer)."""
+    def buy(self, source_bytes: bytes, source_image, prompt: str, satisfies: list[str]):
+        """A new paid answer: (decoded image, stored Answer, match_aspect region or None)."""
         from .budget import BudgetExceeded
         from .providers import AttemptError, GenerationFailed, Request, call_with_retries
 
         cfg, record = self.cfg, self.record
         provider, policy = _provider_and_policy(cfg)
+        send, region = source_request(cfg, source_bytes, source_image)
         request = Request(
-            image_bytes=source_bytes, mime_type=imaging.sniff_mime(source_bytes) or "", prompt=prompt,
+            image_bytes=send, mime_type=imaging.sniff_mime(send) or "", prompt=prompt,
             image_id=self.target.image_id, aug_name=self.aug["name"], variant_idx=self.k,
             seed=int(cfg.get("seed", 0)), recipe=self.aug.get("local") or {}, source_path=self.target.image_path,
+            aspect_ratio=region["ratio"] if region else None,
         )
         ledger = _ledger(cfg) if provider.paid else None
+        gov = governor.for_config(cfg) if provider.paid else None
         fingerprint = {
             "provider": provider.name, "model": provider.model, "source_sha256": record.source_sha256,
             "prompt_sha256": record.prompt_sha256, "image_config": cfg["api"].get("image_config"),
         }
+        if region:
+            fingerprint["region"] = region  # the padded request: which part of the answer shows the source
         run = cfg.get("_run") or {}
 
         def before_attempt(n):
+            if gov is not None:
+                gov.before_call()  # the run's cool-down, rate limit and stop
             if ledger is not None:
                 ledger.reserve()
 
@@ -236,12 +245,24 @@ class Job:
             return image, stored
 
         def after_attempt(n, gen, err):
+            if isinstance(err, governor.DispatchStopped):  # stopped while waiting for a slot: no call made
+                if ledger is not None:
+                    ledger.release(1, ledger.reserve_usd)
+                return
             self.calls += 1
             u = gen.usage if gen is not None else err.usage
             cost = _estimate_cost(cfg, u)
             self.cost = _add(self.cost, cost)
+            # billable: an answer (also a blocked one); HTTP refusals and lost connections are not
+            billable = gen is not None or (err is not None and err.usage is not None)
             if ledger is not None:
-                ledger.settle(cost)
+                ledger.settle(cost, billable=billable)
+            verdict = getattr(err, "verdict", None)  # decided by the governor while the call slot was held
+            if verdict is not None:
+                if verdict.action == "stop":
+                    err.retryable = False
+                    err.reason = verdict.reason
+                    err.stop = True
             if err is not None:
                 runlog.event(cfg, "retry" if err.retryable and n < policy.max_attempts else "attempt", self.stem,
                              attempt=n, reason=err.reason, error=err.message[:200])
@@ -251,6 +272,8 @@ class Job:
             gen = call_with_retries(provider, request, policy, before_attempt=before_attempt,
                                     after_attempt=after_attempt, on_answer=on_answer)
         except GenerationFailed as failed:
+            if isinstance(failed.last, governor.DispatchStopped) or getattr(failed.last, "stop", False):
+                raise TargetFailed(failed.last.message, failed.last.reason, status="stopped") from None
             if isinstance(failed.last, BudgetExceeded):
                 raise TargetFailed(f"not generated: {failed.last.message} (run again to continue)", "BUDGET",
                                    status="over_budget") from None
@@ -263,7 +286,7 @@ class Job:
         record.prompt_tokens, record.candidates_tokens = u.prompt_tokens, u.candidates_tokens
         record.thoughts_tokens, record.total_tokens, record.cost_usd = u.thoughts_tokens, u.total_tokens, u.cost_usd
         record.provider, record.model = provider.name, provider.model
-        return image, stored
+        return image, stored, region
 
     def reuse(self, answer):
         """The decoded image of a stored answer (0 calls); the record describes that answer."""
@@ -300,8 +323,41 @@ def _quality_check(source_image, image, qc_cfg: dict, record: Record) -> bool:
     return passed
 
 
+def source_request(cfg: dict, source_bytes: bytes, source_image):
+    """What is sent for a source: (bytes, region). With ``api.match_aspect`` the source padded to
+    the nearest supported aspect ratio (JPEG, quality 95) and the region that shows the source."""
+    if not cfg["api"].get("match_aspect") or cfg["api"]["provider"] == "local":
+        return source_bytes, None
+    region = postprocess.match_aspect_request(source_image.width, source_image.height)
+    padded = postprocess.pad_source(source_image, region)
+    if padded.size == source_image.size:
+        return source_bytes, {**region, "box": [0.0, 0.0, 1.0, 1.0]}
+    return imaging.encode(padded, "jpg", {"jpeg_quality": 95}), region
+
+
+def _final(job: Job, image, source_image, region):
+    """(geometry, final image) of one answer."""
+    geo = postprocess.plan(image.width, image.height, job.pp, source_size=source_image.size, region=region)
+    return geo, postprocess.apply(image, geo, job.pp)
+
+
+def _qc_reference(source_image, geo, pp: dict):
+    """What the final image must match: the source itself when the geometry maps the answer
+    onto it (resize, match_aspect); else the source put through the same pad/crop."""
+    from PIL import Image
+
+    if geo.mode in ("resize", "match_aspect", "none") and (geo.out_w, geo.out_h) == source_image.size:
+        return source_image
+    if geo.mode in ("resize", "match_aspect"):
+        return source_image.resize((geo.out_w, geo.out_h), Image.Resampling.BILINEAR)
+    return postprocess.apply(source_image.resize((geo.orig_w, geo.orig_h), Image.Resampling.BILINEAR), geo, pp)
+
+
 def produce(job: Job, decision: planning.Decision, fresh: list, current) -> bytes:
-    """Get the answer the decision asks for, check it, post-process it; the encoded output."""
+    """Get the answer the decision asks for, map it onto the source, check it; the encoded output.
+
+    QC judges the final image (after the geometry, before encoding): what is
+    written is what was checked."""
     cfg, record, target = job.cfg, job.record, job.target
     pp, qc_cfg = job.pp, cfg.get("qc") or {"enabled": False}
     source_bytes, source_image = _read_source(target, cfg["data"]["data_root"], job.max_pixels)
@@ -310,11 +366,12 @@ def produce(job: Job, decision: planning.Decision, fresh: list, current) -> byte
     record.prompt_sha256 = _sha256(prompt.encode("utf-8"))
 
     if decision.action == "call":
-        image, answer = job.buy(source_bytes, prompt, decision.requests)
+        image, answer, region = job.buy(source_bytes, source_image, prompt, decision.requests)
         record.answer_source = "call" if job.paid else ""
     else:
         answer = fresh[-1] if decision.action == "store" else current
         image = job.reuse(answer)
+        region = (answer.fingerprint or {}).get("region")
         if decision.action == "store":
             job.usable.append(answer.seq)
         record.answer_source = "batch" if answer.source == "batch" and decision.action == "store" else "store"
@@ -324,29 +381,33 @@ def produce(job: Job, decision: planning.Decision, fresh: list, current) -> byte
         record.answer_id = answer.answer_id
         job.seen = max(job.seen, answer.seq)
 
+    geo, final = _final(job, image, source_image, region)
     if qc_cfg.get("enabled", True):
-        small = _small(source_image, qc_cfg.get("work_size", [512, 256]))
+        work = qc_cfg.get("work_size", [512, 256])
         # automatic QC regeneration pays: only where this job was asked to pay anyway
         extra = int(qc_cfg.get("auto_regenerate", 0)) if decision.action == "call" else 0
         for n in range(extra + 1):
-            if _quality_check(small, image, qc_cfg, record) or n == extra:
+            reference = _small(_qc_reference(source_image, geo, pp), work)
+            if _quality_check(reference, final, qc_cfg, record) or n == extra:
                 break
             runlog.event(cfg, "regen", job.stem, why="qc rejected", qc=record.error[:200])
-            rejected = (image, answer)
+            rejected = (geo, final, answer)
             try:
-                image, answer = job.buy(source_bytes, prompt, [])
+                image, answer, region = job.buy(source_bytes, source_image, prompt, [])
             except TargetFailed as exc:  # keep the rejected answer for review
                 record.error += f"; automatic regeneration failed: {exc}"
-                image, answer = rejected
+                geo, final, answer = rejected
                 break
+            geo, final = _final(job, image, source_image, region)
             if answer is not None:
                 record.answer_id = answer.answer_id
     else:
         record.status = "success"
-    geo = postprocess.plan(image.width, image.height, pp)
     for key, value in geo.record().items():
         setattr(record, key, value)
-    return imaging.encode(postprocess.apply(image, geo, pp), cfg["data"]["output_ext"], pp)
+    record.geometry = geo.describe()
+    record.generation_key = config_mod.generation_key(cfg, job.aug)
+    return imaging.encode(final, cfg["data"]["output_ext"], pp)
 
 
 # ---------------------------------------------------------------- one target
@@ -498,6 +559,10 @@ def _batch_gate(cfg: dict, stem: str) -> None:
 def _record_failure(cfg, job, record: Record, old, state, side, exc, seconds) -> None:
     """The trace of a failure: a failed sidecar, or a note on the old output when one is kept."""
     status = getattr(exc, "status", "failed")
+    if status == "stopped":  # the run stopped dispatching (account, key, quota): the target is left as it is
+        runlog.event(cfg, "stopped", layout.stem(record.image_id, record.aug_name, record.variant_idx),
+                     attempts=job.calls if job else 0, reason=getattr(exc, "reason", ""))
+        return
     reason = getattr(exc, "reason", "") or exc.__class__.__name__
     message = str(exc) if isinstance(exc, (TargetFailed, UserError)) else f"unexpected {type(exc).__name__}: {exc}"
     calls = job.calls if job else 0
@@ -549,6 +614,9 @@ def main(argv=None) -> int:
         cfg = config_mod.read_effective_config(args.config_json)
         run(cfg, args.targets, args.image_id, args.aug, args.variant, args.output)
     except (TargetFailed, UserError) as exc:
-        print(f"generate {Path(args.output).name}: FAILED: {exc}", file=sys.stderr)
+        if getattr(exc, "status", "") == "stopped":  # the cause is said once, at the end of the run
+            print(f"generate {Path(args.output).name}: not done: the run stopped dispatching calls", file=sys.stderr)
+        else:
+            print(f"generate {Path(args.output).name}: FAILED: {exc}", file=sys.stderr)
         return 1
     return 0

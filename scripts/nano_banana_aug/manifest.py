@@ -169,12 +169,32 @@ def to_csv(records: list[Record]) -> str:
     return buf.getvalue()
 
 
-def build(output_dir, data_root, manifest_name: str = "manifest.csv") -> tuple[Path, list[Record]]:
-    """Adopt legacy outputs, then (re)write ``output_dir/manifest_name``."""
+def mark_current(records: list[Record], cfg: dict) -> None:
+    """Against the config: outputs of augmentations or variants no longer in it become
+    ``orphaned`` (never joined into training); ``stale`` says how a kept output differs."""
+    from . import config as config_mod
+
+    augs = {a["name"]: a for a in cfg["augmentations"]}
+    keys = {name: config_mod.generation_key(cfg, a) for name, a in augs.items()}
+    for r in records:
+        aug = augs.get(r.aug_name)
+        if aug is None or not 0 <= int(r.variant_idx) < int(aug.get("num_images", 1)):
+            what = (f"augmentation '{r.aug_name}' is no longer in the config" if aug is None
+                    else f"variant v{r.variant_idx} is beyond num_images={aug.get('num_images', 1)}")
+            r.error = f"orphaned: {what} (was {r.status})" + (f"; {r.error}" if r.error else "")
+            r.status = "orphaned"
+            continue
+        r.stale = config_mod.staleness(r.generation_key, keys[r.aug_name])
+
+
+def build(output_dir, data_root, manifest_name: str = "manifest.csv", cfg: dict | None = None) -> tuple[Path, list[Record]]:
+    """Adopt legacy outputs, then (re)write ``output_dir/manifest_name`` (marked against ``cfg``)."""
     output_dir = Path(output_dir)
     path = output_dir / manifest_name
     adopt_legacy(output_dir, data_root, path)
     records = collect(output_dir, data_root)
+    if cfg is not None:
+        mark_current(records, cfg)
     atomic_write_text(path, to_csv(records))
     return path, records
 
@@ -208,7 +228,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cfg = config_mod.read_effective_config(args.config_json)
     started = time.monotonic()
-    path, records = build(cfg["data"]["output_dir"], cfg["data"]["data_root"], cfg["data"]["manifest"])
+    path, records = build(cfg["data"]["output_dir"], cfg["data"]["data_root"], cfg["data"]["manifest"], cfg=cfg)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(count_by_status(records).items())) or "empty"
     print(f"manifest: {path} ({len(records)} rows: {counts}) in {time.monotonic() - started:.1f}s")
     return 0

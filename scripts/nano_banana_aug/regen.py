@@ -30,7 +30,7 @@ from pathlib import Path
 from . import layout
 from .fileio import append_line, atomic_write_text
 
-KINDS = ("forceall", "forcerun", "files", "regenerate", "redo_rejected")
+KINDS = ("forceall", "forcerun", "files", "regenerate", "redo_rejected", "stale")
 
 
 @dataclass
@@ -89,7 +89,8 @@ def open_requests(output_dir) -> dict[str, RegenRequest]:
     return out
 
 
-def wanted(*, regenerate, redo_rejected: bool, rejected_stems, forceall: bool, forcerun, forced_stems) -> list[RegenRequest]:
+def wanted(*, regenerate, redo_rejected: bool, rejected_stems, forceall: bool, forcerun, forced_stems,
+           stale_stems=None) -> list[RegenRequest]:
     """The requests this invocation asks for (not yet matched against open ones)."""
     out = []
     if forceall:
@@ -103,6 +104,10 @@ def wanted(*, regenerate, redo_rejected: bool, rejected_stems, forceall: bool, f
         out.append(RegenRequest(key=f"files:{digest}", kind="files", what=what, stems=stems))
     for aug in regenerate or ():
         out.append(RegenRequest(key=f"regenerate:{aug}", kind="regenerate", what=f"regenerate={aug}", aug=aug))
+    if stale_stems is not None:
+        stems = sorted(set(stale_stems))
+        digest = hashlib.sha256("\n".join(stems).encode()).hexdigest()[:12]
+        out.append(RegenRequest(key=f"stale:{digest}", kind="stale", what="regenerate=stale", stems=stems))
     if redo_rejected:
         out.append(RegenRequest(key="redo_rejected", kind="redo_rejected", what="redo_rejected=true",
                                 stems=sorted(set(rejected_stems))))

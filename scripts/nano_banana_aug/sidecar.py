@@ -66,6 +66,9 @@ class Record:
     attempts_total: int = 0  # failed attempts since the last success (api.max_total_attempts)
     regen_error: str = ""  # why the last regeneration of this (kept) output failed
     regen_error_ts: float = 0.0  # when
+    geometry: str = ""  # how the answer was mapped onto the source (postprocess.Geometry.describe)
+    generation_key: str = ""  # what made it: provider, model, prompt, geometry settings (stale = differs from the config)
+    stale: str = ""  # manifest only: "model/prompt" or "postprocess" when generation_key differs from the config
     host: str = ""  # where the job ran
     slurm_job_id: str = ""  # set when it ran inside a SLURM job
     qc: dict = field(default_factory=dict)  # qc_* scores (flattened into columns)

@@ -16,7 +16,10 @@ under the first reason that applies; see :class:`AigcJoin.skipped`):
    (a re-generation that failed or was rejected by QC removes the triple).
    File order, not ``ts``, decides: rows are appended, and clocks can step.
 2. ``status:<status>`` -- only ``status == "success"`` enters; ``failed``,
-   ``rejected`` (failed the label-safety QC) and any other status never do.
+   ``rejected`` (failed the label-safety QC), ``orphaned`` (its augmentation or
+   variant is no longer in the workflow's config) and any other status never do;
+   ``stale`` -- a row whose ``stale`` column says ``model/prompt`` (made by another
+   provider, model or prompt than the config now asks for) does not either.
 3. ``type_filtered`` -- ``aug_name`` not in ``types`` (null/empty = all).
 4. ``not_in_train`` -- ``image_id`` is not an image of ``train_df``
    (validation images, images dropped from the table).
@@ -314,6 +317,11 @@ def select_manifest_rows(
     for status, n in rows.loc[~ok, "status"].value_counts().items():
         skipped[f"status:{status or '(empty)'}"] = int(n)
     rows = rows[ok]
+    # 2b. made by another provider, model or prompt than the current config (manifest column `stale`)
+    if "stale" in rows.columns:
+        current = (rows["stale"].fillna("").astype(str) != "model/prompt").to_numpy()
+        skipped["stale"] = int((~current).sum())
+        rows = rows[current]
     # 3. types
     if types is not None:
         unknown = sorted(set(types) - set(manifest["aug_name"]))

@@ -133,6 +133,7 @@ ERROR_KINDS = {
 
 KINDS = {
     "ok": "image derived from the input; params: thoughts (0-2 interim thought images), fmt (PNG|JPEG), "
+          "edit (mirror|shift: a label-breaking answer), "
           "label (MIME label), size ([w,h]), tweak (brightness factor, default 1.05), text (caption), "
           "usage (bool), image_details (bool), cost (OpenRouter usage.cost; None = omit)",
     "jpeg_as_png": "ok, but JPEG bytes labelled image/png",
@@ -153,7 +154,10 @@ KINDS = {
     "not_an_image": "valid base64 of bytes that are no image format",
     "oversize": "a 9000x9000 PNG (solid, tiny)",
     "raw": "exactly `status`, `body` (dict -> JSON, str -> text) and `headers`",
+    "redirect": "HTTP `status` (default 302) with `Location` = `location` (another host by default)",
     **{k: f"HTTP {v[0]}; params: message, retry_delay (Gemini RetryInfo, e.g. '53s'), retry_after (header)"
+          + ("; rate_limit: quota_id, quota_value, quota_metric (QuotaFailure), quota_failure=False (no details)"
+             if k == "rate_limit" else "")
        for k, v in ERROR_KINDS.items()},
 }
 
@@ -301,8 +305,9 @@ def open_input(data: bytes):
 
 
 def derive_image(data: bytes, *, image_size="1K", aspect_ratio=None, size=None, fmt="PNG", tweak=1.05,
-                 thought: int = 0) -> tuple[bytes, tuple[int, int]]:
-    """The edited image: input resized to the snapped size, mildly brightened.
+                 thought: int = 0, edit: str | None = None) -> tuple[bytes, tuple[int, int]]:
+    """The edited image: input resized to the snapped size, mildly brightened
+    (``edit``: "mirror" flips it, "shift" moves the scene 5 % to the right: label-breaking answers).
 
     Interim thought images (``thought`` = 1, 2) are a quarter of the size and
     strongly tinted, so tests can tell them from the final image.
@@ -310,7 +315,7 @@ def derive_image(data: bytes, *, image_size="1K", aspect_ratio=None, size=None, 
     from PIL import Image, ImageEnhance
 
     digest = hashlib.sha1(data).hexdigest() if data else "none"
-    key = (digest, image_size, aspect_ratio, tuple(size) if size else None, fmt, tweak, thought)
+    key = (digest, image_size, aspect_ratio, tuple(size) if size else None, fmt, tweak, thought, edit)
 
     def make():
         im = open_input(data) if data else Image.new("RGB", (1024, 1024), (96, 128, 64))
@@ -322,6 +327,13 @@ def derive_image(data: bytes, *, image_size="1K", aspect_ratio=None, size=None, 
             out = Image.blend(out, Image.new("RGB", out.size, (255, 0, 255) if thought == 1 else (0, 255, 255)), 0.5)
         elif tweak and tweak != 1:
             out = ImageEnhance.Brightness(out).enhance(float(tweak))
+        if edit == "mirror":
+            out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        elif edit == "shift":
+            dx = max(1, w // 20)
+            shifted = out.copy()
+            shifted.paste(out.crop((0, 0, w - dx, h)), (dx, 0))
+            out = shifted
         return _encode(out, fmt), (w, h)
 
     return _cached(key, make)
@@ -511,7 +523,7 @@ class GeminiProtocol:
             parts.append({"inlineData": {"mimeType": "image/png", "data": _b64(data)}, "thought": True})
         if final_part is None:
             data, _ = derive_image(rec.image_bytes, image_size=info["size"], aspect_ratio=info["aspect"],
-                                   size=b.get("size"), fmt=fmt, tweak=b.get("tweak", 1.05))
+                                   size=b.get("size"), fmt=fmt, tweak=b.get("tweak", 1.05), edit=b.get("edit"))
             label = b.get("label") or ("image/jpeg" if fmt == "JPEG" else "image/png")
             final_part = {"inlineData": {"mimeType": label, "data": _b64(data)}}
         if thoughts:
@@ -535,15 +547,18 @@ class GeminiProtocol:
             details = []
             if k == "bad_key":
                 details.append(self._error_info("API_KEY_INVALID"))
-            if k == "rate_limit":
-                details.append({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
-                    "quotaMetric": "generativelanguage.googleapis.com/generate_content_paid_tier_input_token_count",
-                    "quotaId": "GenerateContentPaidTierInputTokensPerModelPerMinute",
-                    "quotaDimensions": {"location": "global", "model": rec.model}}]})
+            if k == "rate_limit" and b.get("quota_failure", True):
+                violation = {
+                    "quotaMetric": b.get("quota_metric", "generativelanguage.googleapis.com/generate_content_paid_tier_input_token_count"),
+                    "quotaId": b.get("quota_id", "GenerateContentPaidTierInputTokensPerModelPerMinute"),
+                    "quotaDimensions": {"location": "global", "model": rec.model}}
+                if b.get("quota_value") is not None:
+                    violation["quotaValue"] = str(b.get("quota_value"))
+                details.append({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [violation]})
                 details.append({"@type": "type.googleapis.com/google.rpc.Help", "links": [
                     {"description": "Learn more about Gemini API quotas",
                      "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]})
-            delay = b.get("retry_delay", "53s" if k == "rate_limit" else None)
+            delay = b.get("retry_delay", "53s" if k == "rate_limit" and b.get("quota_failure", True) else None)
             if delay is not None:
                 details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay})
             if k == "not_found":
@@ -551,6 +566,8 @@ class GeminiProtocol:
             return self.error(status, b.get("message", message), details=details, retry_after=b.get("retry_after"))
         if k == "raw":
             return Reply(int(b.get("status", 200)), b.get("body"), dict(b.get("headers") or {}))
+        if k == "redirect":
+            return Reply(int(b.get("status", 302)), "", {"Location": b.get("location", "http://127.0.0.2:9/elsewhere")})
         if not info["wants_image"] or k == "text_only":
             text = b.get("text", "I can't edit this image, but here is a description: a pasture quadrat with grass.")
             n = max(1, len(text) // 4)
@@ -715,7 +732,7 @@ class OpenRouterProtocol:
             images.append({"type": "image_url", "image_url": {"url": f"data:image/png;base64,{_b64(data)}"}, "index": i - 1})
         if url is None:
             data, _ = derive_image(rec.image_bytes, image_size=info["size"], aspect_ratio=info["aspect"],
-                                   size=b.get("size"), fmt=fmt, tweak=b.get("tweak", 1.05))
+                                   size=b.get("size"), fmt=fmt, tweak=b.get("tweak", 1.05), edit=b.get("edit"))
             label = b.get("label") or ("image/jpeg" if fmt == "JPEG" else "image/png")
             url = f"data:{label};base64,{_b64(data)}"
         images.append({"type": "image_url", "image_url": {"url": url}, "index": len(images)})
@@ -743,6 +760,8 @@ class OpenRouterProtocol:
             return self.error(status, b.get("message", message), metadata, retry_after=b.get("retry_after"))
         if k == "raw":
             return Reply(int(b.get("status", 200)), b.get("body"), dict(b.get("headers") or {}))
+        if k == "redirect":
+            return Reply(int(b.get("status", 302)), "", {"Location": b.get("location", "http://127.0.0.2:9/elsewhere")})
         if not info["wants_image"] or k == "text_only":
             text = b.get("text", "I can't edit this image, but here is a description: a pasture quadrat with grass.")
             return Reply(200, self.completion(rec, b, info, message={"content": text}, completion_tokens=max(1, len(text) // 4)))
@@ -862,6 +881,7 @@ class StandinServer:
             self._queues: dict = {}  # (protocol, match) -> deque[B]
             self._defaults: dict = {}  # (protocol, match) -> B
             self._rule: Callable | None = None
+            self._quota_cfg = None
             self._requests: list[RecordedRequest] = []
             self._counter = itertools.count()
             self.in_flight = 0
@@ -916,6 +936,37 @@ class StandinServer:
                     if found is not None:
                         return found
         return B("ok")
+
+    def set_quota(self, per_minute: int | None = None, per_day: int | None = None) -> None:
+        """Google-like quotas on generateContent: more than ``per_minute`` accepted requests in any
+        60 s window answer 429 (QuotaFailure ...PerMinute..., quotaValue, RetryInfo until a place
+        frees); past ``per_day`` accepted requests every request answers 429 (...PerDay..., no RetryInfo)."""
+        with self._lock:
+            self._quota_cfg = {"per_minute": per_minute, "per_day": per_day}
+            self._accepted = deque()
+            self._accepted_total = 0
+
+    def _quota(self, rec: RecordedRequest) -> B | None:
+        with self._lock:
+            cfg = getattr(self, "_quota_cfg", None)
+            if not cfg or not (cfg["per_minute"] or cfg["per_day"]):
+                return None
+            now = time.monotonic()
+            if cfg["per_day"] and self._accepted_total >= cfg["per_day"]:
+                return B("rate_limit", quota_id="GenerateRequestsPerDayPerProjectPerModel", quota_value=cfg["per_day"],
+                         quota_metric="generativelanguage.googleapis.com/generate_requests_per_model_per_day",
+                         retry_delay=None, _quota="day")
+            window = self._accepted
+            while window and window[0] <= now - 60.0:
+                window.popleft()
+            if cfg["per_minute"] and len(window) >= cfg["per_minute"]:
+                wait = max(1, math.ceil(window[0] + 60.0 - now))
+                return B("rate_limit", quota_id="GenerateRequestsPerMinutePerProjectPerModel",
+                         quota_value=cfg["per_minute"], retry_delay=f"{wait}s",
+                         quota_metric="generativelanguage.googleapis.com/generate_requests_per_model", _quota="minute")
+            window.append(now)
+            self._accepted_total += 1
+            return None
 
     def release(self) -> None:
         """Let every held answer (behaviour ``hold``) go, now and from now on; also every held
@@ -1088,6 +1139,10 @@ class StandinServer:
         except BadRequest as exc:
             rec.kind = exc.kind
             return proto.invalid(exc)
+        limited = self._quota(rec) if rec.protocol == "gemini" else None
+        if limited is not None:
+            rec.kind = limited.kind
+            return proto.answer(rec, limited, info)
         b = self._choose(rec)
         rec.kind = b.kind
         delay = 0.0

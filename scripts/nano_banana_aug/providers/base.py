@@ -30,6 +30,21 @@ class Request:
     seed: int = 0  # for deterministic providers (local)
     recipe: dict | None = None  # the augmentation's `local:` recipe
     source_path: str = ""  # for messages only; never sent anywhere
+    aspect_ratio: str | None = None  # api.match_aspect: the ratio the (padded) source was padded to
+
+
+def image_config_for(base: dict | None, request: "Request", *, ratio_key: str, size_key: str) -> dict | None:
+    """``api.image_config`` with the request's aspect ratio (match_aspect) put in, in the provider's
+    spelling; the size defaults to 2K then (REFERENCE §3: only Gemini 3 Pro Image honours it)."""
+    cfg = dict(base or {})
+    if not request.aspect_ratio:
+        return cfg or None
+    for k in ("aspectRatio", "aspect_ratio"):
+        cfg.pop(k, None)
+    cfg[ratio_key] = request.aspect_ratio
+    if not any(k in cfg for k in ("imageSize", "image_size")):
+        cfg[size_key] = "2K"
+    return cfg
 
 
 @dataclass

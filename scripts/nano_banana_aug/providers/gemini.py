@@ -19,7 +19,7 @@ from .. import keys
 from ..errors import ConfigError
 from ..imaging import sniff_format
 from . import _http
-from .base import AttemptError, Generation, Request, Usage
+from .base import AttemptError, Generation, Request, Usage, image_config_for
 
 # finishReason values that are not a refusal: the answer is judged by its parts.
 OK_FINISH = frozenset({"", "STOP", "FINISH_REASON_UNSPECIFIED"})
@@ -69,8 +69,9 @@ class GeminiProvider:
         """The generateContent body: source image inline, then the prompt."""
         mime = _http.source_mime(request)  # the bytes decide, not the file name or a label
         generation_config: dict = {"responseModalities": ["IMAGE"]}
-        if self.image_config:
-            generation_config["imageConfig"] = dict(self.image_config)
+        image_config = image_config_for(self.image_config, request, ratio_key="aspectRatio", size_key="imageSize")
+        if image_config:
+            generation_config["imageConfig"] = image_config
         return {
             "contents": [{
                 "role": "user",
@@ -114,7 +115,12 @@ class GeminiProvider:
             hint = "- check the key in gemini.secret / GEMINI_API_KEY"
         elif resp.status == 404:
             hint = "- check api.model"
-        return _http.status_error(
+        violations = [v for d in details if isinstance(d, dict) and str(d.get("@type", "")).endswith("QuotaFailure")
+                      for v in (d.get("violations") or []) if isinstance(v, dict)]
+        if violations:
+            ids = ", ".join(f"{v.get('quotaId', '?')}={v.get('quotaValue', '?')}" for v in violations)
+            reasons.append(f"quota {ids}")
+        error = _http.status_error(
             resp,
             message=str(err.get("message") or ""),
             status_name=str(err.get("status") or ""),
@@ -123,6 +129,8 @@ class GeminiProvider:
             hint=hint,
             secret=self._api_key,
         )
+        error.quota = violations  # QuotaFailure: which quota (per minute / per day / value 0), for the governor
+        return error
 
 
 def parse_usage(payload: dict) -> Usage:
