@@ -356,11 +356,25 @@ def start_run():
     runs.write_run_config(effective, RUN_CONFIG)
     lockfiles = getattr(workflow.persistence, "_lockfile", {}).values()
     runs.record_owner(RUN_ID, OUT, lockfiles)
-    manifest_mod.adopt_legacy(OUT, DATA_ROOT, MANIFEST)
+    manifest_mod.adopt_legacy(OUT, DATA_ROOT, MANIFEST, qc_cfg=config["qc"], sources=legacy_sources())
     recovery.remove_stale_temporaries([OUT, layout.sidecar_dir(OUT)])
     _state["started"] = True
     if _state["plan_lines"]:
         runlog.message(config, "\n".join(_state["plan_lines"]))
+
+
+def legacy_sources():
+    """image_id -> image_path of train.csv, for QC of adopted legacy outputs (only read when there are any)."""
+    if not Path(MANIFEST).exists() and not any(p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
+                                               for p in Path(OUT).glob("*__*__v*.*")):
+        return {}
+    from nano_banana_aug.targets import read_train_csv
+
+    try:
+        df = read_train_csv(TRAIN_CSV)
+    except UserError:
+        return {}
+    return dict(zip(df["sample_id"].astype(str).str.split("__").str[0], df["image_path"]))
 
 
 def write_start_mark(path):

@@ -160,3 +160,26 @@ def test_match_aspect_request_geometry():
     assert wide["ratio"] == "21:9" and wide["padded"] == [3000, 1286]
     g = postprocess.plan(3168, 1344, {}, source_size=(2000, 1000), region=r)
     assert (g.left, g.aspect_w, g.out_w, g.out_h, g.area_scale) == (225, 2716, 2000, 1000, 1.0)
+
+
+def test_legacy_outputs_are_qc_checked_at_adoption(tmp_path, standin):
+    from nano_banana_aug import postprocess as pp
+
+    wf = make_paid_run(tmp_path, standin, n_images=2, augs=ONE, size=(400, 200))
+    out = wf / "data" / "aug"
+    out.mkdir(parents=True)
+    # what the original tool wrote: the 16:9 answer padded (reflect) to 2:1; one of them mirrored
+    for image_id, flip in (("ID1000", False), ("ID1001", True)):
+        src = Image.open(wf / "data" / "train" / f"{image_id}.jpg").convert("RGB").resize((344, 192))
+        geo = pp.plan(344, 192, {"enforce_aspect_ratio": 2.0, "mode": "pad"})
+        img = pp.apply(src, geo, {"pad_mode": "reflect"})
+        (img.transpose(Image.FLIP_LEFT_RIGHT) if flip else img).save(out / f"{image_id}__overcast__v0.png")
+    (out / "manifest.csv").write_text(
+        "image_id,aug_name,variant_idx,src_image_path,image_path,status,error,ts,orig_w,orig_h,aspect_w,aspect_h\n"
+        "ID1000,overcast,0,train/ID1000.jpg,aug/ID1000__overcast__v0.png,success,,100,344,192,384,192\n"
+        "ID1001,overcast,0,train/ID1001.jpg,aug/ID1001__overcast__v0.png,success,,100,344,192,384,192\n")
+    run(wf, check=False)
+    got = {r["image_id"]: r for r in rows(wf)}
+    assert got["ID1000"]["status"] == "success" and got["ID1000"]["origin"] == "adopted"
+    assert got["ID1001"]["status"] == "rejected" and "at adoption" in got["ID1001"]["error"]
+    assert len(standin.requests) == 0  # adopted outputs are done: nothing paid

@@ -95,9 +95,12 @@ def _existing_outputs(output_dir) -> dict[tuple[str, str, int], Path]:
     return found
 
 
-def adopt_legacy(output_dir, data_root, manifest_path) -> int:
+def adopt_legacy(output_dir, data_root, manifest_path, qc_cfg: dict | None = None, sources: dict | None = None) -> int:
     """Write sidecars for targets that have an output or a manifest row but no sidecar.
 
+    With ``qc_cfg`` (enabled) and ``sources`` (image_id -> image_path as in
+    train.csv), every adopted ``success`` output is put through the label-safety
+    QC against its source first; one that fails is adopted as ``rejected``.
     Returns the number of sidecars written.
     """
     output_dir = Path(output_dir)
@@ -119,9 +122,43 @@ def adopt_legacy(output_dir, data_root, manifest_path) -> int:
             rec = record_from_row(ok[-1] if key in files and ok else rows[-1])
         else:
             rec = _record_from_file(key, files[key], data_root)
+        if qc_cfg and qc_cfg.get("enabled", True) and rec.status == "success" and key in files:
+            _qc_adopted(rec, files[key], data_root, qc_cfg, sources or {})
         sidecar.write(rec, layout.sidecar_path(output_dir, *key))
         written += 1
     return written
+
+
+def _qc_adopted(rec: Record, output: Path, data_root, qc_cfg: dict, sources: dict) -> None:
+    """The label-safety QC of an adopted output against its source (the original tool never checked)."""
+    from PIL import Image
+
+    from . import postprocess, qc
+
+    src_path = rec.src_image_path or sources.get(rec.image_id, "")
+    if not src_path:
+        return
+    if not rec.src_image_path:
+        rec.src_image_path = src_path
+    try:
+        with Image.open(Path(data_root) / src_path) as im:
+            source = im.convert("RGB")
+        with Image.open(output) as im:
+            out = im.convert("RGB")
+    except OSError:
+        return
+    reference = source
+    if rec.orig_w and rec.orig_h and rec.aspect_w and rec.aspect_h and (rec.aspect_w, rec.aspect_h) != (rec.orig_w, rec.orig_h):
+        mode = "pad" if rec.aspect_w * rec.aspect_h > rec.orig_w * rec.orig_h else "crop"
+        geo = postprocess.Geometry(rec.orig_w, rec.orig_h, rec.aspect_w, rec.aspect_h,
+                                   abs(rec.aspect_w - rec.orig_w) // 2, abs(rec.aspect_h - rec.orig_h) // 2, mode,
+                                   out.width, out.height)
+        reference = postprocess.apply(source.resize((rec.orig_w, rec.orig_h)), geo, {"pad_mode": "reflect"})
+    scores, passed, reasons = qc.check(reference, out, qc_cfg)
+    rec.qc = {**scores.to_columns(), "qc_passed": passed, "qc_reasons": "; ".join(reasons)}
+    if not passed:
+        rec.status, rec.error_reason = "rejected", "QC_REJECTED"
+        rec.error = "label-safety QC at adoption: " + "; ".join(reasons)
 
 
 def _record_from_file(key, path: Path, data_root) -> Record:
