@@ -22,7 +22,7 @@ from snakemake.utils import validate
 from nano_banana_aug import config as cfgmod
 from nano_banana_aug import layout, manifest as manifest_mod, planning, recovery, regen, runlog, runs
 from nano_banana_aug.errors import UserError
-from nano_banana_aug.targets import check_source, read_targets
+from nano_banana_aug.targets import BAD_ID_PROBLEM, check_source, read_targets
 
 RUN_START = time.time()
 MAIN = workflow.is_main_process
@@ -180,14 +180,16 @@ def get_all_outputs(wildcards=None):
     """Every output of the selected images x augmentations x variants; decides and reports the plan (once)."""
     if "all" not in _outputs:
         targets = selected_targets()
-        for t in targets:  # sources found unusable by the checkpoint are checked again (they may be fixed)
+        # an image id that cannot name a file gets no job (the checkpoint recorded failed rows for it)
+        named = [t for t in targets if not t.problem.startswith(BAD_ID_PROBLEM)]
+        for t in named:  # sources found unusable by the checkpoint are checked again (they may be fixed)
             if t.problem:
                 t.problem = check_source(DATA_ROOT, t.image_path, decode=True)[1]
-        _outputs["all"] = [f"{OUT}/{t.image_id}__{aug}__v{k}.{EXT}" for t in targets for aug in AUG_NAMES
+        _outputs["all"] = [f"{OUT}/{t.image_id}__{aug}__v{k}.{EXT}" for t in named for aug in AUG_NAMES
                            for k in range(NUM_IMAGES[aug])]
         if MAIN:
             cap_cluster_jobs()
-            plan, trigger = planning.survey(OUT, EXT, targets, NUM_IMAGES, run_intent(), read_sidecar)
+            plan, trigger = planning.survey(OUT, EXT, named, NUM_IMAGES, run_intent(), read_sidecar)
             _outputs.update(plan=plan, trigger=trigger)
             report_plan(plan, targets)
     return _outputs["all"]
@@ -317,6 +319,9 @@ def report_plan(plan, targets):
                      "(--config retry_blocked=true to try again)")
     if config["plan_only"]:
         lines.append("plan: plan_only=true: nothing is generated")
+    for t in targets:
+        if t.problem.startswith(BAD_ID_PROBLEM):
+            lines.append(f"plan: train.csv line {t.row}: {t.problem} (recorded as failed rows, no job)")
     for t in sorted({t.image_id: t for t in plan.problems.values()}.values(), key=lambda t: t.row):
         lines.append(f"plan: unusable source, train.csv line {t.row}, image {t.image_id}: {t.problem}")
     for line in lines:

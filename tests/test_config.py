@@ -49,7 +49,8 @@ def test_openrouter_defaults():
 
 
 @pytest.mark.parametrize("patch, expected", [
-    ({"api": {"provder": "gemini"}}, "unknown config key 'api.provder'; allowed keys here: api_key_file"),
+    ({"api": {"provder": "gemini"}}, "unknown config key 'api.provder'; did you mean 'api.provider'? (allowed keys here: api_key_file"),
+    ({"api": {"concurency": 2}}, "unknown config key 'api.concurency'; did you mean 'api.concurrency'?"),
     ({"api": {"provider": "gemni"}}, "config key 'api.provider' = 'gemni' is not allowed; allowed values: gemini, openrouter, local"),
     ({"postprocess": {"mode": "stretch"}}, "'postprocess.mode' = 'stretch' is not allowed; allowed values: pad, crop"),
     ({"api": {"concurrency": 0}}, "config key 'api.concurrency': 0 is less than the minimum of 1"),

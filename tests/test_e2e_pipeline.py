@@ -179,7 +179,7 @@ def test_config_typo_stops_before_anything(tmp_path):
     (wf / "run.yaml").write_text(yaml.safe_dump(cfg))
     res = run(wf, check=False)
     assert res.returncode != 0
-    assert "ERROR: unknown config key 'postprocess.mdoe'; allowed keys here:" in res.stderr
+    assert "ERROR: unknown config key 'postprocess.mdoe'; did you mean 'postprocess.mode'? (allowed keys here:" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (wf / "data" / "aug").exists() or not list((wf / "data" / "aug").glob("*.png"))
 
@@ -273,3 +273,23 @@ def test_bundled_sample_twice(tmp_path):
     assert second.returncode == 0
     assert "28 already done, 0 to generate" in second.stderr and "Rule: generate" not in second.stderr + second.stdout
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")} == before
+
+
+def test_image_ids_that_cannot_name_a_file_are_recorded_as_bad_rows(tmp_path):
+    from .helpers import TARGET_NAMES
+
+    wf = make_run(tmp_path, n_images=2)
+    csv_path = wf / "data" / "train.csv"
+    src = wf / "data" / "train" / "ID1000.jpg"
+    lines = csv_path.read_text().splitlines()
+    for bad in ("ID{x}", "-ID9"):
+        lines += [f"{bad}__{t},train/ID1000.jpg,2015/09/04,Tas,Ryegrass,0.62,4.0,{t},1.5" for t in TARGET_NAMES]
+    csv_path.write_text("\n".join(lines) + "\n")
+    assert src.exists()
+    res = run(wf, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]  # the other images are augmented; the run does not abort
+    assert "image id cannot name an output file" in res.stderr
+    rows = manifest_rows(wf)
+    bad = [r for r in rows if r["error_reason"] == "BAD_IMAGE_ID"]
+    assert sorted({r["image_id"] for r in bad}) == ["-ID9", "ID{x}"] and {r["status"] for r in bad} == {"failed"}
+    assert {r["status"] for r in rows if r["error_reason"] != "BAD_IMAGE_ID"} <= {"success", "rejected"}

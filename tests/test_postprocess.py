@@ -101,3 +101,22 @@ def test_reflect_pad_wider_than_image():
 def test_invalid_size():
     with pytest.raises(ValueError):
         plan(0, 10, PAD)
+
+
+def test_16_bit_and_cmyk_sources_decode_to_faithful_rgb():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from nano_banana_aug import imaging
+
+    ramp = np.linspace(0, 65535, 200 * 100).reshape(100, 200).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    rgb = imaging.decode(buf.getvalue(), max_pixels=10**7, what="16-bit")
+    assert rgb.mode == "RGB" and 120 < np.asarray(rgb).mean() < 135  # scaled, not clipped to white
+    buf = io.BytesIO()
+    Image.new("CMYK", (64, 32), (0, 255, 255, 0)).save(buf, "JPEG", quality=95)
+    red = imaging.decode(buf.getvalue(), max_pixels=10**7, what="cmyk").getpixel((10, 10))
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60

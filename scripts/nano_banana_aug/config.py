@@ -44,7 +44,11 @@ def _describe(error, schema: dict) -> str:
         extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
         where = f"{key}." if key != "(top level)" else ""
         names = ", ".join(f"'{where}{x}'" for x in extra)
-        return f"unknown config key {names}; allowed keys here: {', '.join(allowed)}"
+        import difflib
+
+        hints = [f"'{where}{m[0]}'" for x in extra for m in [difflib.get_close_matches(str(x), allowed, n=1, cutoff=0.6)] if m]
+        hint = f"; did you mean {' / '.join(hints)}?" if hints else ""
+        return f"unknown config key {names}{hint} (allowed keys here: {', '.join(allowed)})"
     if v == "enum":
         allowed = ", ".join(str(x) for x in error.validator_value)
         return f"config key '{key}' = {error.instance!r} is not allowed; allowed values: {allowed}"

@@ -86,7 +86,7 @@ def decode(data: bytes, *, max_pixels: int, what: str = "image"):
             if w <= 0 or h <= 0 or w * h > max_pixels:
                 raise DecodeError(f"{what}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (postprocess.max_pixels)")
             im.load()
-            return im.convert("RGB") if im.mode != "RGB" else im.copy()
+            return to_rgb(im)
     except DecodeError:
         raise
     except Exception as exc:  # PIL raises many types for corrupt data
@@ -107,3 +107,20 @@ def encode(image, ext: str, pp: dict) -> bytes:
     else:
         image.save(buf, format="WEBP", quality=int(pp.get("webp_quality", 90)))
     return buf.getvalue()
+
+
+def to_rgb(im):
+    """8-bit RGB of any Pillow image: 16-/32-bit grey is scaled (Pillow's own convert clips
+    it to white), CMYK, palette and grey are converted, an alpha channel is dropped."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        if im.mode == "F":
+            top = max(1.0, float(arr.max(initial=1.0)))
+        grey = np.clip(arr * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    return im.convert("RGB") if im.mode != "RGB" else im.copy()

@@ -183,13 +183,14 @@ def plan_for_run(cfg: dict, targets_csv) -> Plan:
     """The plan of a running run, decided again from its effective config (the batch job's view)."""
     from . import config as config_mod
     from . import regen, sidecar
-    from .targets import check_source, read_targets
+    from .targets import BAD_ID_PROBLEM, check_source, read_targets
 
     out = config_mod.output_dir(cfg)
     targets = read_targets(targets_csv)
     limit = int(cfg.get("limit") or 0)
     if limit > 0:
         targets = targets[:limit]
+    targets = [t for t in targets if not t.problem.startswith(BAD_ID_PROBLEM)]
     for t in targets:
         if t.problem:
             t.problem = check_source(cfg["data"]["data_root"], t.image_path, decode=True)[1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -112,6 +113,19 @@ def check_source(data_root, image_path: str, *, decode: bool = False, cache: dic
     return str(resolved), problem, int(w), int(h)
 
 
+_BAD_ID = re.compile(r"^-|[{}/\\\s]|__")
+BAD_ID_PROBLEM = "image id cannot name an output file"
+
+
+def id_problem(image_id: str) -> str:
+    """Why an image id cannot be part of output file names ("" = it can): braces (Snakemake
+    wildcards), '/', whitespace, '__' (the stem separator) or a leading '-' (an option)."""
+    if _BAD_ID.search(image_id) or not image_id:
+        return (f"{BAD_ID_PROBLEM} ({image_id!r}: no '{{', '}}', '/', '\\', whitespace or '__', "
+                "and no leading '-'); rename it in train.csv")
+    return ""
+
+
 def build_targets(train_csv, data_root, primary_targets, cache_path=None) -> list[Target]:
     """The checkpoint's rows; every source decoded once (verdicts cached by size and mtime)."""
     import json
@@ -125,6 +139,10 @@ def build_targets(train_csv, data_root, primary_targets, cache_path=None) -> lis
             cache = {}
     out = []
     for image_id, image_path, line in select_images(df, list(primary_targets)):
+        bad_id = id_problem(image_id)
+        if bad_id:
+            out.append(Target(image_id, image_path, "", line, 0, 0, bad_id))
+            continue
         source, problem, w, h = check_source(data_root, image_path, decode=True, cache=cache)
         out.append(Target(image_id, image_path, source, line, w, h, problem))
     if cache_path is not None:
@@ -182,8 +200,30 @@ def main(argv=None) -> int:
     targets = build_targets(config_mod.train_csv_path(cfg), config_mod.data_root(cfg), cfg["data"]["primary_targets"],
                             cache_path=layout.pipeline_dir(cfg["data"]["output_dir"]) / "source_checks.json")
     write_targets(targets, args.output)
+    record_bad_ids(cfg, targets)
     bad = [t for t in targets if t.problem]
     print(f"targets: {len(targets)} images with {', '.join(cfg['data']['primary_targets'])}; {len(bad)} unusable")
     for t in bad:
         print(f"  train.csv line {t.row}, image {t.image_id}: {t.problem}")
     return 0
+
+
+def record_bad_ids(cfg: dict, targets: list[Target]) -> None:
+    """Targets whose image id cannot name a file get no job: a failed sidecar per output
+    records them (the manifest lists them, nothing is lost silently)."""
+    import time
+
+    from . import config as config_mod
+    from . import layout, sidecar
+
+    out = config_mod.output_dir(cfg)
+    for t in targets:
+        if not t.problem.startswith(BAD_ID_PROBLEM):
+            continue
+        for aug in cfg["augmentations"]:
+            for k in range(int(aug.get("num_images", 1))):
+                rec = sidecar.Record(t.image_id, aug["name"], k, src_image_path=t.image_path, status="failed",
+                                     error=f"train.csv line {t.row}: {t.problem}", error_reason="BAD_IMAGE_ID",
+                                     ts=time.time())
+                path = layout.sidecar_dir(out) / f"{layout.stem(t.image_id, aug['name'], k).replace('/', '%2F')}.json"
+                sidecar.write(rec, path)
