@@ -79,7 +79,7 @@ def test_a_batch_run_pays_batch_prices_and_makes_no_synchronous_call(tmp_path, s
     assert standin.uploads and standin.batches[0].display_name.startswith("nbaug-")
     # a second run: nothing to do, nothing submitted
     res = run(wf)
-    assert len(standin.batches) == 1 and "paid answers" not in res.stderr
+    assert len(standin.batches) == 1 and "paid answers through the Gemini Batch API" not in res.stderr
     # the key never left its header
     assert standin.key_leaks(standin.api_key) == []
 
