@@ -16,7 +16,7 @@ import pytest
 
 from .helpers import make_paid_run, snakemake
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # CI: pytest -m slow
 pytest_plugins = ["tests.standin.fixtures"]
 
 ONE = [{"name": "overcast", "prompt": "Make it overcast.", "num_images": 1}]

@@ -20,7 +20,7 @@ from nano_banana_aug import postprocess, qc, training
 from .helpers import make_paid_run, snakemake
 from .standin.server import B
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # CI: pytest -m slow
 pytest_plugins = ["tests.standin.fixtures"]
 
 ONE = [{"name": "overcast", "prompt": "Make it overcast.", "num_images": 1}]

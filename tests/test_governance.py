@@ -151,6 +151,7 @@ def test_probe_passes_where_flock_works(tmp_path):
 # ---------------------------------------------------------------- end to end
 
 @pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize("provider, kind, cause", [
     ("gemini", "bad_key", "API key is not valid"),
     ("gemini", "not_found", "model does not exist"),
@@ -170,6 +171,7 @@ def test_a_fatal_error_stops_the_run_after_the_calls_in_flight(tmp_path, standin
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_a_daily_quota_stops_dispatching(tmp_path, standin):
     wf = make_paid_run(tmp_path, standin, n_images=20, augs=ONE, concurrency=2)
     standin.set_quota(per_day=5)
@@ -191,6 +193,7 @@ def test_a_daily_quota_stops_dispatching(tmp_path, standin):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_a_429_pauses_every_job(tmp_path, standin):
     wf = make_paid_run(tmp_path, standin, n_images=6, augs=ONE, concurrency=3, retry_backoff_s=0)
     standin.script("gemini", B("rate_limit", retry_delay="3s",
@@ -205,6 +208,7 @@ def test_a_429_pauses_every_job(tmp_path, standin):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_a_redirect_is_not_followed_and_the_key_stays_home(tmp_path, standin):
     other = StandinServer(api_key=None).start()
     try:
