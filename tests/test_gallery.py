@@ -275,6 +275,13 @@ def test_browser_loads_without_broken_images_and_filters(tmp_path):
     assert rep["after"]["by_status"] == {"failed": 1} and rep["after"]["rows"] == 1  # only the failed tile
     assert rep["after"]["summary"] == "showing 1 of 7 outputs in 1 of 2 source images"
 
+    # the decision aids: rows sorted by QC risk (the row with a rejected output first), and a compare
+    # control on every output that has a source thumbnail (flip to the source and back; wipe slider)
+    risks = [r for _, r in rep["order"]]
+    assert risks == sorted(risks, reverse=True) and risks[0] >= 3.0
+    assert rep["flip"] == {"shows_source": True, "back": True}
+    assert rep["wipe"] == {"overlay": True, "clip": "inset(0px 50% 0px 0px)"}
+
     rep = selftest(exe, index, "&aug=sun&status=success&status=rejected")
     assert rep["after"]["by_aug"] == {"sun": 4} and rep["after"]["by_status"] == {"success": 3, "rejected": 1}
     assert rep["after"]["rows"] == 2

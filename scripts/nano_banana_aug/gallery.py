@@ -274,14 +274,33 @@ def _href(path: Path | None, out_dir: Path) -> str | None:
     return quote(Path(rel).as_posix())
 
 
-def _tile_html(tile: Tile, out_dir: Path) -> str:
+STATUS_RISK = {"rejected": 3.0, "failed": 2.0, "missing": 2.0, "orphaned": 1.5}
+
+
+def risk(tile: Tile) -> float:
+    """How much a person should look at an output: rejected first, then failed, then the
+    closest calls of the QC gate (low structure similarity, large shift or changed area)."""
+    base = STATUS_RISK.get(tile.status, 0.0)
+
+    def num(key, default):
+        try:
+            return float(tile.qc.get(key, default))
+        except (TypeError, ValueError):
+            return default
+
+    closeness = max(1.0 - num("qc_ssim", 1.0), 10 * num("qc_shift_frac", 0.0), 5 * num("qc_changed_frac", 0.0),
+                    5 * abs(num("qc_veg_cover_delta", 0.0)))
+    return round(base + min(closeness, 0.99), 4)
+
+
+def _tile_html(tile: Tile, out_dir: Path, source_thumb: str | None = None) -> str:
     if tile.is_source:
         attrs = 'class="tile src"'
         title = "source"
         sub = ""
     else:
         attrs = (f'class="tile var st-{_e(_status_class(tile.status))}" '
-                 f'data-aug="{_e(tile.aug_name)}" data-status="{_e(tile.status)}"')
+                 f'data-aug="{_e(tile.aug_name)}" data-status="{_e(tile.status)}" data-risk="{risk(tile)}"')
         title = tile.aug_name
         sub = f"v{tile.variant_idx}"
     parts = [f"<figure {attrs}>"]
@@ -291,6 +310,13 @@ def _tile_html(tile: Tile, out_dir: Path) -> str:
                f'alt="{_e(tile.image_id)} {_e(title)} {_e(sub)}">')
         href = _href(tile.path, out_dir)
         parts.append(f'<a class="pic" href="{_e(href)}" target="_blank" rel="noopener">{img}</a>' if href else img)
+        if source_thumb and not tile.is_source:
+            # compare with the source: a slider wipes the source over the output; "flip" swaps them
+            parts.append(
+                f'<div class="cmp" data-out="thumbs/{quote(tile.thumb)}" data-src="thumbs/{quote(source_thumb)}">'
+                '<button type="button" class="flip" title="show the source in place of the output">flip</button>'
+                '<input type="range" class="wipe" min="0" max="100" value="0" '
+                'title="wipe the source over the output" aria-label="source over output, percent"></div>')
     else:
         text = "no image: generation failed" if tile.status == "failed" else (tile.note or "no image")
         parts.append(f'<div class="pic placeholder"><span>{_e(text)}</span></div>')
@@ -299,14 +325,14 @@ def _tile_html(tile: Tile, out_dir: Path) -> str:
                  f' <span class="badge">{_e(tile.status)}</span></div>')
     if tile.is_source:
         parts.append(f'<div class="path" title="{_e(tile.path or "")}">{_e(tile.path.name if tile.path else "")}</div>')
+    if tile.error and tile.status != "success":  # the reason first
+        parts.append(f'<div class="err">{_e(tile.error[:ERROR_SHOW_CHARS])}</div>')
     if tile.qc:
         rows = []
         for key, val in tile.qc.items():
             bad = key == "qc_passed" and str(val).strip().lower() in ("false", "0", "no")
             rows.append(f'<tr{" class=bad" if bad else ""}><th>{_e(key[3:])}</th><td>{_e(_fmt(val))}</td></tr>')
-        parts.append(f'<table class="qc">{"".join(rows)}</table>')
-    if tile.error and tile.status != "success":
-        parts.append(f'<div class="err">{_e(tile.error[:ERROR_SHOW_CHARS])}</div>')
+        parts.append(f'<details class="scores"><summary>QC scores</summary><table class="qc">{"".join(rows)}</table></details>')
     parts.append("</figcaption></figure>")
     return "".join(parts)
 
@@ -357,6 +383,9 @@ table.qc tr.bad td,table.qc tr.bad th{color:var(--fail);font-weight:600}
 .st-missing{border-top-color:var(--miss)!important}.st-missing .badge{background:var(--miss)}label.st-missing input{accent-color:var(--miss)}
 .tile.src{border-top-color:var(--src)}.tile.src .badge{background:var(--src)}
 #selftest-result{white-space:pre-wrap;font-size:11px}
+.pic{position:relative;display:block}.pic img.srcover{position:absolute;inset:0;width:100%;height:100%;pointer-events:none}
+.cmp{display:flex;gap:4px;align-items:center;padding:2px 6px 0}.cmp .wipe{flex:1;min-width:0}.cmp .flip{font-size:11px;padding:0 5px}
+details.scores summary{cursor:pointer;color:#555;font-size:11px}
 """
 
 JS = r"""
@@ -391,6 +420,43 @@ JS = r"""
       var on = b.getAttribute('data-set') === 'all';
       document.querySelectorAll('input[name="' + b.getAttribute('data-group') + '"]').forEach(function(i){ i.checked = on; });
       apply();
+    });
+  });
+  // ---- sort: QC risk first (default) or image id ----
+  var main = document.querySelector('main'), anchor = document.getElementById('selftest-result');
+  function sortRows(){
+    var by = document.getElementById('sort').value;
+    rows.slice().sort(function(a, b){
+      if(by === 'risk'){
+        var d = parseFloat(b.getAttribute('data-risk')) - parseFloat(a.getAttribute('data-risk'));
+        if(d) return d;
+      }
+      return a.getAttribute('data-image-id') < b.getAttribute('data-image-id') ? -1 : 1;
+    }).forEach(function(r){ main.insertBefore(r, anchor); });
+  }
+  var sortSel = document.getElementById('sort');
+  if(sortSel){ sortSel.addEventListener('change', sortRows); sortRows(); }
+  // ---- compare an output with its source: wipe slider and flip ----
+  function overlay(fig){
+    var pic = fig.querySelector('.pic'), o = pic.querySelector('.srcover');
+    if(!o){
+      o = document.createElement('img'); o.className = 'srcover'; o.alt = 'source';
+      o.src = fig.querySelector('.cmp').getAttribute('data-src');
+      pic.appendChild(o);
+    }
+    return o;
+  }
+  document.querySelectorAll('.cmp').forEach(function(c){
+    var fig = c.closest('figure'), wipe = c.querySelector('.wipe'), flip = c.querySelector('.flip');
+    wipe.addEventListener('input', function(){
+      var v = parseInt(wipe.value, 10), o = overlay(fig);
+      o.style.clipPath = 'inset(0 ' + (100 - v) + '% 0 0)'; o.hidden = (v === 0);
+    });
+    flip.addEventListener('click', function(){
+      var img = fig.querySelector('img'), showingSrc = img.getAttribute('src') === c.getAttribute('data-src');
+      img.setAttribute('src', showingSrc ? c.getAttribute('data-out') : c.getAttribute('data-src'));
+      flip.textContent = showingSrc ? 'flip' : 'output';
+      fig.classList.toggle('flipped', !showingSrc);
     });
   });
   var size = document.getElementById('tile-size');
@@ -437,6 +503,19 @@ JS = r"""
       });
     });
     report.after = visible();
+    report.order = Array.prototype.slice.call(document.querySelectorAll('section.row')).map(function(r){
+      return [r.getAttribute('data-image-id'), parseFloat(r.getAttribute('data-risk'))]; });
+    var cmp = document.querySelector('.cmp');
+    if(cmp){
+      var fig = cmp.closest('figure'), img = fig.querySelector('img');
+      cmp.querySelector('.flip').click();
+      report.flip = {shows_source: img.getAttribute('src') === cmp.getAttribute('data-src')};
+      cmp.querySelector('.flip').click();
+      report.flip.back = img.getAttribute('src') === cmp.getAttribute('data-out');
+      var w = cmp.querySelector('.wipe'); w.value = 50; w.dispatchEvent(new Event('input'));
+      var o = fig.querySelector('.srcover');
+      report.wipe = {overlay: !!o && !o.hidden, clip: o ? o.style.clipPath : ''};
+    }
     report.js_errors = jsErrors;
     var out = document.getElementById('selftest-result');
     out.hidden = false;
@@ -463,10 +542,11 @@ def render_html(rows: list[Row], out_dir: Path, *, title: str, manifest_csv: Pat
         for t in row.variants:
             counts[t.status] = counts.get(t.status, 0) + 1
         row_counts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        body.append(f'<section class="row" data-image-id="{_e(row.image_id)}">'
+        row_risk = max((risk(t) for t in row.variants), default=0.0)
+        body.append(f'<section class="row" data-image-id="{_e(row.image_id)}" data-risk="{row_risk}">'
                     f'<h2>{_e(row.image_id)}<span class="counts">{_e(row_counts)}</span></h2><div class="tiles">')
         body.append(_tile_html(row.source, out_dir))
-        body.extend(_tile_html(t, out_dir) for t in row.variants)
+        body.extend(_tile_html(t, out_dir, row.source.thumb) for t in row.variants)
         body.append("</div></section>")
     filters = (
         '<fieldset><legend>Augmentation</legend>' + _checkboxes("aug", aug_counts, sorted(aug_counts))
@@ -475,6 +555,8 @@ def render_html(rows: list[Row], out_dir: Path, *, title: str, manifest_csv: Pat
         + '<fieldset><legend>Status</legend>' + _checkboxes("status", status_counts, status_order)
         + '<button type="button" data-group="status" data-set="all">all</button>'
         + '<button type="button" data-group="status" data-set="none">none</button></fieldset>'
+        + '<label>sort <select id="sort"><option value="risk">QC risk first</option>'
+        + '<option value="id">image id</option></select></label>'
         + '<label>tile size <input id="tile-size" type="range" min="140" max="480" step="10" value="230"></label>'
         + '<span id="visible-count"></span>'
     )
