@@ -11,6 +11,9 @@ min_version("9.14.1")
 configfile: "configs/nano_banana_pro_augment.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/run.smk"
 include: "rules/targets.smk"

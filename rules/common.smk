@@ -65,6 +65,7 @@ TARGETS_CSV = str(layout.targets_table(OUT))
 TARGET_SETTINGS = {k: config["data"][k] for k in ("data_root", "train_csv", "primary_targets")}
 SETTINGS_JSON = str(layout.settings_file(OUT, TARGET_SETTINGS))  # a new file when they change
 MANIFEST = f"{OUT}/{config['data']['manifest']}"
+SUMMARY = f"{OUT}/report/summary.html"  # for snakemake --report
 AUG_NAMES = [a["name"] for a in config["augmentations"]]
 NUM_IMAGES = {a["name"]: int(a["num_images"]) for a in config["augmentations"]}
 
@@ -257,7 +258,7 @@ def get_final_targets(wildcards):
     if config["plan_only"]:
         get_all_outputs(wildcards)  # reports the plan
         return [TARGETS_CSV, RUN_MARK]
-    return [MANIFEST, RUN_MARK]
+    return [MANIFEST, SUMMARY, RUN_MARK]
 
 
 def report_plan(plan, targets):

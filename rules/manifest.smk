@@ -15,3 +15,15 @@ rule manifest:
         "Rebuilding {output} from the sidecars"
     shell:
         "{PYTHON:q} {workflow.basedir:q}/scripts/build_manifest.py --config-json {RUN_CONFIG:q}"
+
+
+# The run summary for `snakemake --report report.html`: counts, cost, QC score
+# distributions, a sample of outputs beside their sources. Rebuilt with the manifest.
+rule summary:
+    input:
+        MANIFEST,
+    output:
+        report(SUMMARY, category="Run summary", caption="../report/summary.rst"),
+    localrule: True
+    shell:
+        "{PYTHON:q} {workflow.basedir:q}/scripts/build_summary.py --config-json {RUN_CONFIG:q} --output {output:q}"

@@ -42,7 +42,7 @@ def make_dataset(root: Path, n: int = 4, size=(200, 100), missing_total=(), extr
 def copy_workflow(dest: Path) -> Path:
     """A copy of the workflow (Snakefile, rules, scripts, configs, profiles) to run in."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "rules", "scripts", "configs", "profiles"):
+    for name in ("Snakefile", "rules", "scripts", "configs", "profiles", "report"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

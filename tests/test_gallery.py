@@ -18,6 +18,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from nano_banana_aug import runs
@@ -343,3 +344,37 @@ def test_report_gallery_rule_on_the_sample(tmp_path):
     assert len(list((gal / "thumbs").glob("*.jpg"))) == 35 == len(page.imgs)
     assert page.placeholders == 0
     assert (gal / "contact_sheet.png").is_file()
+
+
+# ------------------------------------------------------------------ snakemake --report
+@pytest.mark.e2e
+@pytest.mark.browser
+def test_snakemake_report_shows_the_run_summary(tmp_path):
+    """`snakemake --report` works from the install and carries the summary page
+    (counts, cost, QC histograms, outputs beside sources); the HTML report renders in Chromium."""
+    import zipfile
+
+    from .helpers import make_dataset
+
+    wf = copy_workflow(tmp_path / "wf")
+    make_dataset(wf / "data", n=3, size=(200, 100))
+    (wf / "run.yaml").write_text(yaml.safe_dump({
+        "api": {"provider": "local", "model": "recipes-v1"},
+        "data": {"data_root": "data", "output_dir": "data/aug"},
+        "augmentations": [{"name": "sun", "prompt": "p", "local": {"exposure": 0.3}}],
+    }))
+    res = snakemake(wf, "-j", "4", "--configfile", "run.yaml", timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = (wf / "data" / "aug" / "report" / "summary.html").read_text()
+    assert "Outputs per status and augmentation" in summary and "<svg" in summary and "data:image/jpeg;base64," in summary
+    res = snakemake(wf, "--configfile", "run.yaml", "--report", "report.zip", timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with zipfile.ZipFile(wf / "report.zip") as z:
+        names = z.namelist()
+        page = next(n for n in names if n.endswith("summary.html"))
+        assert b"QC scores" in z.read(page)
+    res = snakemake(wf, "--configfile", "run.yaml", "--report", "report.html", timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    exe = find_chromium()
+    dom = run_chromium(exe, (wf / "report.html").resolve().as_uri(), "--dump-dom", "--virtual-time-budget=5000").stdout
+    assert "Run summary" in dom, dom[-2000:]

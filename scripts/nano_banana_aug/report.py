@@ -1,0 +1,150 @@
+"""The run summary page for ``snakemake --report``: one self-contained HTML file.
+
+``{output_dir}/report/summary.html`` is rebuilt by every run (rule
+``summary``, flagged ``report()``): counts per status and augmentation, cost,
+QC score distributions (inline SVG histograms), and a sample of outputs beside
+their sources (embedded thumbnails).  No JavaScript, no external resources.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import sys
+from pathlib import Path
+
+from .fileio import atomic_write_text
+from .manifest import read_csv_rows
+
+QC_METRICS = [
+    ("qc_ssim", "structure similarity (higher = closer to the source)", "min_ssim"),
+    ("qc_shift_frac", "shift, fraction of the size", "max_shift_frac"),
+    ("qc_changed_frac", "area whose structure changed", "max_changed_frac"),
+    ("qc_veg_cover_delta", "vegetation cover change", "max_veg_cover_delta"),
+]
+
+
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _num(v):
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def histogram_svg(values: list[float], threshold: float | None, *, bins: int = 20, width: int = 320,
+                  height: int = 120) -> str:
+    """A small inline SVG histogram with the QC threshold as a red line."""
+    if not values:
+        return "<p>no values</p>"
+    lo, hi = min(values + ([threshold] if threshold is not None else [])), max(values + ([threshold] if threshold is not None else []))
+    if hi <= lo:
+        hi = lo + 1e-9
+    counts = [0] * bins
+    for v in values:
+        counts[min(bins - 1, int((v - lo) / (hi - lo) * bins))] += 1
+    top = max(counts)
+    bw = width / bins
+    bars = "".join(
+        f'<rect x="{i * bw:.1f}" y="{height - 18 - c / top * (height - 24):.1f}" width="{bw - 1:.1f}" '
+        f'height="{c / top * (height - 24):.1f}" fill="#4a7fb5"><title>{c}</title></rect>'
+        for i, c in enumerate(counts) if c)
+    line = ""
+    if threshold is not None:
+        x = (threshold - lo) / (hi - lo) * width
+        line = f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height - 18}" stroke="#c62828" stroke-width="2"/>'
+    labels = (f'<text x="0" y="{height - 4}" font-size="10">{lo:.3g}</text>'
+              f'<text x="{width}" y="{height - 4}" font-size="10" text-anchor="end">{hi:.3g}</text>')
+    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">{bars}{line}{labels}</svg>'
+
+
+def _thumb(path: Path, width: int = 240) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail((width, width))
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=80)
+    except OSError:
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def build(cfg: dict, manifest_path, dest, *, samples: int = 6) -> Path:
+    rows = read_csv_rows(manifest_path) if Path(manifest_path).exists() else []
+    data_root = Path(cfg["data"]["data_root"])
+    qc_cfg = cfg.get("qc") or {}
+    statuses = sorted({r.get("status", "") for r in rows})
+    augs = sorted({r.get("aug_name", "") for r in rows})
+    table = ["<table><tr><th>augmentation</th>" + "".join(f"<th>{_e(s)}</th>" for s in statuses) + "<th>all</th></tr>"]
+    for a in augs:
+        cells = [sum(1 for r in rows if r.get("aug_name") == a and r.get("status") == s) for s in statuses]
+        table.append(f"<tr><td>{_e(a)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + f"<td>{sum(cells)}</td></tr>")
+    table.append("</table>")
+    cost = sum(_num(r.get("est_cost_usd")) or 0.0 for r in rows)
+    billed = [_num(r.get("cost_usd")) for r in rows if _num(r.get("cost_usd")) is not None]
+    sources = {}
+    for r in rows:
+        sources[r.get("answer_source") or "(none)"] = sources.get(r.get("answer_source") or "(none)", 0) + 1
+    hists = []
+    for key, what, tkey in QC_METRICS:
+        vals = [_num(r.get(key)) for r in rows if _num(r.get(key)) is not None]
+        if key == "qc_veg_cover_delta":
+            vals = [abs(v) for v in vals]
+        hists.append(f"<figure><figcaption><b>{_e(key[3:])}</b>: {_e(what)} ({len(vals)} outputs; red = "
+                     f"<code>qc.{_e(tkey)}</code>)</figcaption>{histogram_svg(vals, _num(qc_cfg.get(tkey)))}</figure>")
+    # a sample: the riskiest first (rejected, then lowest ssim), then successes
+    def risk(r):
+        return (r.get("status") != "rejected", _num(r.get("qc_ssim")) if _num(r.get("qc_ssim")) is not None else 1.0)
+
+    sample_html = []
+    for r in sorted((r for r in rows if r.get("status") in ("success", "rejected")), key=risk)[:samples]:
+        out = _thumb(data_root / r.get("image_path", "")) if r.get("image_path") else None
+        src = _thumb(data_root / r.get("src_image_path", "")) if r.get("src_image_path") else None
+        if not out:
+            continue
+        sample_html.append(
+            f'<div class="pair"><div><img alt="source" src="{src or ""}"><br>source {_e(r.get("image_id"))}</div>'
+            f'<div><img alt="output" src="{out}"><br>{_e(r.get("aug_name"))} v{_e(r.get("variant_idx"))}: '
+            f'<b>{_e(r.get("status"))}</b> {_e((r.get("error") or "")[:160])}</div></div>')
+    page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Augmentation run summary</title>
+<style>body{{font:13px system-ui,sans-serif;margin:16px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
+padding:2px 8px;text-align:right}}td:first-child{{text-align:left}}figure{{display:inline-block;margin:6px 12px 6px 0}}
+.pair{{display:flex;gap:8px;margin:6px 0}}.pair img{{width:240px;height:auto;background:#ddd}}</style></head><body>
+<h1>Augmentation run summary</h1>
+<p>{len(rows)} outputs in <code>{_e(manifest_path)}</code>; provider <code>{_e(cfg['api']['provider'])}</code>,
+model <code>{_e(cfg['api']['model'])}</code>, mode <code>{_e(cfg['api'].get('mode', 'sync'))}</code>.</p>
+<h2>Outputs per status and augmentation</h2>{''.join(table)}
+<h2>Cost</h2><p>Estimated from the price table: <b>${cost:.2f}</b>{f'; reported by the service: ${sum(billed):.2f}' if billed else ''}.
+Where outputs came from: {_e(', '.join(f'{v} {k}' for k, v in sorted(sources.items())))}.</p>
+<h2>QC scores</h2>{''.join(hists)}
+<h2>A sample of outputs beside their sources</h2>{''.join(sample_html) or '<p>no outputs yet</p>'}
+</body></html>
+"""
+    dest = Path(dest)
+    atomic_write_text(dest, page)
+    return dest
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from . import config as config_mod
+
+    ap = argparse.ArgumentParser(description="Write the run summary page (snakemake --report).")
+    ap.add_argument("--config-json", required=True)
+    ap.add_argument("--output", required=True)
+    args = ap.parse_args(argv)
+    cfg = config_mod.read_effective_config(args.config_json)
+    manifest = Path(cfg["data"]["output_dir"]) / cfg["data"]["manifest"]
+    build(cfg, manifest, args.output)
+    print(f"summary: {args.output}", file=sys.stderr)
+    return 0
