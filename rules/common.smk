@@ -162,6 +162,9 @@ def load_targets():
     """The checkpoint's table, read once per Snakemake process (after the
     checkpoint has run, its output is final for this run)."""
     if "list" not in _targets_cache:
+        if workflow.touch and not (Path(TARGETS_CSV).is_file() and Path(TARGETS_CSV).stat().st_size > 0):
+            stop(f"--touch only marks outputs that exist as up to date; {TARGETS_CSV} (checkpoint `targets`) "
+                 "was never made here: run the pipeline once without --touch first")
         path = checkpoints.targets.get().output[0]
         targets = read_targets(path)
         _targets_cache.update(list=targets, by_id={t.image_id: t for t in targets})

@@ -293,3 +293,12 @@ def test_image_ids_that_cannot_name_a_file_are_recorded_as_bad_rows(tmp_path):
     bad = [r for r in rows if r["error_reason"] == "BAD_IMAGE_ID"]
     assert sorted({r["image_id"] for r in bad}) == ["-ID9", "ID{x}"] and {r["status"] for r in bad} == {"failed"}
     assert {r["status"] for r in rows if r["error_reason"] != "BAD_IMAGE_ID"} <= {"success", "rejected"}
+
+
+def test_touch_in_a_fresh_directory_says_what_to_do(tmp_path):
+    wf = make_run(tmp_path, n_images=1)
+    res = run(wf, "--touch", check=False)
+    assert res.returncode != 0
+    assert "--touch only marks outputs that exist as up to date" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not list((wf / "data").glob("aug/*.png"))
