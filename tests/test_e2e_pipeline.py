@@ -302,3 +302,19 @@ def test_touch_in_a_fresh_directory_says_what_to_do(tmp_path):
     assert "--touch only marks outputs that exist as up to date" in res.stderr
     assert "Traceback" not in res.stderr
     assert not list((wf / "data").glob("aug/*.png"))
+
+
+def test_a_path_with_spaces_and_snakemake_from_a_venv_that_is_not_activated(tmp_path):
+    """`/path with spaces/.venv/bin/snakemake …` without activating the venv: the jobs run with
+    the interpreter that runs Snakemake, and every path in a shell command is quoted."""
+    exe = Path(sys.executable).parent / "snakemake"
+    if not exe.exists():
+        pytest.skip("no snakemake script next to the interpreter")
+    wf = make_run(tmp_path / "dir with spaces", n_images=2)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = "/usr/bin:/bin"  # no venv on PATH
+    res = subprocess.run([str(exe), "-j", "2", "--configfile", "run.yaml"], cwd=wf, capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = manifest_rows(wf)
+    assert len(rows) == 6 and {r["status"] for r in rows} <= {"success", "rejected"}
