@@ -110,8 +110,10 @@ def test_non_retryable_error_fails_at_once(tmp_path, standin):
     standin.set_default("openrouter", B("no_credits"))
     res = run(wf, check=False)
     assert res.returncode != 0
-    (r,) = rows(wf)
-    assert r["status"] == "failed" and r["attempts"] == "1" and "402" in r["error"] and "credits" in r["error"].lower()
+    assert len(standin.requests) == 1  # not retried
+    # an account error stops the run (issue 11): the target is left as it is, the cause said once
+    assert rows(wf) == [] and "stopped dispatching calls: HTTP 402" in res.stderr
+    assert "402" in (wf / "data" / "aug" / "augment.log").read_text()
 
 
 def test_concurrency_cap_holds_while_calls_overlap(tmp_path, standin):
