@@ -195,16 +195,18 @@ def test_a_daily_quota_stops_dispatching(tmp_path, standin):
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_a_429_pauses_every_job(tmp_path, standin):
-    wf = make_paid_run(tmp_path, standin, n_images=6, augs=ONE, concurrency=3, retry_backoff_s=0)
+    wf = make_paid_run(tmp_path, standin, n_images=8, augs=ONE, concurrency=3, retry_backoff_s=0)
     standin.script("gemini", B("rate_limit", retry_delay="3s",
                                quota_id="GenerateRequestsPerMinutePerProjectPerModel", quota_value="20"))
     res = run(wf)
     assert res.returncode == 0, res.stderr[-3000:]
     limited = next(r for r in standin.requests if r.status == 429)
-    # every call that started after the 429 was answered waited for the cool-down (a sleep never ends early)
-    after = [r for r in standin.requests if r.started > limited.finished]
-    assert after and all(r.started >= limited.finished + 2.5 for r in after), \
-        [round(r.started - limited.finished, 2) for r in after]
+    # After the 429 was answered, only calls already past their last check (at most the other
+    # concurrency - 1 jobs) may still go out; every other call waits for the shared cool-down
+    # (a sleep never ends early, so this holds however slow the machine is).
+    after = [r.started - limited.finished for r in standin.requests if r.started > limited.finished]
+    early = [d for d in after if d < 2.5]
+    assert len(early) <= 2 and len(after) - len(early) >= 3, [round(d, 2) for d in after]
 
 
 @pytest.mark.e2e

@@ -131,7 +131,7 @@ def _provider_and_policy(cfg: dict):
         slots = CallSlots(layout.pipeline_dir(cfg["data"]["output_dir"]) / "slots", int(api["concurrency"]),
                           wait_timeout_s=2 * float(api["timeout_s"]) + 60)
         gov = governor.for_config(cfg, say=lambda m: runlog.message(cfg, m))
-        provider = SlotLimited(provider, slots, gate=gov.check_stop, on_error=gov.after_error)
+        provider = SlotLimited(provider, slots, gate=gov.at_dispatch, on_error=gov.after_error)
     return provider, policy
 
 

@@ -204,6 +204,17 @@ class Governor:
             pass
         return k * interval
 
+    def at_dispatch(self, sleep=time.sleep) -> None:
+        """Right before the request goes out (the call slot held): the stop and the cool-down again,
+        so a job that waited for its slot does not call into a stop or a pause decided meanwhile."""
+        self.check_stop()
+        while True:
+            wait = self.paused_until() - time.time()
+            if wait <= 0:
+                return
+            sleep(min(wait, 60.0))
+            self.check_stop()
+
     def before_call(self, sleep=time.sleep) -> None:
         """Wait for the cool-down and this call's rate-limit tick; DispatchStopped when the run stopped."""
         self.check_stop()
