@@ -1,53 +1,79 @@
 """Label-safety QC: does a generated image still show the same quadrat, framed the same way?
 
 An imaging-only edit (exposure, white balance, gamma, contrast, saturation,
-noise, blur, JPEG, vignette, and the model's anisotropic resize of the whole
-scene to its 16:9 aspect bucket) keeps the biomass label valid.  A reframe,
-shift, mirror, rotation, other scene or repaint does not.  This module scores a
-(source, raw model output) pair on the CPU in about 0.1 s and
-judges the scores against thresholds from the ``qc:`` config block.
+noise, blur, JPEG, vignette, relighting, and the model's anisotropic resize of
+the whole scene to its 16:9 aspect bucket) keeps the biomass label valid.  A
+reframe, shift, mirror, rotation, zoom, other scene, repaint, smear or
+recolouring of the plants does not.  This module scores a (source, output)
+pair on the CPU in about 0.2 s -- the output as the model returned it or
+already resized back to the source's shape -- and judges the scores against
+thresholds from the ``qc:`` config block.
 
 How the comparison works (numpy + Pillow only):
 
-1. Both images are resized to one working grid (``work_size``, default
-   512x256).  This undoes the model's anisotropic size change and averages
-   away most pixel noise, JPEG blocks and slight blur.
+1. Both images are resized to a fine grid (2 x ``work_size``) and, by 2x2
+   averaging, to the working grid (``work_size``, default 512x256).  This
+   undoes the model's anisotropic size change and averages away most pixel
+   noise, JPEG blocks and slight blur.
 2. Structure is compared on grayscale that is lightly blurred (noise),
    flat-fielded (divided by a very smooth copy of itself: vignetting and
    light fall-off cancel) and histogram-equalised per image (any global
    monotone tone curve -- exposure, gamma, contrast -- cancels).
-   * ``ssim``: mean structural similarity of the two normalised images.
-   * ``changed_frac``: fraction of 32x32 work-pixel blocks whose local SSIM
-     collapsed (below 0.30 and below 0.35 x the median block): a repainted
-     or inpainted patch.  Image-wide degradations (noise) lower every block
-     alike and do not count.
+   * ``ssim``: mean structural similarity of the two normalised images over
+     the 32x32 blocks where the source has detail (>= STRUCT_FLOOR grey
+     levels) and neither image is saturated or crushed (in a featureless sky
+     the equalised images only show noise).
+   * ``changed_frac``: fraction of those blocks whose local SSIM collapsed
+     (below 0.30 and below 0.35 x their median): a repainted patch.
    * ``shift_*``: translation by phase correlation (Hann window, sub-pixel
      peak), reported in SOURCE pixels; positive x = content moved right,
      positive y = down.  ``corr_peak`` is the peak height (0..1).
+   * ``warp_px`` / ``warp_frac``: the local displacement of 64x64 tiles
+     (phase correlation after removing the global shift), fitted robustly by
+     an affine map; the largest displacement of that map at the image corners
+     in source px / as a fraction of the width (x) or height (y).  A shift,
+     small rotation (2 deg moves a 2:1 frame's corners by ~3.5 % of its
+     height) or zoom moves the corners; imaging-only edits and the
+     generative re-rendering jitter of a few pixels do not.
    * ``mirror``: the output flipped left-right, top-bottom or rotated 180 deg
      gives a higher phase-correlation peak than the output as returned
      (``mirror_score`` = best flipped peak / unflipped peak; ~0.03 for a
-     faithful edit, > 20 for a mirror).  Shift-invariant, so a mirrored and
-     shifted output is caught too.
+     faithful edit, > 20 for a mirror).
    * ``aspect_change``: |ln(output W/H / source W/H)| -- 0.12 for the
      model's 2:1 -> 16:9, > 1 for a portrait (rotated) output.
-3. Vegetation cover is the fraction of pixels whose excess-green chromaticity
+3. ``detail_changed_frac``: fraction of the image whose fine detail was
+   smeared, flattened or replaced, on the fine grid's log-luminance.  Each
+   block's retained detail (source x output band-pass energy / source
+   energy, two bands) is compared with the retention of PEER blocks: similar
+   source detail, similar output brightness, far away.  JPEG, blur, noise and
+   tone curves treat look-alike blocks alike, wherever they are, so they are
+   explained by the peers; a smeared 20 % region in a smooth part of the
+   photo, or a repainted one, is not.  Featureless blocks (below
+   DETAIL_FLOOR grey levels of detail: a clear sky, fog -- a smear there
+   changes nothing measurable) and saturated / crushed blocks are skipped.
+4. Vegetation cover is the fraction of pixels whose excess-green chromaticity
    ``2g - r - b`` (r + g + b = 1) exceeds ``VEG_EXG_MIN`` (soft boundary).
    Chromaticity is already blind to exposure and vignetting; the output's
    colours are additionally mapped onto the source's by robust per-channel
    fits on the aligned pixels (white balance, gamma, saturation, contrast /
    brightness offsets; two models, the better explanation wins), so a colour
    cast does not count as a cover change while a patch painted brown (or
-   green) does.  The source is taken as shot (no
-   normalisation): ``veg_cover_src`` is its plain green fraction.
+   green) does.  Saturated or black pixels (either image) are left out: a
+   clipped channel changes a pixel's chromaticity.  ``veg_cover_src`` is the
+   source's plain green fraction over those pixels.
+   ``veg_changed_frac``: fraction of the image where the greenness changed
+   unlike pixels of the same source colour and brightness elsewhere (a
+   robust cubic colour model of the greenness change explains every global
+   colour edit): plants painted brown or soil painted green in a region.
 
-Why numpy only (no scipy): everything runs on a 512x256 grid, where separable
-numpy convolutions and ``numpy.fft`` take a few milliseconds each; most of the
-~0.1 s per pair is Pillow's resize of the 2000x1000 source.
+Why numpy only (no scipy): everything runs on grids of at most 1024x512,
+where separable numpy convolutions and ``numpy.fft`` take a few
+milliseconds each.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass
 
@@ -69,6 +95,50 @@ BLOCK_REL = 0.35
 #: ... and below this absolute value.
 BLOCK_ABS = 0.30
 
+#: Grey levels (0..1) above / below which a pixel counts as saturated / crushed; blocks with more
+#: than CLIP_BLOCK_FRAC of such pixels are left out of the local comparisons (their detail is gone
+#: for photometric reasons: exposure, contrast, gamma).
+CLIP_HI = 0.94
+CLIP_LO = 0.02
+CLIP_BLOCK_FRAC = 0.1
+#: Minimum source detail (rms grey levels of 255, per band, on the comparison grid) for a block to
+#: count in ``ssim`` / ``changed_frac``; featureless blocks (clear sky, fog) only show noise there.
+STRUCT_FLOOR = 2.0
+
+#: Geometry: tile side (work px) for the local displacement field; tiles overlap by half.
+GEO_TILE = 64
+#: Tiles whose phase-correlation peak is below this carry no weight (featureless or changed).
+GEO_MIN_PEAK = 0.08
+#: Huber scale (work px) of the robust affine fit.
+GEO_HUBER_PX = 0.75
+
+#: Lost / added detail (``detail_changed_frac``), on the fine grid (2 x work_size), see ``_detail_change``:
+#: block side (fine px), offset of the log-luminance, band-pass bands (Gaussian sigmas, fine px) and their
+#: uncertainty factors (noise: sqrt(O/S) * kappa / block), the retention below which a block counts as lost
+#: (fraction of its peers' retention), the detail floor (rms grey levels of 255), the energy gain that makes
+#: a featureless block "textured", and the peers: distance (fraction of the width), output-brightness
+#: tolerance, minimum number, minimum retention.
+DETAIL_BLOCK = 32
+DETAIL_EPS = 0.02
+DETAIL_BANDS = ((0.0, 1.5), (1.5, 4.0))
+DETAIL_KAPPA = (4.0, 8.0)
+DETAIL_TAU = 0.3
+DETAIL_FLOOR = 0.25
+DETAIL_GAIN = 16.0
+DETAIL_PEER_DIST = 0.3
+DETAIL_PEER_DV = 0.1
+DETAIL_MIN_PEERS = 5
+DETAIL_MIN_RETAINED = 0.5
+#: Displacement (fine px) the retained-detail comparison of the finest band tolerates per block.
+DETAIL_SLACK = 1
+
+#: Local vegetation colour change (``veg_changed_frac``): block side (work px) and the mean change of
+#: vegetation membership (0..1, after the colour model) above which a block counts as recoloured.
+VEG_BLOCK = 16
+VEG_CHANGE_MIN = 0.2
+#: Pixels darker than this (either image) carry too little colour for the local comparison.
+VEG_MIN_LUM = 0.12
+
 #: Thresholds, calibrated by bench/qc_calibration.py (numbers in bench/QC_RESULTS.md).
 DEFAULT_THRESHOLDS: dict = {
     "enabled": True,
@@ -78,6 +148,9 @@ DEFAULT_THRESHOLDS: dict = {
     "max_veg_cover_delta": 0.05,
     "reject_mirror": True,
     "max_aspect_change": 0.35,
+    "max_warp_frac": 0.005,
+    "max_detail_changed_frac": 0.02,
+    "max_veg_changed_frac": 0.045,
     "auto_regenerate": 0,
     "work_size": list(DEFAULT_WORK_SIZE),
 }
@@ -103,7 +176,9 @@ qc:
       minimum: -1
       maximum: 1
       default: 0.45
-      description: minimum structural similarity of the tone-equalised grayscale images (1 = identical structure).
+      description: >-
+        minimum structural similarity of the tone-equalised grayscale images, over the blocks where the source
+        has detail and neither image is saturated (1 = identical structure).
     max_shift_frac:
       type: number
       minimum: 0
@@ -114,13 +189,17 @@ qc:
       minimum: 0
       maximum: 1
       default: 0.06
-      description: maximum fraction of the image area in blocks whose local similarity collapsed (repainted / inpainted patches).
+      description: >-
+        maximum fraction of the image area in blocks (with source detail, not saturated) whose local similarity
+        collapsed (repainted / inpainted patches).
     max_veg_cover_delta:
       type: number
       minimum: 0
       maximum: 1
       default: 0.05
-      description: maximum absolute change of the green-vegetation fraction after normalising the output's colours to the source.
+      description: >-
+        maximum absolute change of the green-vegetation fraction after normalising the output's colours to the
+        source (global colour edits cancel; saturated and black pixels are left out).
     reject_mirror:
       type: boolean
       default: true
@@ -132,6 +211,29 @@ qc:
       description: >-
         maximum |ln(output aspect / source aspect)|; 2:1 -> 16:9 is 0.12, 2:1 -> 21:9 is 0.15,
         a portrait (rotated) output is > 1.
+    max_warp_frac:
+      type: number
+      minimum: 0
+      default: 0.005
+      description: >-
+        maximum displacement of the image corners (affine fit of local tile shifts: shift, small rotation,
+        zoom) as a fraction of the width (x) or height (y); 1 % shift, 2 deg rotation or 5 % zoom are 0.01 or more.
+    max_detail_changed_frac:
+      type: number
+      minimum: 0
+      maximum: 1
+      default: 0.02
+      description: >-
+        maximum fraction of the image whose fine detail was smeared, flattened or replaced, judged against
+        look-alike blocks elsewhere in the same image (a blurred region in a smooth part of the photo).
+    max_veg_changed_frac:
+      type: number
+      minimum: 0
+      maximum: 1
+      default: 0.045
+      description: >-
+        maximum fraction of the image where the vegetation membership (greenness) changed unlike the same
+        colour elsewhere: plants painted brown or soil painted green in a region.
     auto_regenerate:
       type: integer
       minimum: 0
@@ -164,6 +266,10 @@ class QCScores:
     veg_cover_out: float
     veg_cover_delta: float
     aspect_change: float
+    warp_px: float = 0.0
+    warp_frac: float = 0.0
+    detail_changed_frac: float = 0.0
+    veg_changed_frac: float = 0.0
     work_size: tuple[int, int] = DEFAULT_WORK_SIZE
 
     def to_columns(self) -> dict:
@@ -189,18 +295,26 @@ def _gauss_kernel(sigma: float) -> np.ndarray:
 
 
 def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of a 2-D (or HxWxC) array, reflect borders."""
+    """Separable Gaussian blur of a 2-D (or HxWxC) array, reflect borders (float32, accumulated in place)."""
     if sigma <= 0:
         return a
     k = _gauss_kernel(sigma)
     r = len(k) // 2
+    a = np.asarray(a, dtype=np.float32)
     h, w = a.shape[:2]
-    pad = [(r, r), (0, 0)] + [(0, 0)] * (a.ndim - 2)
-    p = np.pad(a, pad, mode="reflect")
-    tmp = sum(k[i] * p[i : i + h] for i in range(len(k)))
-    pad = [(0, 0), (r, r)] + [(0, 0)] * (a.ndim - 2)
-    p = np.pad(tmp, pad, mode="reflect")
-    return sum(k[i] * p[:, i : i + w] for i in range(len(k)))
+    rest = [(0, 0)] * (a.ndim - 2)
+    p = np.pad(a, [(r, r), (0, 0)] + rest, mode="reflect")
+    tmp = p[0:h] * k[0]
+    scratch = np.empty_like(tmp)
+    for i in range(1, len(k)):
+        np.multiply(p[i : i + h], k[i], out=scratch)
+        tmp += scratch
+    p = np.pad(tmp, [(0, 0), (r, r)] + rest, mode="reflect")
+    out = p[:, 0:w] * k[0]
+    for i in range(1, len(k)):
+        np.multiply(p[:, i : i + w], k[i], out=scratch)
+        out += scratch
+    return out
 
 
 def _to_grid(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
@@ -230,17 +344,6 @@ def _ssim_map(x: np.ndarray, y: np.ndarray, sigma: float = 1.5) -> np.ndarray:
     syy = _blur(y * y, sigma) - my * my
     sxy = _blur(x * y, sigma) - mx * my
     return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-
-
-def _changed_frac(ssim_map: np.ndarray) -> float:
-    """Fraction of BLOCKxBLOCK blocks whose mean SSIM collapsed relative to the image's typical block."""
-    h, w = ssim_map.shape
-    bh, bw = h // BLOCK, w // BLOCK
-    if bh == 0 or bw == 0:
-        return 0.0
-    blocks = ssim_map[: bh * BLOCK, : bw * BLOCK].reshape(bh, BLOCK, bw, BLOCK).mean(axis=(1, 3))
-    limit = min(BLOCK_ABS, BLOCK_REL * float(np.median(blocks)))
-    return float((blocks < limit).mean())
 
 
 class _Correlator:
@@ -295,7 +398,7 @@ def _log_chroma(rgb: np.ndarray) -> np.ndarray:
     return lg - lg.mean(axis=-1, keepdims=True)
 
 
-def _exg_cover(log_chroma: np.ndarray) -> float:
+def _exg_cover(log_chroma: np.ndarray, valid: np.ndarray | None = None) -> float:
     """Green fraction: mean membership of excess-green chromaticity 2g - r - b around VEG_EXG_MIN.
 
     Membership ramps linearly from 0 to 1 over VEG_EXG_MIN -/+ VEG_EXG_RAMP/2,
@@ -306,7 +409,10 @@ def _exg_cover(log_chroma: np.ndarray) -> float:
     c = np.exp(log_chroma)
     c /= c.sum(axis=-1, keepdims=True)
     exg = 2 * c[..., 1] - c[..., 0] - c[..., 2]
-    return float(np.clip((exg - VEG_EXG_MIN) / VEG_EXG_RAMP + 0.5, 0.0, 1.0).mean())
+    member = np.clip((exg - VEG_EXG_MIN) / VEG_EXG_RAMP + 0.5, 0.0, 1.0)
+    if valid is not None and valid.mean() > 0.05:  # saturated / black pixels carry no colour
+        return float(member[valid].mean())
+    return float(member.mean())
 
 
 def _robust_line(x: np.ndarray, y: np.ndarray, slope_lo: float, slope_hi: float) -> tuple[float, float]:
@@ -327,16 +433,19 @@ def _robust_line(x: np.ndarray, y: np.ndarray, slope_lo: float, slope_hi: float)
     return a, b
 
 
-def _match_channels(out: np.ndarray, src: np.ndarray, slope_lo: float, slope_hi: float, step: int = 2) -> np.ndarray:
-    """Map each channel of ``out`` onto ``src`` by a robust line fitted on aligned pixels (every ``step``-th)."""
+def _match_channels(out: np.ndarray, src: np.ndarray, slope_lo: float, slope_hi: float, step: int = 2,
+                    valid: np.ndarray | None = None) -> np.ndarray:
+    """Map each channel of ``out`` onto ``src`` by a robust line fitted on aligned (valid) pixels (every ``step``-th)."""
     mapped = np.empty_like(out)
+    sel = valid[::step, ::step].ravel() if valid is not None and valid.mean() > 0.05 else slice(None)
     for c in range(out.shape[-1]):
-        a, b = _robust_line(out[::step, ::step, c].ravel(), src[::step, ::step, c].ravel(), slope_lo, slope_hi)
+        a, b = _robust_line(out[::step, ::step, c].ravel()[sel], src[::step, ::step, c].ravel()[sel], slope_lo, slope_hi)
         mapped[..., c] = a + b * out[..., c]
     return mapped
 
 
-def _cover_after_colour_match(out_rgb: np.ndarray, src_rgb: np.ndarray, src_lc: np.ndarray) -> float:
+def _cover_after_colour_match(out_rgb: np.ndarray, src_rgb: np.ndarray, src_lc: np.ndarray,
+                              valid: np.ndarray | None = None) -> float:
     """Green fraction of the output after mapping its colours onto the source's.
 
     Two camera-like colour models, and the one that explains the output best
@@ -349,13 +458,16 @@ def _cover_after_colour_match(out_rgb: np.ndarray, src_rgb: np.ndarray, src_lc: 
       pixels, which no log-chromaticity model can undo).
 
     Both fits are robust (see ``_robust_line``), so a repainted patch stays a
-    change under either model.
+    change under either model.  ``valid`` (default: all) leaves saturated or
+    black pixels out of the fits and the cover: a clipped channel changes a
+    pixel's chromaticity (an orange leaf at +1 EV turns yellow-green) without
+    any change of the scene.
     """
     def cover(rgb):
-        return _exg_cover(_match_channels(_log_chroma(rgb), src_lc, 0.4, 2.5))
+        return _exg_cover(_match_channels(_log_chroma(rgb), src_lc, 0.4, 2.5, valid=valid), valid)
 
-    src_cover = _exg_cover(src_lc)
-    covers = [cover(out_rgb), cover(np.clip(_match_channels(out_rgb, src_rgb, 0.3, 3.0), 0.0, 1.0))]
+    src_cover = _exg_cover(src_lc, valid)
+    covers = [cover(out_rgb), cover(np.clip(_match_channels(out_rgb, src_rgb, 0.3, 3.0, valid=valid), 0.0, 1.0))]
     return min(covers, key=lambda v: abs(v - src_cover))
 
 
@@ -366,22 +478,352 @@ def _structure(rgb: np.ndarray) -> np.ndarray:
     return _equalise(flat)
 
 
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _half(a: np.ndarray) -> np.ndarray:
+    """2x2 box average (fine grid -> working grid)."""
+    return 0.25 * (a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2])
+
+
+def _block_mean(a: np.ndarray, b: int) -> np.ndarray:
+    """Mean over non-overlapping b x b blocks (the ragged border is dropped)."""
+    h, w = a.shape[:2]
+    bh, bw = h // b, w // b
+    return a[: bh * b, : bw * b].reshape(bh, b, bw, b, *a.shape[2:]).mean(axis=(1, 3))
+
+
+def _clipped(rgb: np.ndarray) -> np.ndarray:
+    """Pixels with a saturated channel or crushed to black."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return (np.maximum(np.maximum(r, g), b) > CLIP_HI) | (r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2] < CLIP_LO)
+
+
+def _clipped_blocks(src_rgb: np.ndarray, out_rgb: np.ndarray, b: int, bad: np.ndarray | None = None) -> np.ndarray:
+    """Blocks where either image is (partly) saturated or crushed: detail there is gone for photometric reasons.
+
+    ``bad`` = the precomputed pixel mask ``_clipped(src_rgb) | _clipped(out_rgb)``.
+    """
+    if bad is None:
+        bad = _clipped(src_rgb) | _clipped(out_rgb)
+    return _block_mean(bad.astype(np.float32), b) > CLIP_BLOCK_FRAC
+
+
+def _neighbours_agree(mask: np.ndarray) -> np.ndarray:
+    """Keep only flagged blocks with at least one flagged 4-neighbour (drops isolated blocks)."""
+    p = np.pad(mask, 1)
+    n = p[:-2, 1:-1].astype(np.int8) + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:]
+    return mask & (n >= 1)
+
+
+# ---------------------------------------------------------------- geometry: local displacements -> affine
+
+
+def _tile_displacements(src_g: np.ndarray, out_g: np.ndarray, dx0: float, dy0: float):
+    """Phase-correlation displacement of every GEO_TILE tile (step GEO_TILE/2), after removing the global shift.
+
+    Returns (centres Nx2 [x, y] in work px, displacements Nx2, peak heights N).
+    """
+    h, w = src_g.shape
+    t = GEO_TILE
+    ix, iy = int(round(dx0)), int(round(dy0))
+    win = np.outer(np.hanning(t), np.hanning(t)).astype(np.float32)
+    centres, src_t, out_t, offs = [], [], [], []
+    for y0 in range(0, h - t + 1, t // 2):
+        for x0 in range(0, w - t + 1, t // 2):
+            ox, oy = min(max(x0 + ix, 0), w - t), min(max(y0 + iy, 0), h - t)
+            centres.append((x0 + t / 2, y0 + t / 2))
+            offs.append((ox - x0, oy - y0))
+            src_t.append(src_g[y0 : y0 + t, x0 : x0 + t])
+            out_t.append(out_g[oy : oy + t, ox : ox + t])
+    a = np.stack(src_t)
+    b = np.stack(out_t)
+    a = (a - a.mean(axis=(1, 2), keepdims=True)) * win
+    b = (b - b.mean(axis=(1, 2), keepdims=True)) * win
+    cross = np.fft.rfft2(b) * np.conj(np.fft.rfft2(a))
+    cross /= np.abs(cross) + 1e-9
+    r = np.fft.irfft2(cross, s=(t, t))
+    flat = r.reshape(len(r), -1)
+    k = np.argmax(flat, axis=1)
+    py, px = np.unravel_index(k, (t, t))
+    n = np.arange(len(r))
+    c = flat[n, k]
+
+    def sub(m1, p1):
+        den = m1 - 2 * c + p1
+        return np.where(np.abs(den) > 1e-12, 0.5 * (m1 - p1) / np.where(np.abs(den) > 1e-12, den, 1), 0.0)
+
+    dx = px + sub(r[n, py, (px - 1) % t], r[n, py, (px + 1) % t])
+    dy = py + sub(r[n, (py - 1) % t, px], r[n, (py + 1) % t, px])
+    dx = np.where(dx > t / 2, dx - t, dx)
+    dy = np.where(dy > t / 2, dy - t, dy)
+    d = np.stack([dx, dy], axis=1) + np.asarray(offs, np.float64)
+    return np.asarray(centres, np.float64), d, c.astype(np.float64)
+
+
+def _affine_warp(src_g: np.ndarray, out_g: np.ndarray, dx0: float, dy0: float) -> tuple[float, float]:
+    """Largest displacement (x, y in work px, at the image corners) of an affine model fitted to the tile displacements.
+
+    A shift, small rotation or zoom moves the corners by several pixels; an
+    imaging-only edit leaves every tile in place.  The fit is weighted by the
+    tiles' correlation peaks and robust (Huber) to tiles inside a repainted or
+    featureless area.  With too few confident tiles the global shift stands in.
+    """
+    h, w = src_g.shape
+    centres, d, peak = _tile_displacements(src_g, out_g, dx0, dy0)
+    wgt = np.clip(peak - GEO_MIN_PEAK, 0.0, None) ** 2
+    if (peak > GEO_MIN_PEAK).sum() < 6:
+        return abs(dx0), abs(dy0)
+    p = np.column_stack([np.ones(len(centres)), (centres[:, 0] - w / 2) / w, (centres[:, 1] - h / 2) / h])
+    coef = np.zeros((3, 2))
+    rw = np.ones(len(centres))
+    for _ in range(4):
+        ww = wgt * rw
+        a = p * ww[:, None]
+        coef = np.linalg.lstsq(a.T @ p + 1e-9 * np.eye(3), a.T @ d, rcond=None)[0]
+        res = np.hypot(*(d - p @ coef).T)
+        rw = np.minimum(1.0, GEO_HUBER_PX / np.maximum(res, 1e-9))
+    corners = np.array([[1, sx, sy] for sx in (-0.5, 0.5) for sy in (-0.5, 0.5)])
+    disp = np.abs(corners @ coef)
+    return float(disp[:, 0].max()), float(disp[:, 1].max())
+
+
+# ---------------------------------------------------------------- lost or added local detail (smears, repaints)
+
+
+def _band(a: np.ndarray, s1: float, s2: float) -> np.ndarray:
+    return (_blur(a, s1) if s1 > 0 else a) - _blur(a, s2)
+
+
+def _peer_median(values: np.ndarray, peers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of the boolean ``peers`` matrix: median of ``values`` over its peers, and the peer count."""
+    v = np.where(peers, values[None, :], np.inf)
+    v.sort(axis=1)
+    cnt = peers.sum(axis=1)
+    med = v[np.arange(len(v)), np.maximum(cnt - 1, 0) // 2]
+    return np.where(cnt > 0, med, np.nan), cnt
+
+
+def _detail_change(src_f: np.ndarray, out_f: np.ndarray, bad: np.ndarray | None = None,
+                   src_blurred: dict | None = None) -> tuple[float, np.ndarray]:
+    """Fraction of the image whose fine detail was removed (smeared, flattened) or replaced, judged against peers.
+
+    Runs on the fine grid's log-luminance (gains from exposure, vignetting or
+    relighting become offsets and cancel in the band-pass).  Per DETAIL_BLOCK
+    block and band: S = source detail energy, X = source x output, O = output
+    energy; the retention r = X / S is compared with the median retention of
+    PEER blocks -- similar source detail (within x3), similar output brightness,
+    far away (> DETAIL_PEER_DIST of the width) -- so a global degradation
+    (JPEG, blur, noise, tone curve) that flattens every smooth block alike is
+    explained by the peers, while a smeared or repainted region is not.  A
+    block counts when r plus its uncertainty (sqrt(O/S), large under noise)
+    stays below DETAIL_TAU x the peers' retention, where the peers keep more
+    than half their detail and the detail is above DETAIL_FLOOR grey levels.
+    Featureless source blocks that gained strong detail that their peers did
+    not (texture pasted into a clear sky) count too.  Saturated or crushed
+    blocks are skipped; isolated blocks are dropped.
+    """
+    gs, go = src_f @ _LUMA, out_f @ _LUMA
+    s, o = np.log(gs + DETAIL_EPS), np.log(go + DETAIL_EPS)
+    b = DETAIL_BLOCK
+    h, w = s.shape
+    bh, bw = h // b, w // b
+    if bh < 2 or bw < 2:
+        return 0.0, np.zeros((max(bh, 0), max(bw, 0)), bool)
+    yy, xx = np.mgrid[0:bh, 0:bw]
+    cy, cx = ((yy.ravel() + 0.5) * b), ((xx.ravel() + 0.5) * b)
+    far = np.hypot(cy[:, None] - cy[None, :], cx[:, None] - cx[None, :]) > DETAIL_PEER_DIST * w
+    vo = _block_mean(go, b).ravel()
+    vs = _block_mean(gs, b).ravel()
+    clip = _clipped_blocks(src_f, out_f, b, bad).ravel()
+    near_v = np.abs(vo[:, None] - vo[None, :]) < DETAIL_PEER_DV
+    base = far & near_v & ~clip[None, :]
+    floor2 = (DETAIL_FLOOR / 255.0) ** 2
+    flagged = np.zeros(bh * bw, bool)
+    # sigma -> blur, per image: the bands share their edges; the source's blurs may come from an earlier call
+    blurred = {"s": src_blurred if src_blurred is not None else {}, "o": {}}
+
+    def band(key, a, s1, s2):
+        store = blurred[key]
+        for sg in (s1, s2):
+            if sg > 0 and sg not in store:
+                store[sg] = _blur(a, sg)
+        return (store[s1] if s1 > 0 else a) - store[s2]
+
+    for (s1, s2), kappa in zip(DETAIL_BANDS, DETAIL_KAPPA):
+        bs, bo = band("s", s, s1, s2), band("o", o, s1, s2)
+        S = _block_mean(bs * bs, b).ravel() + 1e-12
+        # best of the output shifted by up to DETAIL_SLACK fine px: re-rendering jitter of a few source
+        # pixels is no loss of detail (a smeared block has nothing to correlate at any shift)
+        slack = DETAIL_SLACK if s1 == 0 else 0  # the finest band only
+        bo_p = np.pad(bo, slack, mode="wrap") if slack else bo  # views of it = np.roll(bo, (dy, dx)) without copies
+        X = np.max([_block_mean(bs * bo_p[slack - dy : slack - dy + h, slack - dx : slack - dx + w], b).ravel()
+                    for dy in range(-slack, slack + 1) for dx in range(-slack, slack + 1)], axis=0)
+        O = _block_mean(bo * bo, b).ravel()
+        ls = np.log(S)
+        peers = base & (np.abs(ls[:, None] - ls[None, :]) < math.log(3.0))
+        r = X / S
+        peer_r, cnt = _peer_median(r, peers)
+        src_detail = S * (vs + DETAIL_EPS) ** 2 > floor2
+        out_detail = peer_r**2 * S * (vo + DETAIL_EPS) ** 2 > floor2
+        ok = (cnt >= DETAIL_MIN_PEERS) & ~clip & (peer_r > DETAIL_MIN_RETAINED) & src_detail & out_detail
+        unc = np.sqrt(O / S) * kappa / b
+        flagged |= ok & (r + unc < DETAIL_TAU * peer_r)
+        # featureless in the source, strongly textured in the output, unlike its peers
+        o_enc = O * (vo + DETAIL_EPS) ** 2
+        peer_o, cnt_o = _peer_median(o_enc, peers)
+        gained = (~src_detail) & ~clip & (cnt_o >= DETAIL_MIN_PEERS) & (o_enc > DETAIL_GAIN * (peer_o + floor2))
+        flagged |= gained
+    flagged = _neighbours_agree(flagged.reshape(bh, bw))
+    return float(flagged.mean()), flagged
+
+
+# ---------------------------------------------------------------- local vegetation colour change
+
+
+def _exg(log_chroma: np.ndarray) -> np.ndarray:
+    """Excess-green chromaticity 2g - r - b (r + g + b = 1) per pixel."""
+    c = np.exp(log_chroma)
+    c /= c.sum(axis=-1, keepdims=True)
+    return 2 * c[..., 1] - c[..., 0] - c[..., 2]
+
+
+def _colour_features(exg: np.ndarray, rb: np.ndarray, lum: np.ndarray) -> np.ndarray:
+    """Cubic polynomial terms of the source colour (greenness, red-blue balance, brightness) per pixel."""
+    v = [exg, rb, lum]
+    terms = [np.ones_like(exg)] + v
+    for i in range(3):
+        for j in range(i, 3):
+            terms.append(v[i] * v[j])
+            for k in range(j, 3):
+                terms.append(v[i] * v[j] * v[k])
+    return np.stack(terms, axis=-1).astype(np.float32)
+
+
+def _veg_change(src_s: np.ndarray, out_s: np.ndarray, src_lc: np.ndarray) -> tuple[float, np.ndarray, float]:
+    """Fraction of the image where the greenness changed unlike the rest of the same colour (a recoloured region).
+
+    Greenness (excess-green chromaticity) change per pixel, output minus
+    source, minus the median change of all pixels of the same source colour
+    (binned by greenness, red-blue balance and brightness): any global colour
+    edit (white balance, saturation, gamma, contrast) changes a colour the same
+    way wherever it is and cancels, while plants painted brown (or soil
+    painted green) in one region change unlike their look-alikes elsewhere.
+    The residual greenness moves each pixel's vegetation membership (the soft
+    ramp of ``_exg_cover``); a VEG_BLOCK block counts when its mean membership
+    change exceeds VEG_CHANGE_MIN (and a neighbour's does too), so hue shifts
+    of the sky or of soil that stays soil do not count.  Saturated or dark
+    pixels are skipped.  Returns (fraction of blocks, block mask, mean
+    membership change = the cover change not explained by a global colour edit).
+    """
+    # every other pixel: plenty for a smooth colour model and for VEG_BLOCK-sized blocks
+    src_s, out_s, src_lc = src_s[::2, ::2], out_s[::2, ::2], src_lc[::2, ::2]
+    exg_s = _exg(src_lc)
+    exg_o = _exg(_log_chroma(out_s))
+    lum_s, lum_o = src_s @ _LUMA, out_s @ _LUMA
+    valid = ~_clipped(src_s) & ~_clipped(out_s) & (lum_s > VEG_MIN_LUM) & (lum_o > VEG_MIN_LUM)
+    if valid.mean() < 0.05:
+        return 0.0, np.zeros((1, 1), bool), 0.0
+    c = np.exp(src_lc)
+    c /= c.sum(axis=-1, keepdims=True)
+    rb = c[..., 0] - c[..., 2]
+    feats = _colour_features(exg_s, rb, lum_s)
+    delta = (exg_o - exg_s).astype(np.float32)
+    x, y = feats[valid], delta[valid]
+    keep = np.ones(len(y), bool)
+    coef = np.zeros(feats.shape[-1], np.float32)
+    ridge = 1e-6 * np.eye(x.shape[1], dtype=np.float32)
+    for _ in range(4):  # trimmed least squares: a recoloured minority does not bend the fit
+        xk = x[keep]
+        coef = np.linalg.solve(xk.T @ xk + ridge * len(xk), xk.T @ y[keep]).astype(np.float32)
+        res = np.abs(y - x @ coef)
+        keep = res <= np.quantile(res, 0.7)
+    resid = delta - feats @ coef
+    # what counts is a change of vegetation membership (the soft cover ramp), not any hue shift
+    member_s = np.clip((exg_s - VEG_EXG_MIN) / VEG_EXG_RAMP + 0.5, 0.0, 1.0)
+    member_o = np.clip((exg_s + resid - VEG_EXG_MIN) / VEG_EXG_RAMP + 0.5, 0.0, 1.0)
+    dm = np.where(valid, member_o - member_s, 0.0)
+    blk = max(1, VEG_BLOCK // 2)
+    vb = _block_mean(valid.astype(np.float32), blk)
+    dm_mean = _block_mean(dm, blk) / np.maximum(vb, 1e-6)
+    flagged = _neighbours_agree((vb > 0.5) & (np.abs(dm_mean) > VEG_CHANGE_MIN))
+    local_delta = float(dm[valid].mean())
+    return float(flagged.mean()), flagged, local_delta
+
+
 # ---------------------------------------------------------------- public API
 
 
-def score(source: Image.Image, output: Image.Image, *, work_size=DEFAULT_WORK_SIZE) -> QCScores:
-    """Compare a source image with the raw model output; see the module docstring."""
-    work_size = (int(work_size[0]), int(work_size[1]))
-    sw, sh = source.size
-    ow, oh = output.size
-    src_rgb = _to_grid(source, work_size)
-    out_rgb = _to_grid(output, work_size)
+class _Source:
+    """The source-only part of the comparison, computed once per source image and work size (see ``_source``)."""
 
-    src_g = _structure(src_rgb)
+    def __init__(self, source: Image.Image, work_size: tuple[int, int]):
+        self.size = source.size
+        self.f = _to_grid(source, (2 * work_size[0], 2 * work_size[1]))
+        self.rgb = _half(self.f)
+        gray = self.rgb @ _LUMA
+        self.g = _structure(self.rgb)
+        self.detail = np.sqrt(_block_mean(_band(_blur(gray, 1.0), 0.0, 3.0) ** 2, BLOCK)) > STRUCT_FLOOR / 255.0
+        self.clipped_f = _clipped(self.f)
+        self.corr = _Correlator(self.g)
+        self.blurred = {}  # detail bands: sigma -> blur of the fine log-luminance, filled by _detail_change
+        self.s = _blur(self.rgb, 1.0)
+        self.lc = _log_chroma(self.s)
+        self.clipped_s = _clipped(self.s)
+
+
+#: The last few sources scored (content fingerprint -> _Source): the gate often scores one source against
+#: several outputs (raw and final variants, regenerations), and half of the work depends on the source only.
+_SOURCE_CACHE: dict = {}
+_SOURCE_CACHE_SIZE = 2
+
+
+def _source(source: Image.Image, work_size: tuple[int, int]) -> _Source:
+    if source.mode != "RGB":
+        source = source.convert("RGB")
+    key = (source.size, work_size, hashlib.blake2b(source.tobytes(), digest_size=16).digest())
+    hit = _SOURCE_CACHE.pop(key, None)
+    if hit is None:
+        hit = _Source(source, work_size)
+    _SOURCE_CACHE[key] = hit  # most recent last
+    while len(_SOURCE_CACHE) > _SOURCE_CACHE_SIZE:
+        _SOURCE_CACHE.pop(next(iter(_SOURCE_CACHE)))
+    return hit
+
+
+def score(source: Image.Image, output: Image.Image, *, work_size=DEFAULT_WORK_SIZE) -> QCScores:
+    """Compare a source image with the model's output (raw or resized back); see the module docstring."""
+    work_size = (int(work_size[0]), int(work_size[1]))
+    src = _source(source, work_size)
+    out_f = _to_grid(output, (2 * work_size[0], 2 * work_size[1]))
+    return _score_grids(src, out_f, output.size, work_size)
+
+
+def _score_grids(src: _Source, out_f, out_size, work_size) -> QCScores:
+    sw, sh = src.size
+    ow, oh = out_size
+    src_f, src_rgb = src.f, src.rgb
+    out_rgb = _half(out_f)
+    src_g = src.g
     out_g = _structure(out_rgb)
 
+    # structure similarity, counted where the source has detail and neither image is clipped
     smap = _ssim_map(src_g, out_g)
-    corr = _Correlator(src_g)
+    blocks = _block_mean(smap, BLOCK)
+    detail = src.detail
+    bad_f = src.clipped_f | _clipped(out_f)
+    unclipped = ~_clipped_blocks(src_f, out_f, 2 * BLOCK, bad_f)
+    usable = detail & unclipped
+    if usable.sum() < max(4, 0.1 * usable.size):  # (almost) featureless or blown out: judge what there is
+        usable = unclipped
+    if usable.sum() >= 4:
+        ssim = float(blocks[usable].mean())
+        limit = min(BLOCK_ABS, BLOCK_REL * float(np.median(blocks[usable])))
+        changed = float(((blocks < limit) & usable).mean())
+    else:  # saturated or black almost everywhere: no structure left to compare (the other checks still apply)
+        ssim, changed = 1.0, 0.0
+
+    corr = src.corr
     dx, dy, peak = corr.shift(out_g)
     flipped = max(
         corr.peak(out_g[:, ::-1]),
@@ -392,15 +834,24 @@ def score(source: Image.Image, output: Image.Image, *, work_size=DEFAULT_WORK_SI
 
     sx, sy = sw / work_size[0], sh / work_size[1]
     shift_x, shift_y = dx * sx, dy * sy
+    wx, wy = _affine_warp(src_g, out_g, dx, dy)
+    detail_changed, _ = _detail_change(src_f, out_f, bad_f, src.blurred)
 
-    src_s = _blur(src_rgb, 1.0)
-    src_lc = _log_chroma(src_s)
-    cover_src = _exg_cover(src_lc)
-    cover_out = _cover_after_colour_match(_blur(out_rgb, 1.0), src_s, src_lc)
+    src_s = src.s
+    out_s = _blur(out_rgb, 1.0)
+    src_lc = src.lc
+    valid = ~src.clipped_s & ~_clipped(out_s)
+    cover_src = _exg_cover(src_lc, valid)
+    veg_changed, _, local_delta = _veg_change(src_s, out_s, src_lc)
+    # the better of the per-channel colour models and the full (cubic) colour model: a global colour
+    # edit of any shape cancels; a recoloured region does not
+    cover_out = _cover_after_colour_match(out_s, src_s, src_lc, valid)
+    if abs(local_delta) < abs(cover_out - cover_src):
+        cover_out = cover_src + local_delta
 
     return QCScores(
-        ssim=float(smap.mean()),
-        changed_frac=_changed_frac(smap),
+        ssim=ssim,
+        changed_frac=changed,
         shift_x_px=shift_x,
         shift_y_px=shift_y,
         shift_px=math.hypot(shift_x, shift_y),
@@ -412,6 +863,10 @@ def score(source: Image.Image, output: Image.Image, *, work_size=DEFAULT_WORK_SI
         veg_cover_out=cover_out,
         veg_cover_delta=cover_out - cover_src,
         aspect_change=abs(math.log((ow / oh) / (sw / sh))),
+        warp_px=math.hypot(wx * sx, wy * sy),
+        warp_frac=max(wx / work_size[0], wy / work_size[1]),
+        detail_changed_frac=detail_changed,
+        veg_changed_frac=veg_changed,
         work_size=work_size,
     )
 
@@ -435,6 +890,21 @@ def judge(scores: QCScores, thresholds: dict | None = None) -> tuple[bool, list[
         reasons.append(
             f"green cover {scores.veg_cover_src:.1%} -> {scores.veg_cover_out:.1%} "
             f"(|delta| > max_veg_cover_delta {t['max_veg_cover_delta']:.1%})"
+        )
+    if scores.warp_frac > t["max_warp_frac"]:
+        reasons.append(
+            f"geometry changed (shift / rotation / zoom): corners moved up to {scores.warp_px:.1f} source px = "
+            f"{scores.warp_frac:.1%} > max_warp_frac {t['max_warp_frac']:.1%}"
+        )
+    if scores.detail_changed_frac > t["max_detail_changed_frac"]:
+        reasons.append(
+            f"local detail smeared, flattened or replaced in {scores.detail_changed_frac:.1%} of the image "
+            f"> max_detail_changed_frac {t['max_detail_changed_frac']:.1%}"
+        )
+    if scores.veg_changed_frac > t["max_veg_changed_frac"]:
+        reasons.append(
+            f"vegetation colour changed locally in {scores.veg_changed_frac:.1%} of the image "
+            f"> max_veg_changed_frac {t['max_veg_changed_frac']:.1%}"
         )
     if t["reject_mirror"] and scores.mirror:
         reasons.append(f"mirrored or rotated: flipped output matches better (score {scores.mirror_score:.2f} > 1)")
