@@ -9,8 +9,16 @@ rule prune_answers:
         run=RUN_MARK,
     output:
         touch(str(runs.run_dir(OUT, RUN_ID) / "pruned.done")),  # a new path every run: runs whenever asked for
+    log:
+        runs.run_dir(OUT, RUN_ID) / "prune_answers.log",
     localrule: True
+    params:
+        python=PYTHON,
+        script=entry_point("prune_answers.py"),
+        run_config=Path(RUN_CONFIG),
     message:
         f"Deleting used answers in {OUT}/answers (prune_mode={config['prune_mode']})"
     shell:
-        "{PYTHON:q} {workflow.basedir:q}/scripts/prune_answers.py --config-json {RUN_CONFIG:q}"
+        logged(
+            "{params.python:q} {params.script:q} --config-json {params.run_config:q}"
+        )

@@ -13,9 +13,17 @@ checkpoint batch:
         run=RUN_MARK,
     output:
         BATCH_OUTCOME,
+    log:
+        runs.run_dir(OUT, RUN_ID) / "batch.log",
     localrule: True
+    params:
+        python=PYTHON,
+        script=entry_point("batch.py"),
+        run_config=Path(RUN_CONFIG),
     message:
         "Gemini Batch API: submitting, polling and collecting (see augment.log)"
     shell:
-        "{PYTHON:q} {workflow.basedir:q}/scripts/batch.py --config-json {RUN_CONFIG:q}"
-        " --targets {input.targets:q} --output {output:q}"
+        logged(
+            "{params.python:q} {params.script:q} --config-json {params.run_config:q}"
+            " --targets {input.targets:q} --output {output:q}"
+        )

@@ -20,14 +20,44 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from snakemake.utils import validate
 
 from nano_banana_aug import config as cfgmod
-from nano_banana_aug import layout, manifest as manifest_mod, planning, recovery, regen, runlog, runs
+from nano_banana_aug import (
+    layout,
+    manifest as manifest_mod,
+    planning,
+    recovery,
+    regen,
+    runlog,
+    runs,
+)
 from nano_banana_aug.errors import UserError
 from nano_banana_aug.targets import BAD_ID_PROBLEM, check_source, read_targets
 
 RUN_START = time.time()
 MAIN = workflow.is_main_process
-RUN_ID = runs.run_id_for(MAIN)  # new in the main process; inherited by cluster job steps
-PYTHON = sys.executable  # jobs run with the interpreter that runs Snakemake
+# `snakemake --lint` only inspects the rules (Snakemake skips its own envvars check then):
+# no key, no train.csv and no recovery needed
+INSPECT_ONLY = not getattr(workflow, "check_envvars", True)
+# new in the main process; inherited by cluster job steps
+RUN_ID = runs.run_id_for(MAIN)
+# Jobs run with the interpreter that runs Snakemake: one environment for the workflow
+# and its jobs (no per-rule conda/container; README "Lint and formatting").
+# Shell commands get it, their entry point and the run's config through params:, as
+# pathlib.Path objects: Snakemake records no such value as a parameter, so a new
+# run's config file (or a moved checkout or venv) is never a "changed parameter",
+# whatever --rerun-triggers says.
+PYTHON = Path(sys.executable)
+
+
+def entry_point(name):
+    """scripts/<name> of this checkout, for a rule's params."""
+    return Path(workflow.basedir) / "scripts" / name
+
+
+def logged(command):
+    """`command` with its stderr also written to the job's log file. Its output still
+    reaches the terminal as before (stdout as stdout, stderr as stderr), and the job
+    ends when the command ends (a pipeline, not a background process)."""
+    return f"exec 3>&1; {command} 2>&1 >&3 3>&- | tee {{log:q}} >&2"
 
 
 def stop(message):
@@ -42,11 +72,12 @@ try:
     cfgmod.check_config(config)
     validate(config, str(cfgmod.SCHEMA_PATH))
     cfgmod.finalise(config)
-    if MAIN and cfgmod.is_paid(config):
+    if MAIN and not INSPECT_ONLY and cfgmod.is_paid(config):
         from nano_banana_aug.keys import check_base_url, load_api_key
 
         check_base_url(config["api"]["base_url"])
-        load_api_key(config, Path.cwd())  # fails early naming the file/variable; the key is not kept
+        # fails early naming the file/variable; the key is not kept
+        load_api_key(config, Path.cwd())
 except UserError as exc:
     stop(str(exc))
 
@@ -57,13 +88,19 @@ DATA_ROOT = config["data"]["data_root"]
 TRAIN_CSV = str(cfgmod.train_csv_path(config))
 PIPE = layout.pipeline_dir(OUT)
 LOG_DIR = PIPE / "logs"
-RUN_CONFIG = str(runs.config_path(OUT, RUN_ID))  # this run's effective config, written by start_run
-RUN_MARK = str(runs.start_mark(OUT, RUN_ID))  # new every run: what must run every time depends on it
+# this run's effective config, written by start_run
+RUN_CONFIG = str(runs.config_path(OUT, RUN_ID))
+# new every run: what must run every time depends on it
+RUN_MARK = str(runs.start_mark(OUT, RUN_ID))
 BATCH = PAID and config["api"]["mode"] == "batch"
-BATCH_OUTCOME = str(runs.run_dir(OUT, RUN_ID) / "batch_outcome.json")  # the batch checkpoint's output
+# the batch checkpoint's output
+BATCH_OUTCOME = str(runs.run_dir(OUT, RUN_ID) / "batch_outcome.json")
 TARGETS_CSV = str(layout.targets_table(OUT))
-TARGET_SETTINGS = {k: config["data"][k] for k in ("data_root", "train_csv", "primary_targets")}
-SETTINGS_JSON = str(layout.settings_file(OUT, TARGET_SETTINGS))  # a new file when they change
+TARGET_SETTINGS = {
+    k: config["data"][k] for k in ("data_root", "train_csv", "primary_targets")
+}
+# a new file when they change
+SETTINGS_JSON = str(layout.settings_file(OUT, TARGET_SETTINGS))
 MANIFEST = f"{OUT}/{config['data']['manifest']}"
 SUMMARY = f"{OUT}/report/summary.html"  # for snakemake --report
 AUG_NAMES = [a["name"] for a in config["augmentations"]]
@@ -78,7 +115,10 @@ API_SLOTS_PER_JOB = 1 if PAID else 0
 # worst case of one generate job: every attempt times out after the longest wait
 _api = config["api"]
 GENERATE_RUNTIME_MIN = 5 + int(
-    (1 + int(config["qc"]["auto_regenerate"])) * _api["max_retries"] * (_api["timeout_s"] + _api["max_retry_wait_s"]) / 60
+    (1 + int(config["qc"]["auto_regenerate"]))
+    * _api["max_retries"]
+    * (_api["timeout_s"] + _api["max_retry_wait_s"])
+    / 60
 )
 API_RESOURCE_SET_BY_USER = "api" in workflow.global_resources
 if not API_RESOURCE_SET_BY_USER:
@@ -99,12 +139,19 @@ wildcard_constraints:
     k=r"\d+",
 
 
-if MAIN:
-    runs.keep_other_runs_locks()  # Snakemake would delete a live run's locks when this invocation ends
+if MAIN and not INSPECT_ONLY:
+    # Snakemake would delete a live run's locks when this invocation ends
+    runs.keep_other_runs_locks()
     if not Path(TRAIN_CSV).is_file():
-        stop(f"{TRAIN_CSV}: train.csv not found (data.data_root={DATA_ROOT!r}, data.train_csv={config['data']['train_csv']!r})")
+        stop(
+            f"{TRAIN_CSV}: train.csv not found (data.data_root={DATA_ROOT!r}, data.train_csv={config['data']['train_csv']!r})"
+        )
     try:  # after a hard kill: locks of a dead run, once its orphaned jobs are gone
-        recovery.recover(OUT, orphan_wait_s=60 * GENERATE_RUNTIME_MIN, say=lambda m: print(m, file=sys.stderr))
+        recovery.recover(
+            OUT,
+            orphan_wait_s=60 * GENERATE_RUNTIME_MIN,
+            say=lambda m: print(m, file=sys.stderr),
+        )
     except UserError as exc:
         stop(str(exc))
 
@@ -116,11 +163,17 @@ _state = {"started": False, "plan_lines": None}
 def forced_stems():
     """Outputs named by -f / --forcerun FILE (Snakemake's own options)."""
     ds = workflow.dag_settings
-    named = set(ds.forcerun or ()) | (set(ds.targets or ()) if ds.forcetargets else set())
+    named = set(ds.forcerun or ()) | (
+        set(ds.targets or ()) if ds.forcetargets else set()
+    )
     out = os.path.abspath(OUT)
     stems = []
     for name in named:
-        key = layout.parse_stem(name) if os.path.dirname(os.path.abspath(name)) == out else None
+        key = (
+            layout.parse_stem(name)
+            if os.path.dirname(os.path.abspath(name)) == out
+            else None
+        )
         if key is not None and str(name).endswith(f".{EXT}"):
             stems.append(layout.stem(*key))
     return stems
@@ -133,14 +186,26 @@ def active_requests():
         rejected, stale = [], []
         if config["redo_rejected"] or "stale" in config["regenerate"]:
             records = manifest_mod.collect(OUT, DATA_ROOT)
-            rejected = [layout.stem(r.image_id, r.aug_name, r.variant_idx) for r in records if r.status == "rejected"]
+            rejected = [
+                layout.stem(r.image_id, r.aug_name, r.variant_idx)
+                for r in records
+                if r.status == "rejected"
+            ]
             manifest_mod.mark_current(records, config)
-            stale = [layout.stem(r.image_id, r.aug_name, r.variant_idx) for r in records
-                     if r.stale == "model/prompt" and r.status in ("success", "rejected")]
-        asked = regen.wanted(regenerate=[a for a in config["regenerate"] if a != "stale"],
-                             redo_rejected=config["redo_rejected"], rejected_stems=rejected, forceall=ds.forceall,
-                             forcerun=ds.forcerun, forced_stems=forced_stems(),
-                             stale_stems=stale if "stale" in config["regenerate"] else None)
+            stale = [
+                layout.stem(r.image_id, r.aug_name, r.variant_idx)
+                for r in records
+                if r.stale == "model/prompt" and r.status in ("success", "rejected")
+            ]
+        asked = regen.wanted(
+            regenerate=[a for a in config["regenerate"] if a != "stale"],
+            redo_rejected=config["redo_rejected"],
+            rejected_stems=rejected,
+            forceall=ds.forceall,
+            forcerun=ds.forcerun,
+            forced_stems=forced_stems(),
+            stale_stems=stale if "stale" in config["regenerate"] else None,
+        )
         _state["requests"] = regen.resolve(OUT, asked)
     return _state["requests"]
 
@@ -148,8 +213,11 @@ def active_requests():
 def run_intent():
     reqs = active_requests()
     return planning.RunIntent(
-        paid=PAID, requests=reqs, done={r.id: regen.done_stems(OUT, r) for r in reqs if r.id},
-        rederive=config["rederive"], retry_blocked=config["retry_blocked"],
+        paid=PAID,
+        requests=reqs,
+        done={r.id: regen.done_stems(OUT, r) for r in reqs if r.id},
+        rederive=config["rederive"],
+        retry_blocked=config["retry_blocked"],
         max_total_attempts=int(config["api"]["max_total_attempts"]),
     )
 
@@ -162,9 +230,13 @@ def load_targets():
     """The checkpoint's table, read once per Snakemake process (after the
     checkpoint has run, its output is final for this run)."""
     if "list" not in _targets_cache:
-        if workflow.touch and not (Path(TARGETS_CSV).is_file() and Path(TARGETS_CSV).stat().st_size > 0):
-            stop(f"--touch only marks outputs that exist as up to date; {TARGETS_CSV} (checkpoint `targets`) "
-                 "was never made here: run the pipeline once without --touch first")
+        if workflow.touch and not (
+            Path(TARGETS_CSV).is_file() and Path(TARGETS_CSV).stat().st_size > 0
+        ):
+            stop(
+                f"--touch only marks outputs that exist as up to date; {TARGETS_CSV} (checkpoint `targets`) "
+                "was never made here: run the pipeline once without --touch first"
+            )
         path = checkpoints.targets.get().output[0]
         targets = read_targets(path)
         _targets_cache.update(list=targets, by_id={t.image_id: t for t in targets})
@@ -186,14 +258,21 @@ def get_all_outputs(wildcards=None):
         targets = selected_targets()
         # an image id that cannot name a file gets no job (the checkpoint recorded failed rows for it)
         named = [t for t in targets if not t.problem.startswith(BAD_ID_PROBLEM)]
-        for t in named:  # sources found unusable by the checkpoint are checked again (they may be fixed)
+        # sources found unusable by the checkpoint are checked again (they may be fixed)
+        for t in named:
             if t.problem:
                 t.problem = check_source(DATA_ROOT, t.image_path, decode=True)[1]
-        _outputs["all"] = [f"{OUT}/{t.image_id}__{aug}__v{k}.{EXT}" for t in named for aug in AUG_NAMES
-                           for k in range(NUM_IMAGES[aug])]
+        _outputs["all"] = [
+            f"{OUT}/{t.image_id}__{aug}__v{k}.{EXT}"
+            for t in named
+            for aug in AUG_NAMES
+            for k in range(NUM_IMAGES[aug])
+        ]
         if MAIN:
             cap_cluster_jobs()
-            plan, trigger = planning.survey(OUT, EXT, named, NUM_IMAGES, run_intent(), read_sidecar)
+            plan, trigger = planning.survey(
+                OUT, EXT, named, NUM_IMAGES, run_intent(), read_sidecar
+            )
             _outputs.update(plan=plan, trigger=trigger)
             report_plan(plan, targets)
     return _outputs["all"]
@@ -211,7 +290,11 @@ def get_manifest_outputs(wildcards=None):
     pending = {s for s, o in outcome.items() if o.get("status") == "pending"}
     if not pending:
         return outputs
-    return [p for p in outputs if Path(p).name.rsplit(".", 1)[0] not in pending or Path(p).exists()]
+    return [
+        p
+        for p in outputs
+        if Path(p).name.rsplit(".", 1)[0] not in pending or Path(p).exists()
+    ]
 
 
 def read_sidecar(stem):
@@ -234,10 +317,14 @@ def get_generate_trigger(wildcards):
     stem = layout.stem(wildcards.image_id, wildcards.aug, wildcards.k)
     if stem not in _outputs.get("trigger", ()):
         return []
-    if BATCH:  # an existing output whose new answer is still in a running batch: keep it for now
+    # an existing output whose new answer is still in a running batch: keep it for now
+    if BATCH:
         from nano_banana_aug.batch import read_outcome
 
-        if read_outcome(checkpoints.batch.get().output[0]).get(stem, {}).get("status") == "pending":
+        if (
+            read_outcome(checkpoints.batch.get().output[0]).get(stem, {}).get("status")
+            == "pending"
+        ):
             return []
     return [RUN_MARK]
 
@@ -267,7 +354,8 @@ def get_final_targets(wildcards):
 def report_plan(plan, targets):
     n = len(plan.actions)
     done = plan.count("done")
-    todo = n - done  # every job that will run: paid, rebuilt from the store, or failing without a call
+    # every job that will run: paid, rebuilt from the store, or failing without a call
+    todo = n - done
     calls, free = plan.count("call"), plan.count("store", "rederive")
     waiting = 0
     if BATCH:  # already submitted by an earlier run: collected, not paid again
@@ -284,50 +372,80 @@ def report_plan(plan, targets):
     ]
     intent = run_intent()
     for r in intent.requests:
-        scope = [s for s, d in plan.actions.items() if r.matches(s, layout.parse_stem(s)[1])]
+        scope = [
+            s for s, d in plan.actions.items() if r.matches(s, layout.parse_stem(s)[1])
+        ]
         if r.id:
             already = len(intent.done.get(r.id, set()) & set(scope))
-            lines.append(f"plan: {r.what}: resuming the request of {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created))}"
-                         f" ({already} of {len(scope)} outputs already regenerated, not paid again)")
+            lines.append(
+                f"plan: {r.what}: resuming the request of {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.created))}"
+                f" ({already} of {len(scope)} outputs already regenerated, not paid again)"
+            )
         else:
-            lines.append(f"plan: {r.what}: {len(scope)} outputs to regenerate (a new request)")
+            lines.append(
+                f"plan: {r.what}: {len(scope)} outputs to regenerate (a new request)"
+            )
     if PAID:
         unit = float(config["api"]["pricing"]["image_usd_per_call"])
         if BATCH:
             unit *= float(config["api"]["pricing"]["batch_factor"])
         est = calls * unit
         if calls and BATCH:
-            lines.append(f"plan: {calls} paid answers through the Gemini Batch API, estimated ${est:.2f} "
-                         f"(${unit:.4f} each; ${calls * float(config['api']['pricing']['image_usd_per_call']):.2f} synchronously)")
+            lines.append(
+                f"plan: {calls} paid answers through the Gemini Batch API, estimated ${est:.2f} "
+                f"(${unit:.4f} each; ${calls * float(config['api']['pricing']['image_usd_per_call']):.2f} synchronously)"
+            )
         elif calls:
-            lines.append(f"plan: {calls} paid calls (more if retried), estimated ${est:.2f}")
+            lines.append(
+                f"plan: {calls} paid calls (more if retried), estimated ${est:.2f}"
+            )
         if waiting:
-            lines.append(f"plan: {waiting} answers awaited from batches submitted earlier (paid once, collected now)")
+            lines.append(
+                f"plan: {waiting} answers awaited from batches submitted earlier (paid once, collected now)"
+            )
         if free:
             lines.append(f"plan: {free} outputs built from stored answers (0 calls)")
         api = config["api"]
         if calls and (api["max_calls"] is not None or api["max_cost_usd"] is not None):
-            limits = [f"max_calls={api['max_calls']}" if api["max_calls"] is not None else "",
-                      f"max_cost_usd=${api['max_cost_usd']:.2f}" if api["max_cost_usd"] is not None else ""]
-            lines.append(f"plan: budget of this run: {' '.join(x for x in limits if x)}; "
-                         "targets past it are recorded as over_budget and left for the next run")
+            limits = [
+                f"max_calls={api['max_calls']}" if api["max_calls"] is not None else "",
+                (
+                    f"max_cost_usd=${api['max_cost_usd']:.2f}"
+                    if api["max_cost_usd"] is not None
+                    else ""
+                ),
+            ]
+            lines.append(
+                f"plan: budget of this run: {' '.join(x for x in limits if x)}; "
+                "targets past it are recorded as over_budget and left for the next run"
+            )
     stale = stale_counts()
     if stale.get("model/prompt") or stale.get("postprocess") or stale.get("orphaned"):
-        lines.append(f"plan: outputs that differ from the config: {stale.get('model/prompt', 0)} made with another "
-                     f"provider/model/prompt (regenerate=stale pays for them), {stale.get('postprocess', 0)} only in "
-                     f"post-processing (rederive=true rebuilds them for free), {stale.get('orphaned', 0)} of "
-                     "augmentations or variants no longer in the config (orphaned: kept, never joined into training)")
+        lines.append(
+            f"plan: outputs that differ from the config: {stale.get('model/prompt', 0)} made with another "
+            f"provider/model/prompt (regenerate=stale pays for them), {stale.get('postprocess', 0)} only in "
+            f"post-processing (rederive=true rebuilds them for free), {stale.get('orphaned', 0)} of "
+            "augmentations or variants no longer in the config (orphaned: kept, never joined into training)"
+        )
     blocked = plan.count("blocked")
     if blocked:
-        lines.append(f"plan: {blocked} outputs blocked after api.max_total_attempts failed attempts, not retried "
-                     "(--config retry_blocked=true to try again)")
+        lines.append(
+            f"plan: {blocked} outputs blocked after api.max_total_attempts failed attempts, not retried "
+            "(--config retry_blocked=true to try again)"
+        )
     if config["plan_only"]:
         lines.append("plan: plan_only=true: nothing is generated")
     for t in targets:
         if t.problem.startswith(BAD_ID_PROBLEM):
-            lines.append(f"plan: train.csv line {t.row}: {t.problem} (recorded as failed rows, no job)")
-    for t in sorted({t.image_id: t for t in plan.problems.values()}.values(), key=lambda t: t.row):
-        lines.append(f"plan: unusable source, train.csv line {t.row}, image {t.image_id}: {t.problem}")
+            lines.append(
+                f"plan: train.csv line {t.row}: {t.problem} (recorded as failed rows, no job)"
+            )
+    for t in sorted(
+        {t.image_id: t for t in plan.problems.values()}.values(), key=lambda t: t.row
+    ):
+        lines.append(
+            f"plan: unusable source, train.csv line {t.row}, image {t.image_id}: {t.problem}"
+        )
     for line in lines:
         print(line, file=sys.stderr)
     if _state["started"]:
@@ -339,7 +457,8 @@ def report_plan(plan, targets):
 # ---- start and end of a run (only the run that holds Snakemake's lock) ----
 def start_run():
     """onstart: this run's private config, owner record and requests; legacy adoption."""
-    if PAID:  # locks that do not hold where the jobs run: refuse before anything is paid
+    # locks that do not hold where the jobs run: refuse before anything is paid
+    if PAID:
         from nano_banana_aug import locks
 
         try:
@@ -348,9 +467,11 @@ def start_run():
             stop(str(exc))
         reason = "" if workflow.local_exec else locks.node_local_reason(OUT)
         if reason:
-            stop(f"{reason}: jobs on different nodes could not see each other's target locks and budget ledger "
-                 "and could pay twice. Put data.output_dir on a filesystem with cluster-wide locks, or run on one "
-                 "machine (the local executor)")
+            stop(
+                f"{reason}: jobs on different nodes could not see each other's target locks and budget ledger "
+                "and could pay twice. Put data.output_dir on a filesystem with cluster-wide locks, or run on one "
+                "machine (the local executor)"
+            )
     reqs = regen.save_new(OUT, active_requests(), RUN_ID, now=RUN_START)
     effective = {
         **config,
@@ -365,7 +486,9 @@ def start_run():
     runs.write_run_config(effective, RUN_CONFIG)
     lockfiles = getattr(workflow.persistence, "_lockfile", {}).values()
     runs.record_owner(RUN_ID, OUT, lockfiles)
-    manifest_mod.adopt_legacy(OUT, DATA_ROOT, MANIFEST, qc_cfg=config["qc"], sources=legacy_sources())
+    manifest_mod.adopt_legacy(
+        OUT, DATA_ROOT, MANIFEST, qc_cfg=config["qc"], sources=legacy_sources()
+    )
     recovery.remove_stale_temporaries([OUT, layout.sidecar_dir(OUT)])
     _state["started"] = True
     if _state["plan_lines"]:
@@ -374,8 +497,10 @@ def start_run():
 
 def legacy_sources():
     """image_id -> image_path of train.csv, for QC of adopted legacy outputs (only read when there are any)."""
-    if not Path(MANIFEST).exists() and not any(p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
-                                               for p in Path(OUT).glob("*__*__v*.*")):
+    if not Path(MANIFEST).exists() and not any(
+        p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
+        for p in Path(OUT).glob("*__*__v*.*")
+    ):
         return {}
     from nano_banana_aug.targets import read_train_csv
 
@@ -383,7 +508,9 @@ def legacy_sources():
         df = read_train_csv(TRAIN_CSV)
     except UserError:
         return {}
-    return dict(zip(df["sample_id"].astype(str).str.split("__").str[0], df["image_path"]))
+    return dict(
+        zip(df["sample_id"].astype(str).str.split("__").str[0], df["image_path"])
+    )
 
 
 def write_start_mark(path):
@@ -401,7 +528,9 @@ def finish_run(failed):
     runs.forget_owner(RUN_ID)
     try:
         if failed or manifest_mod.is_stale(OUT, config["data"]["manifest"]):
-            _, records = manifest_mod.build(OUT, DATA_ROOT, config["data"]["manifest"], cfg=config)
+            _, records = manifest_mod.build(
+                OUT, DATA_ROOT, config["data"]["manifest"], cfg=config
+            )
             rows = [r.to_row() for r in records]
         else:  # the manifest job just wrote it: read one file, not every sidecar again
             rows = manifest_mod.read_csv_rows(MANIFEST)
@@ -410,7 +539,9 @@ def finish_run(failed):
         return
     close_requests(rows)
     num = lambda v: float(v) if v not in (None, "") else 0.0
-    this_run = [r for r in rows if num(r["ts"]) >= RUN_START and r["origin"] == "generated"]
+    this_run = [
+        r for r in rows if num(r["ts"]) >= RUN_START and r["origin"] == "generated"
+    ]
     counts, total = {}, {}
     for r in this_run:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -430,8 +561,10 @@ def finish_run(failed):
         if BATCH:
             summary += f"; {ledger['calls']} paid answers (Gemini Batch API; {per} per successful output)"
         else:
-            summary += (f"; {ledger['calls']} calls made ({ledger.get('billable', 0)} billable answers,"
-                        f" {per} calls per successful output)")
+            summary += (
+                f"; {ledger['calls']} calls made ({ledger.get('billable', 0)} billable answers,"
+                f" {per} calls per successful output)"
+            )
         summary += f", estimated ${ledger['cost_usd']:.2f}"
         if reused:
             summary += f"; {reused} built from stored answers (0 calls)"
@@ -449,7 +582,9 @@ def finish_run(failed):
         if counts.get("failed") or counts.get("blocked"):
             summary += "; failed targets are listed in the manifest (status failed); run the same command again to retry only them"
         else:
-            summary += "; some jobs did not finish; run the same command again to continue"
+            summary += (
+                "; some jobs did not finish; run the same command again to continue"
+            )
     print(summary, file=sys.stderr)
     runlog.message(config, summary)
 
@@ -503,9 +638,21 @@ def close_requests(rows):
     reqs = [r for r in _state.get("requests") or () if r.id and r.finished is None]
     if not reqs or "list" not in _targets_cache:
         return
-    stems = {layout.stem(t.image_id, a, k) for t in selected_targets() for a in AUG_NAMES for k in range(NUM_IMAGES[a])}
-    by_stem = {layout.stem(r["image_id"], r["aug_name"], int(r["variant_idx"])): r for r in rows}
-    excused = {s for s, r in by_stem.items() if r["status"] == "blocked" or r.get("error_reason") == "BAD_SOURCE"}
+    stems = {
+        layout.stem(t.image_id, a, k)
+        for t in selected_targets()
+        for a in AUG_NAMES
+        for k in range(NUM_IMAGES[a])
+    }
+    by_stem = {
+        layout.stem(r["image_id"], r["aug_name"], int(r["variant_idx"])): r
+        for r in rows
+    }
+    excused = {
+        s
+        for s, r in by_stem.items()
+        if r["status"] == "blocked" or r.get("error_reason") == "BAD_SOURCE"
+    }
     for req in reqs:
         scope = {s for s in stems if req.matches(s, layout.parse_stem(s)[1])}
         regen.finish_if_complete(OUT, req, scope, excused)

@@ -13,9 +13,18 @@ rule report_gallery:
         # a new path every run: the gallery is rebuilt whenever asked for
         # ({OUT}/gallery/index.html and contact_sheet.png are written beside)
         touch(str(runs.run_dir(OUT, RUN_ID) / "gallery.done")),
+    log:
+        runs.run_dir(OUT, RUN_ID) / "gallery.log",
     localrule: True
+    params:
+        python=PYTHON,
+        manifest_script=entry_point("build_manifest.py"),
+        gallery_script=entry_point("build_gallery.py"),
+        run_config=Path(RUN_CONFIG),
     message:
         f"Writing the review gallery {OUT}/gallery/index.html"
     shell:
-        "{PYTHON:q} {workflow.basedir:q}/scripts/build_manifest.py --config-json {RUN_CONFIG:q}"
-        " && {PYTHON:q} {workflow.basedir:q}/scripts/build_gallery.py --config-json {RUN_CONFIG:q}"
+        logged(
+            "({params.python:q} {params.manifest_script:q} --config-json {params.run_config:q}"
+            " && {params.python:q} {params.gallery_script:q} --config-json {params.run_config:q})"
+        )

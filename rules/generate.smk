@@ -15,10 +15,19 @@ rule generate:
         trigger=GENERATE_TRIGGER,  # this run's start mark, for outputs that must be redone now
     output:
         update(f"{OUT}/{{image_id}}__{{aug}}__v{{k}}.{EXT}"),
+    log:
+        f"{LOG_DIR}/generate/{{image_id}}__{{aug}}__v{{k}}.log",
     resources:
         api=API_SLOTS_PER_JOB,
         runtime=GENERATE_RUNTIME_MIN,  # minutes, for cluster schedulers
         mem_mb=1500,
+    params:
+        python=PYTHON,
+        script=entry_point("generate.py"),
+        run_config=Path(RUN_CONFIG),
     shell:
-        "{PYTHON:q} {workflow.basedir:q}/scripts/generate.py --config-json {RUN_CONFIG:q} --targets {TARGETS_CSV:q}"
-        " --image-id {wildcards.image_id:q} --aug {wildcards.aug:q} --variant {wildcards.k} --output {output:q}"
+        logged(
+            "{params.python:q} {params.script:q} --config-json {params.run_config:q}"
+            " --targets {input.targets:q} --image-id {wildcards.image_id:q} --aug {wildcards.aug:q}"
+            " --variant {wildcards.k} --output {output:q}"
+        )

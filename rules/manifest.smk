@@ -10,11 +10,19 @@ rule manifest:
         outputs=get_manifest_outputs,
     output:
         MANIFEST,
+    log:
+        LOG_DIR / "manifest.log",
     localrule: True
+    params:
+        python=PYTHON,
+        script=entry_point("build_manifest.py"),
+        run_config=Path(RUN_CONFIG),
     message:
         "Rebuilding {output} from the sidecars"
     shell:
-        "{PYTHON:q} {workflow.basedir:q}/scripts/build_manifest.py --config-json {RUN_CONFIG:q}"
+        logged(
+            "{params.python:q} {params.script:q} --config-json {params.run_config:q}"
+        )
 
 
 # The run summary for `snakemake --report report.html`: counts, cost, QC score
@@ -24,6 +32,15 @@ rule summary:
         MANIFEST,
     output:
         report(SUMMARY, category="Run summary", caption="../report/summary.rst"),
+    log:
+        LOG_DIR / "summary.log",
     localrule: True
+    params:
+        python=PYTHON,
+        script=entry_point("build_summary.py"),
+        run_config=Path(RUN_CONFIG),
     shell:
-        "{PYTHON:q} {workflow.basedir:q}/scripts/build_summary.py --config-json {RUN_CONFIG:q} --output {output:q}"
+        logged(
+            "{params.python:q} {params.script:q} --config-json {params.run_config:q}"
+            " --output {output:q}"
+        )

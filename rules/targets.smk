@@ -20,7 +20,12 @@ checkpoint targets:
     log:
         LOG_DIR / "targets.log",
     localrule: True
+    params:
+        python=PYTHON,
+        script=entry_point("make_targets.py"),
+        run_config=Path(RUN_CONFIG),
     message:
         "Reading {input.csv}: images with every primary target"
     shell:
-        "{PYTHON:q} {workflow.basedir:q}/scripts/make_targets.py --config-json {RUN_CONFIG:q} --output {output:q} 2>&1 | tee {log:q}"
+        "{params.python:q} {params.script:q} --config-json {params.run_config:q}"
+        " --output {output:q} 2>&1 | tee {log:q}"
