@@ -109,3 +109,15 @@ def test_stale_temporaries_removed(tmp_path):
     (tmp_path / "keep.png").write_bytes(b"3")
     assert recovery.remove_stale_temporaries([tmp_path, tmp_path / "missing"]) == 1
     assert not old.exists() and new.exists() and (tmp_path / "keep.png").exists()
+
+
+def test_a_locked_job_removes_its_own_temporaries_whatever_their_age(tmp_path):
+    out = tmp_path / "ID1__sun__v0.png"
+    fresh = tmp_path / ".ID1__sun__v0.png.abc123.tmp"  # a job killed a moment ago, mid-write
+    other = tmp_path / ".ID1__sun__v1.png.abc123.tmp"  # another target's: not ours
+    odd = tmp_path / "[x]"  # glob characters in a name are taken literally
+    for p in (fresh, other):
+        p.write_bytes(b"partial")
+    (tmp_path / ".[x].q.tmp").write_bytes(b"partial")
+    assert recovery.remove_own_temporaries([out, odd]) == 2
+    assert not fresh.exists() and other.exists() and not (tmp_path / ".[x].q.tmp").exists()

@@ -42,7 +42,7 @@ import traceback
 from pathlib import Path
 
 from . import config as config_mod
-from . import governor, imaging, layout, locks, planning, postprocess, regen, runlog, sidecar
+from . import governor, imaging, layout, locks, planning, postprocess, recovery, regen, runlog, sidecar
 from .answers import AnswerStore, clear_recheck, mark_recheck, unconsumed
 from .errors import UserError
 from .sidecar import Record
@@ -474,6 +474,7 @@ def _run_locked(cfg, targets_csv, image_id, aug_name, variant_idx, output: Path)
     data_root = cfg["data"]["data_root"]
     stem = layout.stem(image_id, aug_name, variant_idx)
     side = layout.sidecar_path(out_dir, image_id, aug_name, variant_idx)
+    recovery.remove_own_temporaries([output, side])  # left by a job killed while writing them
     record = Record(image_id, aug_name, variant_idx, image_path=layout.relative_to_root(output, data_root),
                     host=socket.gethostname(), slurm_job_id=os.environ.get("SLURM_JOB_ID", ""))
     try:

@@ -23,6 +23,7 @@ Dry-runs go through this too; it never removes anything a live run uses.
 from __future__ import annotations
 
 import base64
+import glob
 import os
 import time
 from pathlib import Path
@@ -130,4 +131,19 @@ def remove_stale_temporaries(directories, older_than_s: float = 600.0) -> int:
                 if entry.stat().st_mtime < cutoff:
                     Path(entry.path).unlink(missing_ok=True)
                     removed += 1
+    return removed
+
+
+def remove_own_temporaries(paths) -> int:
+    """Delete the temporaries (``.<name>.*.tmp``) of these files, whatever their age.
+
+    For a job that holds its target's lock: no one else can be writing them, so
+    what is there was left by a killed job (the age guard of
+    remove_stale_temporaries is for the run-wide sweep, which holds no lock)."""
+    removed = 0
+    for path in paths:
+        path = Path(path)
+        for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
     return removed
