@@ -30,6 +30,8 @@ from nano_banana_aug import (
     runs,
 )
 from nano_banana_aug.errors import UserError
+from nano_banana_aug import targets as targets_mod
+from nano_banana_aug.snakemake_patches import fast_pipe_input_lookup
 from nano_banana_aug.targets import BAD_ID_PROBLEM, check_source, read_targets
 
 RUN_START = time.time()
@@ -96,6 +98,13 @@ BATCH = PAID and config["api"]["mode"] == "batch"
 # the batch checkpoint's output
 BATCH_OUTCOME = str(runs.run_dir(OUT, RUN_ID) / "batch_outcome.json")
 TARGETS_CSV = str(layout.targets_table(OUT))
+# Snakemake's --batch all_outputs=i/n (a very large data set in slices): it drops the
+# jobs behind a checkpoint when it batches, so a batched run takes the targets table an
+# earlier run made (checked at start) instead of depending on the checkpoint.
+DAG_BATCH = targets_mod.dag_batch_arg(sys.argv) if MAIN else None
+TARGETS_INPUT = [] if DAG_BATCH is not None else ancient(TARGETS_CSV)
+# the aggregate over every output: new every run, so each --batch slice has one to make
+ALL_OUTPUTS = str(runs.run_dir(OUT, RUN_ID) / "all_outputs.done")
 TARGET_SETTINGS = {
     k: config["data"][k] for k in ("data_root", "train_csv", "primary_targets")
 }
@@ -142,6 +151,8 @@ wildcard_constraints:
 if MAIN and not INSPECT_ONLY:
     # Snakemake would delete a live run's locks when this invocation ends
     runs.keep_other_runs_locks()
+    # Snakemake's job preparation is quadratic in a job's inputs (the aggregate over 10^5 outputs)
+    fast_pipe_input_lookup()
     if not Path(TRAIN_CSV).is_file():
         stop(
             f"{TRAIN_CSV}: train.csv not found (data.data_root={DATA_ROOT!r}, data.train_csv={config['data']['train_csv']!r})"
@@ -154,6 +165,20 @@ if MAIN and not INSPECT_ONLY:
         )
     except UserError as exc:
         stop(str(exc))
+    if DAG_BATCH is not None:
+        try:
+            targets_mod.check_dag_batch(
+                DAG_BATCH,
+                TARGETS_CSV,
+                TRAIN_CSV,
+                SETTINGS_JSON,
+                " ".join(
+                    f"--configfile {layout.relative_to_root(c, os.getcwd())}"
+                    for c in workflow.overwrite_configfiles
+                ),
+            )
+        except UserError as exc:
+            stop(str(exc))
 
 
 # ---- what this run was asked to regenerate (read-only until start_run) ----
@@ -237,7 +262,10 @@ def load_targets():
                 f"--touch only marks outputs that exist as up to date; {TARGETS_CSV} (checkpoint `targets`) "
                 "was never made here: run the pipeline once without --touch first"
             )
-        path = checkpoints.targets.get().output[0]
+        if DAG_BATCH is not None:
+            path = TARGETS_CSV  # checked by check_dag_batch at start
+        else:
+            path = checkpoints.targets.get().output[0]
         targets = read_targets(path)
         _targets_cache.update(list=targets, by_id={t.image_id: t for t in targets})
     return _targets_cache

@@ -11,7 +11,8 @@
 
 rule generate:
     input:
-        targets=ancient(TARGETS_CSV),  # the checkpoint's table (the job reads its row; never a rerun trigger)
+        # the checkpoint's table (the job reads its row; never a rerun trigger)
+        targets=TARGETS_INPUT,
         trigger=GENERATE_TRIGGER,  # this run's start mark, for outputs that must be redone now
     output:
         update(f"{OUT}/{{image_id}}__{{aug}}__v{{k}}.{EXT}"),
@@ -25,9 +26,10 @@ rule generate:
         python=PYTHON,
         script=entry_point("generate.py"),
         run_config=Path(RUN_CONFIG),
+        table=Path(TARGETS_CSV),
     shell:
         logged(
             "{params.python:q} {params.script:q} --config-json {params.run_config:q}"
-            " --targets {input.targets:q} --image-id {wildcards.image_id:q} --aug {wildcards.aug:q}"
+            " --targets {params.table:q} --image-id {wildcards.image_id:q} --aug {wildcards.aug:q}"
             " --variant {wildcards.k} --output {output:q}"
         )

@@ -3,11 +3,22 @@
 # even when some generate jobs failed (this rule then cannot run).
 
 
+# Every output of this run's plan (new every run). Snakemake's --batch slices the
+# DAG over this rule's inputs: --batch all_outputs=1/N ... N/N (README "Very large
+# data sets").
+rule all_outputs:
+    input:
+        get_manifest_outputs,
+    output:
+        touch(ALL_OUTPUTS),
+    localrule: True
+
+
 rule manifest:
     input:
         run=RUN_MARK,
-        targets=TARGETS_CSV,
-        outputs=get_manifest_outputs,
+        targets=TARGETS_INPUT,
+        outputs=ALL_OUTPUTS,
     output:
         MANIFEST,
     log:

@@ -227,3 +227,42 @@ def record_bad_ids(cfg: dict, targets: list[Target]) -> None:
                                      ts=time.time())
                 path = layout.sidecar_dir(out) / f"{layout.stem(t.image_id, aug['name'], k).replace('/', '%2F')}.json"
                 sidecar.write(rec, path)
+
+
+# ---- Snakemake's --batch over a large data set ----
+#: The rule to batch over: it aggregates every output and its output is new every
+#: run (a batch whose aggregate output already exists would run nothing).
+BATCH_RULE = "all_outputs"
+
+
+def dag_batch_arg(argv) -> str | None:
+    """The value of Snakemake's ``--batch RULE=i/n`` on this command line, or None.
+
+    The rules are shaped before Snakemake hands the workflow its DAG settings, so
+    the command line is the only place this can be known that early."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--batch":
+            return argv[i + 1] if i + 1 < len(argv) else ""
+        if arg.startswith("--batch="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def check_dag_batch(spec: str, table, train_csv, settings, configfiles: str = "") -> None:
+    """A batched run (``--batch all_outputs=i/n``) reads the targets table an earlier run
+    made: Snakemake drops the jobs behind a checkpoint when it batches. The table must
+    exist and be current (newer than train.csv, made with the current data settings)."""
+    rule = spec.split("=", 1)[0]
+    if rule != BATCH_RULE:
+        raise UserError(f"--batch {spec}: batch over the rule {BATCH_RULE!r} (--batch {BATCH_RULE}=1/N, then 2/N ... N/N); "
+                        f"it collects every output and is new every run")
+    table, train_csv, settings = Path(table), Path(train_csv), Path(settings)
+    first = f"make it first with: snakemake {table} {configfiles}".rstrip()
+    if not table.is_file() or table.stat().st_size == 0:
+        raise UserError(f"--batch needs the targets table (checkpoint `targets`), which is not there: {first}")
+    if not settings.is_file():
+        raise UserError(f"--batch: {table} was made with other data settings (data_root, train_csv or "
+                        f"primary_targets changed): {first}")
+    if train_csv.is_file() and train_csv.stat().st_mtime > table.stat().st_mtime:
+        raise UserError(f"--batch: {train_csv} is newer than the targets table {table}: {first}")
