@@ -41,6 +41,7 @@ average is recorded before/after each size; medians of --repeats are shown.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import json
 import os
@@ -259,8 +260,15 @@ def fabricate_outputs(work: Path, n: int) -> int:
     out = work / "data" / "out"
     sdir = layout.sidecar_dir(out)
     sdir.mkdir(parents=True, exist_ok=True)
-    one = out / ".one.png"
-    Image.new("RGB", (16, 8), (90, 140, 60)).save(one, compress_level=1)
+    ones = []
+
+    def new_one():  # a file takes at most 65,000 hard links (ext4): a fresh one every 60,000
+        one = out / f".one{len(ones)}.png"
+        Image.new("RGB", (16, 8), (90, 140, 60)).save(one, compress_level=1)
+        ones.append(one)
+        return one
+
+    one = new_one()
     size = one.stat().st_size
     now = time.time()
     count = 0
@@ -269,6 +277,8 @@ def fabricate_outputs(work: Path, n: int) -> int:
         for aug in AUGS:
             png = layout.output_path(out, iid, aug, 0, "png")
             if not png.exists():
+                if count and count % 60000 == 0:
+                    one = new_one()
                 os.link(one, png)
             rec = Record(iid, aug, 0, src_image_path=f"train/{iid}.jpg", image_path=f"out/{png.name}",
                          status="success", ts=now, orig_w=16, orig_h=8, aspect_w=16, aspect_h=8, out_w=16, out_h=8,
@@ -276,7 +286,8 @@ def fabricate_outputs(work: Path, n: int) -> int:
                          output_bytes=size)
             layout.sidecar_path(out, iid, aug, 0).write_text(rec.to_json())
             count += 1
-    one.unlink()
+    for one in ones:
+        one.unlink()
     return count
 
 
@@ -311,7 +322,8 @@ def clear_outputs(out: Path) -> None:
 
 
 # ---------------------------------------------------------------- one size
-def bench_size(base: Path, n: int, repeats: int, jobs: int, logs: Path, profile: bool, lean: bool = False) -> dict:
+def bench_size(base: Path, n: int, repeats: int, jobs: int, logs: Path, profile: bool, lean: bool = False,
+               dag_batches: int = 0, only_dry: bool = False, skip_plain_noop: bool = False) -> dict:
     r: dict = {"n_images": n, "targets": 4 * n, "load_before": loadavg()}
     print(f"\n=== {n} images ({4 * n} targets), load {r['load_before']}", flush=True)
     t = time.perf_counter()
@@ -361,11 +373,28 @@ def bench_size(base: Path, n: int, repeats: int, jobs: int, logs: Path, profile:
     print(f"  b. dry-run: ours {r['dry_s']:.1f}s (cpu {r['dry_cpu']:.1f}s) {r['dry_rss']:.0f}MB ({r['dry_generate_jobs']} generate jobs); "
           f"plain {r['plain_dry_s']:.1f}s (cpu {r['plain_dry_cpu']:.1f}s) {r['plain_dry_rss']:.0f}MB; plain static {r['plainst_dry_s']:.1f}s "
           f"{r['plainst_dry_rss']:.0f}MB", flush=True)
+    if dag_batches:
+        # one slice of a run batched with Snakemake's --batch (the README's way for very large data sets):
+        # ours over `all_outputs`, plain static over its aggregate (plain's checkpoint cannot be batched)
+        spec = f"1/{dag_batches}"
+        r["dag_batches"] = dag_batches
+        r["batch_dry_s"], r["batch_dry_rss"], _, r["batch_dry_cpu"] = dry(
+            ours, [*cfg, "--batch", f"all_outputs={spec}"], "ours_batch_dry")
+        m = re.search(r"generate\s+(\d+)", Path(L("ours_batch_dry")).read_text())
+        r["batch_generate_jobs"] = int(m.group(1)) if m else -1
+        r["plain_batch_dry_s"], r["plain_batch_dry_rss"], _, r["plain_batch_dry_cpu"] = dry(
+            plain_static, ["--config", f"nimg={n}", "checkpoint=False", "--batch", f"agg={spec}"], "plain_batch_dry")
+        print(f"  b'. dry-run of batch {spec}: ours {r['batch_dry_s']:.1f}s (cpu {r['batch_dry_cpu']:.1f}s) "
+              f"{r['batch_dry_rss']:.0f}MB ({r['batch_generate_jobs']} generate jobs); plain static "
+              f"{r['plain_batch_dry_s']:.1f}s (cpu {r['plain_batch_dry_cpu']:.1f}s) {r['plain_batch_dry_rss']:.0f}MB", flush=True)
     if profile:
         prof = logs / f"ours_dry_{n}.prof"
         measure([PY, "-m", "cProfile", "-o", str(prof), "-m", "snakemake", "-n", *cfg], ours, L("ours_dry_prof"))
         r["profile_dry"] = str(prof)
 
+    if only_dry:
+        r["load_after"] = loadavg()
+        return r
     # c. no-op re-run over existing outputs
     t = time.perf_counter()
     r["fabricated"] = fabricate_outputs(ours, n)
@@ -385,6 +414,11 @@ def bench_size(base: Path, n: int, repeats: int, jobs: int, logs: Path, profile:
     r["noop_plan_line"] = m.group(0) if m else ""
     manifest_rows = sum(1 for _ in open(ours / "data/out/manifest.csv")) - 1
     r["manifest_rows"] = manifest_rows
+    if skip_plain_noop:  # measured in an earlier run of the same size (it takes long at 10^5)
+        r["load_after"] = loadavg()
+        print(f"     no-op: ours {r['noop_s']:.1f}s cpu {r['noop_cpu']:.1f}s (first {r['noop_first_s']:.1f}s, "
+              f"{r['noop_generate_jobs']} generate jobs, manifest {manifest_rows} rows) {r['noop_rss']:.0f}MB", flush=True)
+        return r
     runs = [measure([*SNAKEMAKE, "-j", str(jobs), "--config", f"nimg={n}"], plain, L("plain_noop"))
             for _ in range(repeats)]
     r["plain_noop_s"], r["plain_noop_rss"] = med([x["wall"] for x in runs]), max(x["rss_mb"] for x in runs)
@@ -497,10 +531,12 @@ def table(sizes: list[dict], disp: dict | None) -> str:
         "| images | targets | checkpoint make_targets.py s (CPU s) | checkpoint via snakemake s: ours / plain "
         "| dry-run wall s: ours / plain / plain static | dry-run CPU s: ours / plain | dry-run peak RSS MB: ours / plain "
         "| no-op wall s: ours / plain / plain + aggregate | no-op CPU s: ours / plain + aggregate "
-        "| ours / plain: dry wall, dry CPU, no-op wall, no-op CPU |",
-        "|---:|---:|---|---|---|---|---|---|---|---|",
+        "| ours / plain: dry wall, dry CPU, no-op wall, no-op CPU "
+        "| dry-run of one `--batch` slice: wall s / peak RSS MB, ours / plain static |",
+        "|---:|---:|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sizes:
+        r = collections.defaultdict(lambda: float("nan"), r)  # --only-dry: no no-op numbers
         lines.append(
             f"| {r['n_images']:,} | {r['targets']:,} | {r['ckpt_direct_s']:.1f} ({r['ckpt_direct_cpu']:.1f}) "
             f"| {r['ckpt_sm_s']:.1f} / {r['plain_ckpt_sm_s']:.1f} "
@@ -509,7 +545,9 @@ def table(sizes: list[dict], disp: dict | None) -> str:
             f"| {r['noop_s']:.1f} / {r['plain_noop_s']:.1f} / {r['plain_noop_agg_s']:.1f} "
             f"| {r['noop_cpu']:.1f} / {r['plain_noop_agg_cpu']:.1f} "
             f"| {ratio(r['dry_s'], r['plain_dry_s'])}, {ratio(r['dry_cpu'], r['plain_dry_cpu'])}, "
-            f"{ratio(r['noop_s'], r['plain_noop_agg_s'])}, {ratio(r['noop_cpu'], r['plain_noop_agg_cpu'])} |"
+            f"{ratio(r['noop_s'], r['plain_noop_agg_s'])}, {ratio(r['noop_cpu'], r['plain_noop_agg_cpu'])} "
+            + (f"| 1/{r['dag_batches']}: {r['batch_dry_s']:.1f} / {r['batch_dry_rss']:.0f}, "
+               f"{r['plain_batch_dry_s']:.1f} / {r['plain_batch_dry_rss']:.0f} |" if r.get("dag_batches", 0) > 0 else "| |")
         )
     if disp:
         lines += [
@@ -533,6 +571,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dispatch-repeats", type=int, default=None, help="default: --repeats")
     ap.add_argument("--lean", action="store_true", help="skip the plain static variant (saves time at large sizes)")
     ap.add_argument("--patches", default="", help="apply recommended changes to the copy: stamp,ckpt,outputs,nosrc")
+    ap.add_argument("--dag-batches", type=int, default=0,
+                    help="also time the dry-run of one slice of `--batch all_outputs=1/K` (K slices)")
+    ap.add_argument("--skip-plain-noop", action="store_true", help="no no-op measurement of plain Snakemake")
+    ap.add_argument("--only-dry", action="store_true", help="stop after the dry-runs (no no-op measurement)")
     ap.add_argument("--quick", action="store_true", help="sizes 500, 1 repeat, 200 dispatch targets")
     ap.add_argument("--profile", type=int, default=0, help="also cProfile dry-run and no-op at this size")
     ap.add_argument("--workdir", default=None, help="default: a new temp dir (kept with --keep)")
@@ -561,7 +603,9 @@ def main(argv=None) -> int:
     disp = None
     try:
         for n in sizes:
-            results.append(bench_size(base, n, args.repeats, args.jobs, logs, profile=(n == args.profile), lean=args.lean))
+            results.append(bench_size(base, n, args.repeats, args.jobs, logs, profile=(n == args.profile), lean=args.lean,
+                                      dag_batches=args.dag_batches, only_dry=args.only_dry,
+                                      skip_plain_noop=args.skip_plain_noop))
             for key in ("profile_dry", "profile_noop"):
                 if key in results[-1]:
                     summary = profile_summary(results[-1][key])
