@@ -176,6 +176,7 @@ if MAIN and not INSPECT_ONLY:
                     f"--configfile {layout.relative_to_root(c, os.getcwd())}"
                     for c in workflow.overwrite_configfiles
                 ),
+                api_batch=BATCH,
             )
         except UserError as exc:
             stop(str(exc))

@@ -49,6 +49,8 @@ def test_check_dag_batch_names_what_to_do(tmp_path):
         targets_mod.check_dag_batch("all_outputs=1/2", table, train, settings)
     os.utime(train, (time.time() - 60, time.time() - 60))
     targets_mod.check_dag_batch("all_outputs=1/2", table, train, settings)
+    with pytest.raises(UserError, match="does not combine with api.mode: batch"):
+        targets_mod.check_dag_batch("all_outputs=1/2", table, train, settings, api_batch=True)
 
 
 @pytest.mark.e2e

@@ -249,7 +249,7 @@ def dag_batch_arg(argv) -> str | None:
     return None
 
 
-def check_dag_batch(spec: str, table, train_csv, settings, configfiles: str = "") -> None:
+def check_dag_batch(spec: str, table, train_csv, settings, configfiles: str = "", api_batch: bool = False) -> None:
     """A batched run (``--batch all_outputs=i/n``) reads the targets table an earlier run
     made: Snakemake drops the jobs behind a checkpoint when it batches. The table must
     exist and be current (newer than train.csv, made with the current data settings)."""
@@ -257,6 +257,9 @@ def check_dag_batch(spec: str, table, train_csv, settings, configfiles: str = ""
     if rule != BATCH_RULE:
         raise UserError(f"--batch {spec}: batch over the rule {BATCH_RULE!r} (--batch {BATCH_RULE}=1/N, then 2/N ... N/N); "
                         f"it collects every output and is new every run")
+    if api_batch:
+        raise UserError(f"--batch {spec} does not combine with api.mode: batch (the Gemini Batch API has its own "
+                        "checkpoint, which Snakemake's --batch cannot follow); run without --batch, or with api.mode: call")
     table, train_csv, settings = Path(table), Path(train_csv), Path(settings)
     first = f"make it first with: snakemake {table} {configfiles}".rstrip()
     if not table.is_file() or table.stat().st_size == 0:
