@@ -54,6 +54,7 @@ def test_check_dag_batch_names_what_to_do(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_batches_make_every_output_once(tmp_path):
     wf = make_run(tmp_path, n_images=3)  # 9 targets
     res = run(wf, "--batch", "all_outputs=1/3", check=False)
@@ -76,6 +77,7 @@ def test_batches_make_every_output_once(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_batch_over_another_rule_is_refused(tmp_path):
     wf = make_run(tmp_path, n_images=2)
     make_table(wf)
