@@ -414,21 +414,18 @@ def bench_size(base: Path, n: int, repeats: int, jobs: int, logs: Path, profile:
     r["noop_plan_line"] = m.group(0) if m else ""
     manifest_rows = sum(1 for _ in open(ours / "data/out/manifest.csv")) - 1
     r["manifest_rows"] = manifest_rows
-    if skip_plain_noop:  # measured in an earlier run of the same size (it takes long at 10^5)
-        r["load_after"] = loadavg()
-        print(f"     no-op: ours {r['noop_s']:.1f}s cpu {r['noop_cpu']:.1f}s (first {r['noop_first_s']:.1f}s, "
-              f"{r['noop_generate_jobs']} generate jobs, manifest {manifest_rows} rows) {r['noop_rss']:.0f}MB", flush=True)
-        return r
+    # --skip-plain-noop: plain's no-op was measured in an earlier run of the same size (long at 10^5): nan here
+    plain_runs = 0 if skip_plain_noop else repeats
     runs = [measure([*SNAKEMAKE, "-j", str(jobs), "--config", f"nimg={n}"], plain, L("plain_noop"))
-            for _ in range(repeats)]
-    r["plain_noop_s"], r["plain_noop_rss"] = med([x["wall"] for x in runs]), max(x["rss_mb"] for x in runs)
+            for _ in range(plain_runs)]
+    r["plain_noop_s"], r["plain_noop_rss"] = med([x["wall"] for x in runs]), max((x["rss_mb"] for x in runs), default=float("nan"))
     r["plain_noop_cpu"] = med([x["cpu"] for x in runs])
     runs = [measure([*SNAKEMAKE, "-j", str(jobs), "--config", f"nimg={n}", "-R", "agg"], plain, L("plain_noop_agg"))
-            for _ in range(repeats)]
+            for _ in range(plain_runs)]
     r["plain_noop_agg_s"] = med([x["wall"] for x in runs])
     r["plain_noop_agg_cpu"] = med([x["cpu"] for x in runs])
     runs = [] if lean else [measure([*SNAKEMAKE, "-j", str(jobs), "--config", f"nimg={n}", "checkpoint=False"],
-                                    plain_static, L("plainstatic_noop")) for _ in range(repeats)]
+                                    plain_static, L("plainstatic_noop")) for _ in range(plain_runs)]
     r["plainst_noop_s"] = med([x["wall"] for x in runs])
     print(f"     no-op: ours {r['noop_s']:.1f}s cpu {r['noop_cpu']:.1f}s (first {r['noop_first_s']:.1f}s, {r['noop_generate_jobs']} generate "
           f"jobs, manifest {manifest_rows} rows) {r['noop_rss']:.0f}MB; plain {r['plain_noop_s']:.1f}s, "

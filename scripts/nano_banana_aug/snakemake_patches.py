@@ -22,7 +22,7 @@ MIN_DEPENDENCIES = 64
 _cache: dict[int, tuple] = {}
 
 
-def _pipe_or_service_inputs(job, deps) -> frozenset:
+def _pipe_or_service_inputs(deps) -> frozenset:
     found = set()
     for dep, files in deps.items():
         marked = dep.pipe_or_service_output
@@ -52,7 +52,7 @@ def fast_pipe_input_lookup() -> bool:
         if entry is None or entry[0] is not self or entry[1] != key:
             if len(_cache) > 1024:  # entries live for one prepare(); never let them pile up
                 _cache.clear()
-            entry = (self, key, _pipe_or_service_inputs(self, deps))
+            entry = (self, key, _pipe_or_service_inputs(deps))
             _cache[id(self)] = entry
         return path in entry[2]
 
