@@ -298,6 +298,43 @@ def test_local_recolour_measured_by_veg_changed_frac(pasture):
     assert passed2 and s2.veg_changed_frac < 0.01
 
 
+@pytest.fixture(scope="module")
+def vivid_flowers(pasture) -> Image.Image:
+    """The pasture with its upper half in vivid orange: red saturated everywhere there, the texture in green and blue."""
+    a = np.asarray(pasture, np.float32)
+    h = a.shape[0] // 2
+    lum = a[:h] @ np.array([0.299, 0.587, 0.114], np.float32)
+    a[:h, :, 0] = 252
+    a[:h, :, 1] = np.clip(lum * 1.1, 0, 255)
+    a[:h, :, 2] = np.clip(lum * 0.3, 0, 255)
+    return Image.fromarray(a.astype(np.uint8))
+
+
+def test_one_saturated_channel_keeps_the_detail_check(vivid_flowers):
+    """A repaint of a region whose red channel is saturated is still seen (only two clipped channels hide detail)."""
+    a = np.asarray(vivid_flowers, np.float32) / 255
+    assert qc._clipped(a)[: a.shape[0] // 2].mean() > 0.9  # counted as clipped by the colour checks ...
+    assert qc._luma_clipped(a)[: a.shape[0] // 2].mean() < 0.05  # ... but its luminance detail is intact
+    w, h = vivid_flowers.size
+    box = (w // 10, h // 20, w // 10 + int(w * 0.45), h // 20 + int(h * 0.4))
+    for edit in ("flat", "smear"):
+        out = vivid_flowers.copy()
+        patch = out.crop(box)
+        if edit == "flat":
+            mean = tuple(int(v) for v in np.asarray(patch).reshape(-1, 3).mean(axis=0))
+            patch = Image.new("RGB", patch.size, mean)
+        else:
+            patch = patch.filter(bench.ImageFilter.GaussianBlur(12))
+        out.paste(patch, box[:2])
+        s, passed, reasons = check(vivid_flowers, bench.jpeg(bench.to_169(out), 85))
+        assert s.detail_changed_frac > qc.DEFAULT_THRESHOLDS["max_detail_changed_frac"], (edit, s)
+        assert not passed
+    for name, f in (("jpeg q30", lambda im: bench.jpeg(im, 30)), ("exposure -0.7 EV", lambda im: bench.exposure(im, -0.7)),
+                    ("blur sigma 2", lambda im: bench.blur(im, 2.0))):
+        s, passed, reasons = check(vivid_flowers, bench.jpeg(bench.to_169(f(vivid_flowers)), 85))
+        assert passed, (name, reasons)
+
+
 def test_old_threshold_keys_still_accepted(pasture):
     old = {"enabled": True, "min_ssim": 0.45, "max_shift_frac": 0.01, "max_changed_frac": 0.06,
            "max_veg_cover_delta": 0.05, "reject_mirror": True, "max_aspect_change": 0.35, "auto_regenerate": 0,

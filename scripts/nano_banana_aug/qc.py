@@ -50,7 +50,8 @@ How the comparison works (numpy + Pillow only):
    explained by the peers; a smeared 20 % region in a smooth part of the
    photo, or a repainted one, is not.  Featureless blocks (below
    DETAIL_FLOOR grey levels of detail: a clear sky, fog -- a smear there
-   changes nothing measurable) and saturated / crushed blocks are skipped.
+   changes nothing measurable) and blocks whose luminance is saturated (two
+   or more channels clipped) or crushed are skipped.
 4. Vegetation cover is the fraction of pixels whose excess-green chromaticity
    ``2g - r - b`` (r + g + b = 1) exceeds ``VEG_EXG_MIN`` (soft boundary).
    Chromaticity is already blind to exposure and vignetting; the output's
@@ -63,8 +64,9 @@ How the comparison works (numpy + Pillow only):
    source's plain green fraction over those pixels.
    ``veg_changed_frac``: fraction of the image where the greenness changed
    unlike pixels of the same source colour and brightness elsewhere (a
-   robust cubic colour model of the greenness change explains every global
-   colour edit): plants painted brown or soil painted green in a region.
+   cubic colour model of the greenness change, fitted to the best-matching
+   half of the pixels, explains every global colour edit): plants painted
+   brown or soil painted green in a region.
 
 Why numpy only (no scipy): everything runs on grids of at most 1024x512,
 where separable numpy convolutions and ``numpy.fft`` take a few
@@ -138,6 +140,10 @@ VEG_BLOCK = 16
 VEG_CHANGE_MIN = 0.2
 #: Pixels darker than this (either image) carry too little colour for the local comparison.
 VEG_MIN_LUM = 0.12
+#: The colour model of the greenness change: rounds of trimmed least squares and the fraction of the pixels kept
+#: in each (0.7 let a recoloured 20-30 % of the frame pull the fit towards it when its colours also occur elsewhere).
+VEG_FIT_ROUNDS = 6
+VEG_FIT_KEEP = 0.5
 
 #: Thresholds, calibrated by bench/qc_calibration.py (numbers in bench/QC_RESULTS.md).
 DEFAULT_THRESHOLDS: dict = {
@@ -499,6 +505,17 @@ def _clipped(rgb: np.ndarray) -> np.ndarray:
     return (np.maximum(np.maximum(r, g), b) > CLIP_HI) | (r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2] < CLIP_LO)
 
 
+def _luma_clipped(rgb: np.ndarray) -> np.ndarray:
+    """Pixels whose luminance detail is gone: two or more channels saturated, or crushed to black.
+
+    One saturated channel (the red of an orange flower, the green of a yellow
+    one at +1 EV) leaves the luminance detail of the other two: the detail
+    comparison (``_detail_change``) keeps such pixels, the colour checks do not.
+    """
+    sat = (rgb > CLIP_HI).sum(axis=-1) >= 2
+    return sat | (rgb @ _LUMA < CLIP_LO)
+
+
 def _clipped_blocks(src_rgb: np.ndarray, out_rgb: np.ndarray, b: int, bad: np.ndarray | None = None) -> np.ndarray:
     """Blocks where either image is (partly) saturated or crushed: detail there is gone for photometric reasons.
 
@@ -620,8 +637,9 @@ def _detail_change(src_f: np.ndarray, out_f: np.ndarray, bad: np.ndarray | None 
     stays below DETAIL_TAU x the peers' retention, where the peers keep more
     than half their detail and the detail is above DETAIL_FLOOR grey levels.
     Featureless source blocks that gained strong detail that their peers did
-    not (texture pasted into a clear sky) count too.  Saturated or crushed
-    blocks are skipped; isolated blocks are dropped.
+    not (texture pasted into a clear sky) count too.  Blocks where ``bad``
+    (pixels whose luminance is saturated or crushed, ``_luma_clipped``) is
+    common are skipped; isolated blocks are dropped.
     """
     gs, go = src_f @ _LUMA, out_f @ _LUMA
     s, o = np.log(gs + DETAIL_EPS), np.log(go + DETAIL_EPS)
@@ -635,6 +653,8 @@ def _detail_change(src_f: np.ndarray, out_f: np.ndarray, bad: np.ndarray | None 
     far = np.hypot(cy[:, None] - cy[None, :], cx[:, None] - cx[None, :]) > DETAIL_PEER_DIST * w
     vo = _block_mean(go, b).ravel()
     vs = _block_mean(gs, b).ravel()
+    if bad is None:
+        bad = _luma_clipped(src_f) | _luma_clipped(out_f)
     clip = _clipped_blocks(src_f, out_f, b, bad).ravel()
     near_v = np.abs(vo[:, None] - vo[None, :]) < DETAIL_PEER_DV
     base = far & near_v & ~clip[None, :]
@@ -733,11 +753,11 @@ def _veg_change(src_s: np.ndarray, out_s: np.ndarray, src_lc: np.ndarray) -> tup
     keep = np.ones(len(y), bool)
     coef = np.zeros(feats.shape[-1], np.float32)
     ridge = 1e-6 * np.eye(x.shape[1], dtype=np.float32)
-    for _ in range(4):  # trimmed least squares: a recoloured minority does not bend the fit
+    for _ in range(VEG_FIT_ROUNDS):  # trimmed least squares: a recoloured minority does not bend the fit
         xk = x[keep]
         coef = np.linalg.solve(xk.T @ xk + ridge * len(xk), xk.T @ y[keep]).astype(np.float32)
         res = np.abs(y - x @ coef)
-        keep = res <= np.quantile(res, 0.7)
+        keep = res <= np.quantile(res, VEG_FIT_KEEP)
     resid = delta - feats @ coef
     # what counts is a change of vegetation membership (the soft cover ramp), not any hue shift
     member_s = np.clip((exg_s - VEG_EXG_MIN) / VEG_EXG_RAMP + 0.5, 0.0, 1.0)
@@ -765,6 +785,7 @@ class _Source:
         self.g = _structure(self.rgb)
         self.detail = np.sqrt(_block_mean(_band(_blur(gray, 1.0), 0.0, 3.0) ** 2, BLOCK)) > STRUCT_FLOOR / 255.0
         self.clipped_f = _clipped(self.f)
+        self.luma_clipped_f = _luma_clipped(self.f)
         self.corr = _Correlator(self.g)
         self.blurred = {}  # detail bands: sigma -> blur of the fine log-luminance, filled by _detail_change
         self.s = _blur(self.rgb, 1.0)
@@ -835,7 +856,7 @@ def _score_grids(src: _Source, out_f, out_size, work_size) -> QCScores:
     sx, sy = sw / work_size[0], sh / work_size[1]
     shift_x, shift_y = dx * sx, dy * sy
     wx, wy = _affine_warp(src_g, out_g, dx, dy)
-    detail_changed, _ = _detail_change(src_f, out_f, bad_f, src.blurred)
+    detail_changed, _ = _detail_change(src_f, out_f, src.luma_clipped_f | _luma_clipped(out_f), src.blurred)
 
     src_s = src.s
     out_s = _blur(out_rgb, 1.0)
