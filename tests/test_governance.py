@@ -98,7 +98,7 @@ def test_a_cooldown_is_shared_and_only_moves_forward(tmp_path):
 
     with pytest.raises(governor.DispatchStopped):
         g2.before_call(sleep=fake_sleep)
-    assert slept and 25 <= slept[0] <= 30
+    assert slept and 25 <= slept[0] <= 30.001  # the shared file keeps milliseconds: at most 0.5 ms later
 
 
 def _claim(args):
