@@ -303,7 +303,7 @@ def vivid_flowers(pasture) -> Image.Image:
     """The pasture with its upper half in vivid orange: red saturated everywhere there, the texture in green and blue."""
     a = np.asarray(pasture, np.float32)
     h = a.shape[0] // 2
-    lum = a[:h] @ np.array([0.299, 0.587, 0.114], np.float32)
+    lum = a[:h] @ qc._LUMA
     a[:h, :, 0] = 252
     a[:h, :, 1] = np.clip(lum * 1.1, 0, 255)
     a[:h, :, 2] = np.clip(lum * 0.3, 0, 255)

@@ -516,13 +516,11 @@ def _luma_clipped(rgb: np.ndarray) -> np.ndarray:
     return sat | (rgb @ _LUMA < CLIP_LO)
 
 
-def _clipped_blocks(src_rgb: np.ndarray, out_rgb: np.ndarray, b: int, bad: np.ndarray | None = None) -> np.ndarray:
+def _clipped_blocks(bad: np.ndarray, b: int) -> np.ndarray:
     """Blocks where either image is (partly) saturated or crushed: detail there is gone for photometric reasons.
 
-    ``bad`` = the precomputed pixel mask ``_clipped(src_rgb) | _clipped(out_rgb)``.
+    ``bad`` = the pixel mask of both images: ``_clipped`` (structure) or ``_luma_clipped`` (detail).
     """
-    if bad is None:
-        bad = _clipped(src_rgb) | _clipped(out_rgb)
     return _block_mean(bad.astype(np.float32), b) > CLIP_BLOCK_FRAC
 
 
@@ -655,7 +653,7 @@ def _detail_change(src_f: np.ndarray, out_f: np.ndarray, bad: np.ndarray | None 
     vs = _block_mean(gs, b).ravel()
     if bad is None:
         bad = _luma_clipped(src_f) | _luma_clipped(out_f)
-    clip = _clipped_blocks(src_f, out_f, b, bad).ravel()
+    clip = _clipped_blocks(bad, b).ravel()
     near_v = np.abs(vo[:, None] - vo[None, :]) < DETAIL_PEER_DV
     base = far & near_v & ~clip[None, :]
     floor2 = (DETAIL_FLOOR / 255.0) ** 2
@@ -833,7 +831,7 @@ def _score_grids(src: _Source, out_f, out_size, work_size) -> QCScores:
     blocks = _block_mean(smap, BLOCK)
     detail = src.detail
     bad_f = src.clipped_f | _clipped(out_f)
-    unclipped = ~_clipped_blocks(src_f, out_f, 2 * BLOCK, bad_f)
+    unclipped = ~_clipped_blocks(bad_f, 2 * BLOCK)
     usable = detail & unclipped
     if usable.sum() < max(4, 0.1 * usable.size):  # (almost) featureless or blown out: judge what there is
         usable = unclipped
