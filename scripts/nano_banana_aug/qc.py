@@ -51,7 +51,11 @@ How the comparison works (numpy + Pillow only):
    photo, or a repainted one, is not.  Featureless blocks (below
    DETAIL_FLOOR grey levels of detail: a clear sky, fog -- a smear there
    changes nothing measurable) and blocks whose luminance is saturated (two
-   or more channels clipped) or crushed are skipped.
+   or more channels clipped) or crushed for a photometric reason are
+   skipped: clipped in the source, or where the global tone curve takes the
+   source's brightness near the limit (over-exposure, contrast).  A mid-tone
+   region that turned white or black (a pale sky or a black patch pasted
+   over plants) is not excused: its lost detail counts without peers.
 4. Vegetation cover is the fraction of pixels whose excess-green chromaticity
    ``2g - r - b`` (r + g + b = 1) exceeds ``VEG_EXG_MIN`` (soft boundary).
    Chromaticity is already blind to exposure and vignetting; the output's
@@ -103,6 +107,11 @@ BLOCK_ABS = 0.30
 CLIP_HI = 0.94
 CLIP_LO = 0.02
 CLIP_BLOCK_FRAC = 0.1
+#: Clipping in the output that a photometric edit explains (``_photometric_clip``): saturated where the
+#: global tone curve takes that source brightness to at least CLIP_EXPLAIN_HI, or crushed where it takes
+#: it to at most CLIP_EXPLAIN_LO (local relighting, vignetting and noise do the rest).
+CLIP_EXPLAIN_HI = 0.5
+CLIP_EXPLAIN_LO = 0.1
 #: Minimum source detail (rms grey levels of 255, per band, on the comparison grid) for a block to
 #: count in ``ssim`` / ``changed_frac``; featureless blocks (clear sky, fog) only show noise there.
 STRUCT_FLOOR = 2.0
@@ -125,12 +134,12 @@ DETAIL_EPS = 0.02
 DETAIL_BANDS = ((0.0, 1.5), (1.5, 4.0))
 DETAIL_KAPPA = (4.0, 8.0)
 DETAIL_TAU = 0.3
-DETAIL_FLOOR = 0.25
+DETAIL_FLOOR = 0.2
 DETAIL_GAIN = 16.0
 DETAIL_PEER_DIST = 0.3
 DETAIL_PEER_DV = 0.1
 DETAIL_MIN_PEERS = 5
-DETAIL_MIN_RETAINED = 0.5
+DETAIL_MIN_RETAINED = 0.4
 #: Displacement (fine px) the retained-detail comparison of the finest band tolerates per block.
 DETAIL_SLACK = 1
 
@@ -516,6 +525,30 @@ def _luma_clipped(rgb: np.ndarray) -> np.ndarray:
     return sat | (rgb @ _LUMA < CLIP_LO)
 
 
+def _photometric_clip(src_f: np.ndarray, out_f: np.ndarray, src_luma_clipped: np.ndarray,
+                      bins: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels whose luminance detail is gone for a photometric reason: clipped in the source, or in the output
+    where the global tone curve (median output brightness per source brightness) brings them near the limit.
+
+    An exposure, contrast or relighting edit saturates the bright end of the source's range and crushes the
+    dark end; a region repainted with a bright sky (or a black patch) saturates mid-tones that stay mid-tones
+    everywhere else -- that loss of detail is not photometric and stays in the comparison.
+    """
+    gs, go = src_f @ _LUMA, out_f @ _LUMA
+    out_clip = _luma_clipped(out_f) & ~src_luma_clipped
+    if not out_clip.any():
+        return src_luma_clipped, out_clip
+    si = np.clip((gs * bins).astype(np.intp), 0, bins - 1).ravel()
+    oi = np.clip((go * bins).astype(np.intp), 0, bins - 1).ravel()
+    hist = np.bincount(si * bins + oi, minlength=bins * bins).reshape(bins, bins).cumsum(axis=1)
+    # median output bin per source bin (bins without pixels are never looked up)
+    curve = ((hist < (hist[:, -1:] + 1) / 2).sum(axis=1) + 0.5) / bins
+    t = curve[si].reshape(gs.shape)
+    hi = (out_f > CLIP_HI).sum(axis=-1) >= 2
+    explained = np.where(hi, t >= CLIP_EXPLAIN_HI, t <= CLIP_EXPLAIN_LO)
+    return src_luma_clipped | (out_clip & explained), out_clip & ~explained
+
+
 def _clipped_blocks(bad: np.ndarray, b: int) -> np.ndarray:
     """Blocks where either image is (partly) saturated or crushed: detail there is gone for photometric reasons.
 
@@ -620,7 +653,7 @@ def _peer_median(values: np.ndarray, peers: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def _detail_change(src_f: np.ndarray, out_f: np.ndarray, bad: np.ndarray | None = None,
-                   src_blurred: dict | None = None) -> tuple[float, np.ndarray]:
+                   src_blurred: dict | None = None, unexplained: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """Fraction of the image whose fine detail was removed (smeared, flattened) or replaced, judged against peers.
 
     Runs on the fine grid's log-luminance (gains from exposure, vignetting or
@@ -633,11 +666,14 @@ def _detail_change(src_f: np.ndarray, out_f: np.ndarray, bad: np.ndarray | None 
     explained by the peers, while a smeared or repainted region is not.  A
     block counts when r plus its uncertainty (sqrt(O/S), large under noise)
     stays below DETAIL_TAU x the peers' retention, where the peers keep more
-    than half their detail and the detail is above DETAIL_FLOOR grey levels.
-    Featureless source blocks that gained strong detail that their peers did
-    not (texture pasted into a clear sky) count too.  Blocks where ``bad``
-    (pixels whose luminance is saturated or crushed, ``_luma_clipped``) is
-    common are skipped; isolated blocks are dropped.
+    than DETAIL_MIN_RETAINED of their detail and the detail is above
+    DETAIL_FLOOR grey levels.  Featureless source blocks that gained strong
+    detail that their peers did not (texture pasted into a clear sky) count
+    too.  Blocks where ``bad`` (pixels whose luminance is saturated or crushed
+    for a photometric reason, ``_photometric_clip``) is common are skipped;
+    blocks where ``unexplained`` clipping is common count when they lost the
+    detail (r + uncertainty < DETAIL_TAU), peers or not.  Isolated blocks are
+    dropped.
     """
     gs, go = src_f @ _LUMA, out_f @ _LUMA
     s, o = np.log(gs + DETAIL_EPS), np.log(go + DETAIL_EPS)
@@ -654,6 +690,8 @@ def _detail_change(src_f: np.ndarray, out_f: np.ndarray, bad: np.ndarray | None 
     if bad is None:
         bad = _luma_clipped(src_f) | _luma_clipped(out_f)
     clip = _clipped_blocks(bad, b).ravel()
+    # saturated or crushed with no photometric explanation: the block's lost detail needs no peers to count
+    lone = _clipped_blocks(unexplained, b).ravel() & ~clip if unexplained is not None else np.zeros_like(clip)
     near_v = np.abs(vo[:, None] - vo[None, :]) < DETAIL_PEER_DV
     base = far & near_v & ~clip[None, :]
     floor2 = (DETAIL_FLOOR / 255.0) ** 2
@@ -687,6 +725,7 @@ def _detail_change(src_f: np.ndarray, out_f: np.ndarray, bad: np.ndarray | None 
         ok = (cnt >= DETAIL_MIN_PEERS) & ~clip & (peer_r > DETAIL_MIN_RETAINED) & src_detail & out_detail
         unc = np.sqrt(O / S) * kappa / b
         flagged |= ok & (r + unc < DETAIL_TAU * peer_r)
+        flagged |= lone & src_detail & (r + unc < DETAIL_TAU)
         # featureless in the source, strongly textured in the output, unlike its peers
         o_enc = O * (vo + DETAIL_EPS) ** 2
         peer_o, cnt_o = _peer_median(o_enc, peers)
@@ -854,7 +893,8 @@ def _score_grids(src: _Source, out_f, out_size, work_size) -> QCScores:
     sx, sy = sw / work_size[0], sh / work_size[1]
     shift_x, shift_y = dx * sx, dy * sy
     wx, wy = _affine_warp(src_g, out_g, dx, dy)
-    detail_changed, _ = _detail_change(src_f, out_f, src.luma_clipped_f | _luma_clipped(out_f), src.blurred)
+    bad, unexplained = _photometric_clip(src_f, out_f, src.luma_clipped_f)
+    detail_changed, _ = _detail_change(src_f, out_f, bad, src.blurred, unexplained)
 
     src_s = src.s
     out_s = _blur(out_rgb, 1.0)
