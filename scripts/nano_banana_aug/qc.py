@@ -544,8 +544,8 @@ def _photometric_clip(src_f: np.ndarray, out_f: np.ndarray, src_luma_clipped: np
     # median output bin per source bin (bins without pixels are never looked up)
     curve = ((hist < (hist[:, -1:] + 1) / 2).sum(axis=1) + 0.5) / bins
     t = curve[si].reshape(gs.shape)
-    hi = (out_f > CLIP_HI).sum(axis=-1) >= 2
-    explained = np.where(hi, t >= CLIP_EXPLAIN_HI, t <= CLIP_EXPLAIN_LO)
+    # an out_clip pixel is crushed (luma < CLIP_LO) or else saturated (two channels > CLIP_HI: luma > 0.38)
+    explained = np.where(go < CLIP_LO, t <= CLIP_EXPLAIN_LO, t >= CLIP_EXPLAIN_HI)
     return src_luma_clipped | (out_clip & explained), out_clip & ~explained
 
 
