@@ -1,29 +1,31 @@
-# Batch mode (api.mode: batch): one job per run submits the targets that need a
-# paid answer to the Gemini Batch API (half price), polls, and puts the answers
-# into the answer store; every output is then made by its own generate job from
-# the stored answer (0 calls). A local rule: on a cluster it runs on the submit
-# host and never holds a compute node while a batch is waiting.
-# The checkpoint's outcome decides which generate jobs run: targets whose batch
-# is still running (api.batch.wait: false) wait for the next run.
+# Batch mode (api.mode: batch): one local job submits every answer this run
+# needs to the Gemini Batch API (half price), polls, and stores the answers as
+# rule `answer` would; each output is then built by its own generate job. Its
+# file name carries the set of answers it waits for and the state of open
+# batches, so it runs again only while something is missing or pending.
 
 
 checkpoint batch:
     input:
-        targets=TARGETS_CSV,
-        run=RUN_MARK,
+        table=ancient(PIPE.table),
     output:
-        BATCH_OUTCOME,
+        f"{OUT}/.pipeline/batches/round-{{key}}.json",
     log:
-        runs.run_dir(OUT, RUN_ID) / "batch.log",
+        LOGS / "batch-{key}.log",
     localrule: True
-    params:
-        python=PYTHON,
-        script=entry_point("batch.py"),
-        run_config=Path(RUN_CONFIG),
     message:
         "Gemini Batch API: submitting, polling and collecting (see augment.log)"
-    shell:
-        logged(
-            "{params.python:q} {params.script:q} --config-json {params.run_config:q}"
-            " --targets {input.targets:q} --output {output:q}"
-        )
+    script:
+        "../scripts/batch.py"
+
+
+rule cancel_batches:
+    output:
+        touch(layout.run_dir(OUT, RUN_ID) / "batches_cancelled"),  # an action: runs whenever asked for
+    log:
+        layout.run_dir(OUT, RUN_ID) / "cancel_batches.log",
+    localrule: True
+    message:
+        f"Cancelling the open Gemini batch jobs of {OUT}"
+    script:
+        "../scripts/cancel_batches.py"

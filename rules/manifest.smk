@@ -1,57 +1,45 @@
-# manifest.csv from the sidecars, rebuilt by every run (it depends on the
-# run's start mark). The end-of-run hooks rebuild it too, so it is current
-# even when some generate jobs failed (this rule then cannot run).
+# manifest.csv: one part per shard of outputs (an aggregate over 10^5 files in
+# one job is slow in Snakemake), concatenated. The end-of-run hook rebuilds it
+# too when some job failed (these rules cannot run then).
 
 
-# Every output of this run's plan (new every run). Snakemake's --batch slices the
-# DAG over this rule's inputs: --batch all_outputs=1/N ... N/N (README "Very large
-# data sets").
-rule all_outputs:
+rule manifest_part:
     input:
-        get_manifest_outputs,
+        shard_outputs,
+        table=ancient(PIPE.table),
     output:
-        touch(ALL_OUTPUTS),
+        f"{OUT}/.pipeline/manifest/part-{{shard}}.csv",
+    log:
+        LOGS / "manifest" / "part-{shard}.log",
     localrule: True
+    script:
+        "../scripts/manifest_part.py"
 
 
 rule manifest:
     input:
-        run=RUN_MARK,
-        targets=TARGETS_INPUT,
-        outputs=ALL_OUTPUTS,
+        parts=manifest_parts,
+        settings=PIPE.manifest_settings,
     output:
         MANIFEST,
     log:
-        LOG_DIR / "manifest.log",
+        LOGS / "manifest.log",
     localrule: True
-    params:
-        python=PYTHON,
-        script=entry_point("build_manifest.py"),
-        run_config=Path(RUN_CONFIG),
     message:
-        "Rebuilding {output} from the sidecars"
-    shell:
-        logged(
-            "{params.python:q} {params.script:q} --config-json {params.run_config:q}"
-        )
+        "Writing {output}"
+    script:
+        "../scripts/manifest.py"
 
 
 # The run summary for `snakemake --report report.html`: counts, cost, QC score
-# distributions, a sample of outputs beside their sources. Rebuilt with the manifest.
+# distributions, failures by reason, a sample of outputs beside their sources.
 rule summary:
     input:
         MANIFEST,
     output:
         report(SUMMARY, category="Run summary", caption="../report/summary.rst"),
     log:
-        LOG_DIR / "summary.log",
+        LOGS / "summary.log",
     localrule: True
-    params:
-        python=PYTHON,
-        script=entry_point("build_summary.py"),
-        run_config=Path(RUN_CONFIG),
-    shell:
-        logged(
-            "{params.python:q} {params.script:q} --config-json {params.run_config:q}"
-            " --output {output:q}"
-        )
+    script:
+        "../scripts/summary.py"

@@ -1,31 +1,33 @@
-# Checkpoint `targets`: the table of images to augment (one row per image_id).
-# It reruns when train.csv is newer or data_root / train_csv / primary_targets
-# change (they name the settings file).
-
-
-rule target_settings:
-    output:
-        SETTINGS_JSON,
-    localrule: True
-    run:
-        write_target_settings(output[0])
+# Checkpoint `targets`: the images to augment, one row per image_id, with
+# their source checks. Its file name carries a hash of data_root, train_csv,
+# primary_targets, limit and the content of train.csv: it is made again
+# when any of them changes, and only then.
 
 
 checkpoint targets:
     input:
-        csv=TRAIN_CSV,
-        settings=SETTINGS_JSON,
+        ancient(cfgmod.train_csv_path(config)),
     output:
-        TARGETS_CSV,
+        PIPE.table,
     log:
-        LOG_DIR / "targets.log",
+        LOGS / "targets.log",
     localrule: True
-    params:
-        python=PYTHON,
-        script=entry_point("make_targets.py"),
-        run_config=Path(RUN_CONFIG),
     message:
-        "Reading {input.csv}: images with every primary target"
-    shell:
-        "{params.python:q} {params.script:q} --config-json {params.run_config:q}"
-        " --output {output:q} 2>&1 | tee {log:q}"
+        "Reading {input}: images with every primary target"
+    script:
+        "../scripts/make_targets.py"
+
+
+# The settings an output is derived with (postprocess, qc, output_ext) and those
+# the manifest marks depend on: a new file when they change, so Snakemake
+# rebuilds what depends on them (free: no answer is bought again).
+rule settings:
+    output:
+        layout.settings_file(OUT, "{kind}", "{key}"),
+    log:
+        LOGS / "settings-{kind}-{key}.log",
+    localrule: True
+    wildcard_constraints:
+        kind="derive|manifest",
+    script:
+        "../scripts/write_settings.py"

@@ -1,8 +1,7 @@
-#!/usr/bin/env python
-"""Thin entry point: see nano_banana_aug.batch."""
+# Snakemake script of checkpoint batch (rules/batch.smk): answers through the Gemini Batch API.
 import sys
 
+sys.path.insert(0, snakemake.scriptdir)  # this checkout's package
 from nano_banana_aug.batch import main
 
-if __name__ == "__main__":
-    sys.exit(main())
+main(snakemake)

@@ -1,8 +1,7 @@
-#!/usr/bin/env python
-"""Thin entry point: see nano_banana_aug.generate."""
+# Snakemake script of rule generate (rules/generate.smk): build one output from its answer.
 import sys
 
+sys.path.insert(0, snakemake.scriptdir)  # this checkout's package
 from nano_banana_aug.generate import main
 
-if __name__ == "__main__":
-    sys.exit(main())
+main(snakemake)

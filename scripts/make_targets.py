@@ -1,8 +1,7 @@
-#!/usr/bin/env python
-"""Thin entry point: see nano_banana_aug.targets."""
+# Snakemake script of checkpoint targets (rules/targets.smk): the images to augment.
 import sys
 
-from nano_banana_aug.targets import main
+sys.path.insert(0, snakemake.scriptdir)  # this checkout's package
+from nano_banana_aug.targets import checkpoint_main
 
-if __name__ == "__main__":
-    sys.exit(main())
+checkpoint_main(snakemake)

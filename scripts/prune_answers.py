@@ -1,8 +1,7 @@
-#!/usr/bin/env python
-"""Thin entry point: see nano_banana_aug.answers."""
+# Snakemake script of rule prune_answers (rules/extras.smk): delete superseded answer images.
 import sys
 
-from nano_banana_aug.answers import main
+sys.path.insert(0, snakemake.scriptdir)  # this checkout's package
+from nano_banana_aug.prune import main
 
-if __name__ == "__main__":
-    sys.exit(main())
+main(snakemake)

@@ -1,29 +1,28 @@
-"""The answer store: every paid answer, on disk before anything else happens to it.
+"""Answers: what the service said, one file per paid request, never rewritten.
 
-    {output_dir}/answers/<stem>/000001.png     the image bytes exactly as received
-    {output_dir}/answers/<stem>/000001.json    what the service said about them (+ request fingerprint)
-    {output_dir}/.pipeline/recheck/<stem>      "look at this target again": an answer not yet turned
-                                               into its output, or an output being replaced
+    {output_dir}/answers/<stem>/v1.json    answer 1 of the target: request fingerprint, usage,
+                                           response id, time, and either the image or why not
+    {output_dir}/answers/<stem>/v1.png     its image bytes exactly as received (read-only)
 
-An answer is written (image, then its JSON; each durable and atomic) by the
-job that paid for it, under the target's lock, right after the HTTP answer
-arrived — before decoding, QC or post-processing — so a crash, ``kill -9``
-or a bug later in the job never loses it.  Numbers only grow: answers are
-never overwritten (a regeneration, an automatic QC regeneration or a forced
-run adds a new one).
+An answer is one *version* of a target.  Version 1 is the first answer
+bought; a new version is bought only when asked for (a retry after a
+refused answer, a regeneration): the old ones stay, so the output that was
+made from one is never lost before its replacement exists.  The record is
+written after its image (each atomically and durably), so a record that
+exists is complete; the record is the declared output of rule ``answer``.
 
-Which answers a target has *used* is recorded in its sidecar
-(``answer_seq_seen``: every answer up to that number has been looked at).
-A later answer is *unconsumed*: the next generate job of that target builds
-the output from it instead of calling (crash recovery, results of a batch
-job).  The *recheck* markers are a cheap index of such targets for the plan
-(the job itself always lists the directory): one is created after an answer
-is complete, and before an existing output is replaced, and removed once the
-output and its sidecar agree again; a marker may be stale (the job then finds
-nothing to do), never missing.
+Kinds of answer (``status``):
 
-Space: a 2K answer is 1.5-8 MB.  :func:`prune` deletes answers that were
-used or superseded; it never deletes an unconsumed one.
+``image``     an image that decoded: the output is built from it
+``refused``   the service answered without a usable image (a safety block,
+              text only, an undecodable image, an error inside HTTP 200);
+              such answers can be billed, so they are kept like any other
+``unusable``  the source image could not be read when the answer was to be
+              bought: nothing was sent
+
+Everything the pipeline reports about money comes from these files: what
+was paid (a record exists), what it cost (``est_cost_usd``, summed), which
+run paid it (``run_id``).
 """
 
 from __future__ import annotations
@@ -39,41 +38,53 @@ from . import layout
 from .fileio import atomic_write_bytes, atomic_write_text, fsync_dir
 from .imaging import sniff_format
 
-ANSWERS_DIR = "answers"
-_SEQ_RE = re.compile(r"^(\d{6,})\.(json|png|jpg|jpeg|webp|gif|heic|heif|bin)$")
+_VERSION_RE = re.compile(r"^v(\d+)\.(json|png|jpg|webp|gif|heic|heif|bin)$")
 _EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "HEIC": "heic", "HEIF": "heif"}
+IMAGE = "image"
+REFUSED = "refused"
+UNUSABLE = "unusable"
 
 
 @dataclass
 class Answer:
-    """One stored answer (the JSON next to the image)."""
+    """One answer record (``v<n>.json``)."""
 
-    answer_id: str  # zero-padded sequence number within the target, e.g. "000003"
     stem: str
-    image_file: str  # file name next to the JSON
-    image_sha256: str
-    image_bytes: int
-    mime_type: str  # detected from the bytes
+    version: int
+    status: str  # image | refused | unusable
+    fingerprint: dict = field(default_factory=dict)  # what was asked: provider, model, prompt/source sha, image config, region
+    request_key: str = ""  # hash of the parts of the fingerprint the config decides (stale = differs from the config)
+    image_file: str = ""  # v<n>.<ext> next to the record (status image)
+    image_sha256: str = ""
+    image_bytes: int = 0
+    mime_type: str = ""  # detected from the bytes
     mime_label: str = ""  # as labelled by the service (may be wrong)
+    reason: str = ""  # refused / unusable: short machine-readable reason (IMAGE_SAFETY, NO_IMAGE, BAD_SOURCE, ...)
+    message: str = ""  # refused / unusable: what went wrong, for people
     response_id: str = ""
     model_version: str = ""
-    usage: dict = field(default_factory=dict)
-    est_cost_usd: float | None = None
     finish_reason: str = ""
     text: str = ""  # the model's words next to the image (cut)
-    attempt: int = 0  # attempt number within the job that paid for it
-    ts: float = 0.0  # when it arrived (unix time)
-    source: str = "call"  # call (synchronous request) | batch
-    batch: str = ""  # the batch job it came from (batches/…)
-    fingerprint: dict = field(default_factory=dict)  # provider, model, source_sha256, prompt_sha256, image_config
-    satisfies: list = field(default_factory=list)  # ids of the regeneration requests it was bought for
+    usage: dict = field(default_factory=dict)  # of the final attempt
+    calls: int = 0  # attempts made for this answer (each one a request to the service)
+    attempts: list = field(default_factory=list)  # the failed attempts before the final one: reason, message, usage, cost
+    est_cost_usd: float | None = None  # every attempt of this answer, from api.pricing (or the service's own figure)
+    cost_usd: float | None = None  # reported by the service (OpenRouter), every attempt
+    api_seconds: float = 0.0
+    source: str = "call"  # call | batch | local
+    batch: str = ""  # the batch job it came from
     run_id: str = ""
+    ts: float = 0.0
     host: str = ""
     slurm_job_id: str = ""
 
     @property
-    def seq(self) -> int:
-        return int(self.answer_id)
+    def answer_id(self) -> str:
+        return f"v{self.version}"
+
+    @property
+    def has_image(self) -> bool:
+        return self.status == IMAGE
 
     @classmethod
     def from_dict(cls, data: dict) -> "Answer":
@@ -81,180 +92,130 @@ class Answer:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-class AnswerStore:
-    def __init__(self, output_dir):
-        self.root = Path(output_dir) / ANSWERS_DIR
+def versions(output_dir, stem: str) -> list[tuple[int, bool]]:
+    """(version, has its image file) of every complete answer of ``stem``, oldest first.
 
-    # --- paths
-    def target_dir(self, stem: str) -> Path:
-        return self.root / stem
+    Cheap (one directory listing): an answer counts once its record exists."""
+    try:
+        names = os.listdir(layout.answer_dir(output_dir, stem))
+    except FileNotFoundError:
+        return []
+    records, images = set(), set()
+    for name in names:
+        m = _VERSION_RE.match(name)
+        if m:
+            (records if m.group(2) == "json" else images).add(int(m.group(1)))
+    return [(v, v in images) for v in sorted(records)]
 
-    def image_path(self, answer: Answer) -> Path:
-        return self.target_dir(answer.stem) / answer.image_file
 
-    # --- reading
-    def list(self, stem: str) -> list[Answer]:
-        """The complete answers of ``stem`` (JSON present and readable), oldest first."""
-        d = self.target_dir(stem)
-        try:
-            names = os.listdir(d)
-        except FileNotFoundError:
-            return []
-        found = []
-        for name in names:
-            m = _SEQ_RE.match(name)
-            if not m or m.group(2) != "json":
-                continue
-            try:
-                with open(d / name, encoding="utf-8") as fh:
-                    found.append(Answer.from_dict(json.load(fh)))
-            except (OSError, ValueError, TypeError):
-                continue  # a damaged record is not an answer
-        return sorted(found, key=lambda a: a.seq)
+def read(output_dir, stem: str, version: int) -> Answer:
+    with open(layout.answer_path(output_dir, stem, version), encoding="utf-8") as fh:
+        return Answer.from_dict(json.load(fh))
 
-    def get(self, stem: str, answer_id: str) -> Answer | None:
-        for a in self.list(stem):
-            if a.answer_id == answer_id:
-                return a
+
+def read_path(path) -> Answer:
+    with open(path, encoding="utf-8") as fh:
+        return Answer.from_dict(json.load(fh))
+
+
+def try_read(output_dir, stem: str, version: int) -> Answer | None:
+    try:
+        return read(output_dir, stem, version)
+    except (OSError, ValueError, TypeError):
         return None
 
-    def read_image(self, answer: Answer) -> bytes:
-        """The image bytes, checked against the recorded SHA-256."""
-        data = self.image_path(answer).read_bytes()
-        if hashlib.sha256(data).hexdigest() != answer.image_sha256:
-            raise ValueError(f"stored answer {answer.stem}/{answer.image_file} is damaged (SHA-256 differs)")
-        return data
 
-    def stems(self) -> set[str]:
-        """Targets with at least an answer directory."""
-        try:
-            return {e.name for e in os.scandir(self.root) if e.is_dir()}
-        except FileNotFoundError:
-            return set()
+def image_path(output_dir, answer: Answer) -> Path:
+    return layout.answer_dir(output_dir, answer.stem) / answer.image_file
 
-    # --- writing (the caller holds the target's lock)
-    def _next_seq(self, stem: str) -> int:
-        try:
-            names = os.listdir(self.target_dir(stem))
-        except FileNotFoundError:
-            return 1
-        seqs = [int(m.group(1)) for m in map(_SEQ_RE.match, names) if m]
-        return max(seqs, default=0) + 1
 
-    def add(self, stem: str, data: bytes, **meta) -> Answer:
-        """Store one answer durably: image first, then its JSON (which makes it count)."""
+def image_data(output_dir, answer: Answer) -> bytes:
+    """The image bytes, checked against the recorded SHA-256."""
+    data = image_path(output_dir, answer).read_bytes()
+    if hashlib.sha256(data).hexdigest() != answer.image_sha256:
+        raise ValueError(f"answer {answer.stem}/{answer.image_file} is damaged (SHA-256 differs)")
+    return data
+
+
+def write(output_dir, answer: Answer, data: bytes | None = None) -> Answer:
+    """Store one answer durably: its image first (read-only), then the record (which makes it count).
+
+    The caller holds the target's lock and has checked that this version does not exist."""
+    directory = layout.answer_dir(output_dir, answer.stem)
+    new_dir = not directory.is_dir()
+    if data is not None:
         fmt = sniff_format(data)
-        seq = self._next_seq(stem)
-        answer_id = f"{seq:06d}"
-        ext = _EXT.get(fmt[0], "bin") if fmt else "bin"
-        answer = Answer(
-            answer_id=answer_id, stem=stem, image_file=f"{answer_id}.{ext}",
-            image_sha256=hashlib.sha256(data).hexdigest(), image_bytes=len(data),
-            mime_type=fmt[1] if fmt else "", **meta,
-        )
-        d = self.target_dir(stem)
-        new_dir = not d.is_dir()
-        atomic_write_bytes(d / answer.image_file, data)
-        atomic_write_text(d / f"{answer_id}.json", json.dumps(asdict(answer), indent=1))
-        if new_dir:
-            fsync_dir(self.root)
-        mark_recheck(self.root.parent, stem)
-        return answer
+        answer.status = IMAGE
+        answer.image_file = f"v{answer.version}.{_EXT.get(fmt[0], 'bin') if fmt else 'bin'}"
+        answer.image_sha256 = hashlib.sha256(data).hexdigest()
+        answer.image_bytes = len(data)
+        answer.mime_type = fmt[1] if fmt else ""
+        target = directory / answer.image_file
+        if target.exists():  # left by a job killed between the image and the record
+            os.chmod(target, 0o644)
+        atomic_write_bytes(target, data, mode=0o444)
+    atomic_write_text(layout.answer_path(output_dir, answer.stem, answer.version), json.dumps(asdict(answer), indent=1))
+    if new_dir:
+        fsync_dir(directory.parent)
+    return answer
 
 
-def recheck_dir(output_dir) -> Path:
-    return layout.pipeline_dir(output_dir) / "recheck"
-
-
-def mark_recheck(output_dir, stem: str) -> None:
-    marker = recheck_dir(output_dir) / stem
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()
-    fsync_dir(marker.parent)
-
-
-def clear_recheck(output_dir, stem: str) -> None:
-    (recheck_dir(output_dir) / stem).unlink(missing_ok=True)
-
-
-def recheck_stems(output_dir) -> set[str]:
+def remove_image(output_dir, answer: Answer) -> int:
+    """Delete an answer's image bytes (the record stays: it says what was paid); bytes freed."""
+    path = image_path(output_dir, answer)
     try:
-        return set(os.listdir(recheck_dir(output_dir)))
+        size = path.stat().st_size
+        path.unlink()
     except FileNotFoundError:
-        return set()
+        return 0
+    return size
 
 
-def unconsumed(answers: list[Answer], seen: int) -> list[Answer]:
-    """Answers newer than the sidecar's watermark."""
-    return [a for a in answers if a.seq > seen]
+def stems(output_dir) -> list[str]:
+    """Targets with an answer directory."""
+    try:
+        return sorted(e.name for e in os.scandir(layout.answers_root(output_dir)) if e.is_dir())
+    except FileNotFoundError:
+        return []
+
+
+def iter_all(output_dir):
+    """Every readable answer record of the directory."""
+    for stem in stems(output_dir):
+        for version, _ in versions(output_dir, stem):
+            answer = try_read(output_dir, stem, version)
+            if answer is not None:
+                yield answer
+
+
+def spent_usd(answer: Answer) -> float:
+    """What one answer cost: the service's figure when it gave one, else the estimate."""
+    if answer.cost_usd is not None:
+        return float(answer.cost_usd)
+    return float(answer.est_cost_usd or 0.0)
+
+
+def totals(answers) -> dict:
+    """Counts and cost of a set of answers (bought ones: from a call or a batch)."""
+    out = {"answers": 0, "images": 0, "refused": 0, "calls": 0, "cost_usd": 0.0}
+    for a in answers:
+        if a.status == UNUSABLE:
+            continue
+        out["answers"] += 1
+        out["images"] += a.status == IMAGE
+        out["refused"] += a.status == REFUSED
+        out["calls"] += int(a.calls or 0)
+        out["cost_usd"] += spent_usd(a)
+    return out
 
 
 def disk_usage(output_dir) -> tuple[int, int]:
-    """(number of stored answers, bytes of their images)."""
-    root = Path(output_dir) / ANSWERS_DIR
+    """(answer images stored, bytes)."""
     count = size = 0
-    if not root.is_dir():
-        return 0, 0
-    for d in os.scandir(root):
-        if not d.is_dir():
-            continue
-        for e in os.scandir(d.path):
-            m = _SEQ_RE.match(e.name)
+    for stem in stems(output_dir):
+        for entry in os.scandir(layout.answer_dir(output_dir, stem)):
+            m = _VERSION_RE.match(entry.name)
             if m and m.group(2) != "json":
                 count += 1
-                size += e.stat().st_size
+                size += entry.stat().st_size
     return count, size
-
-
-def prune(output_dir, *, mode: str = "superseded", lock_timeout_s: float = 600.0) -> tuple[int, int]:
-    """Delete stored answers that were used; returns (answers deleted, bytes freed).
-
-    ``superseded``: every used answer except the one each output was made from
-    (``rederive`` keeps working).  ``used``: every used answer (those outputs can
-    no longer be rebuilt without a new call).  An answer a target has not used
-    yet is never deleted, nor any answer of a target without a sidecar.
-    """
-    from . import locks, sidecar
-
-    store = AnswerStore(output_dir)
-    deleted = freed = 0
-    for stem in sorted(store.stems()):
-        key = layout.parse_stem(stem)
-        if key is None:
-            continue
-        with locks.exclusive(layout.target_lock(output_dir, stem), timeout_s=lock_timeout_s, what=f"target {stem}"):
-            try:
-                rec = sidecar.read(layout.sidecar_path(output_dir, *key))
-            except (OSError, ValueError, TypeError):
-                continue
-            for a in store.list(stem):
-                if a.seq > rec.answer_seq_seen or (mode == "superseded" and a.answer_id == rec.answer_id):
-                    continue
-                image = store.image_path(a)
-                try:
-                    freed += image.stat().st_size
-                except FileNotFoundError:
-                    pass
-                (store.target_dir(stem) / f"{a.answer_id}.json").unlink(missing_ok=True)  # first: it makes it count
-                image.unlink(missing_ok=True)
-                deleted += 1
-    return deleted, freed
-
-
-def main(argv=None) -> int:
-    """Entry point of rule `prune_answers`: prune_answers.py --config-json C."""
-    import argparse
-
-    from . import config as config_mod
-
-    ap = argparse.ArgumentParser(description="Delete stored answers that were used (never unused ones).")
-    ap.add_argument("--config-json", required=True)
-    args = ap.parse_args(argv)
-    cfg = config_mod.read_effective_config(args.config_json)
-    out = cfg["data"]["output_dir"]
-    before = disk_usage(out)
-    deleted, freed = prune(out, mode=cfg.get("prune_mode", "superseded"))
-    after = disk_usage(out)
-    print(f"answers: {deleted} deleted ({freed / 1e6:.1f} MB freed; prune_mode={cfg.get('prune_mode', 'superseded')}); "
-          f"{after[0]} kept ({after[1] / 1e6:.1f} MB), was {before[0]} ({before[1] / 1e6:.1f} MB)")
-    return 0

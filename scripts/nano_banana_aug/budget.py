@@ -1,18 +1,19 @@
-"""The run's ledger of paid calls, and the budget guard.
+"""The budget guard: no paid call starts past the run's or the directory's limit.
 
-Every paid attempt first *reserves* its place in the ledger of this run
-(``{output_dir}/.pipeline/runs/<run id>/ledger.json``) under an exclusive
-lock, so parallel jobs — also on other nodes of a shared filesystem — never
-start more calls than ``api.max_calls`` or spend past ``api.max_cost_usd``.
-A reservation counts one call at the planning price
-(``pricing.image_usd_per_call``); after the call the estimate from the
-reported usage replaces it.  When the budget is used up the job ends without
-a call; its target is recorded as ``over_budget`` and the next run (with a new
-budget) picks it up.  The ledger is kept without a budget too: the end-of-run
-summary reports its counts.
+What was paid is read from the answers (:mod:`nano_banana_aug.answers`);
+this module only keeps what is *in flight*.  Before each paid attempt a job
+reserves one call at the planning price (``pricing.image_usd_per_call``) in
+the run's ledger (``.pipeline/runs/<run id>/ledger.json``, under an
+exclusive lock, so parallel jobs — also on other nodes of a shared
+filesystem — never start more calls than ``api.max_calls`` or spend past
+``api.max_cost_usd``); after the call the estimate from the reported usage
+replaces the reservation.  ``api.max_total_cost_usd`` caps the whole output
+directory: what its answers cost before this run (summed once, when the
+ledger is made) plus this run's calls.
 
-It fails closed: a ledger that exists but cannot be read stops every paid
-call (the run cannot know what it has spent), with a message naming the file.
+The plan already asks for no more answers than the budget allows; the guard
+catches retries and concurrent runs.  It fails closed: a ledger that exists
+but cannot be read stops every paid call, with a message naming the file.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from .fileio import atomic_write_text, file_mode
 from .providers.base import AttemptError
 
-EMPTY = {"calls": 0, "billable": 0, "cost_usd": 0.0, "refused": 0}
+EMPTY = {"calls": 0, "cost_usd": 0.0, "before_usd": None}
 
 
 class BudgetExceeded(AttemptError):
@@ -40,12 +41,15 @@ class LedgerUnreadable(AttemptError):
 
 
 class Ledger:
-    def __init__(self, path, *, max_calls=None, max_cost_usd=None, reserve_usd: float = 0.0):
+    def __init__(self, path, *, max_calls=None, max_cost_usd=None, max_total_cost_usd=None,
+                 reserve_usd: float = 0.0, spent_before=None):
         self.path = Path(path)
         self.lock_path = self.path.with_suffix(".lock")
         self.max_calls = max_calls
         self.max_cost_usd = max_cost_usd
+        self.max_total_cost_usd = max_total_cost_usd
         self.reserve_usd = float(reserve_usd)
+        self.spent_before = spent_before or (lambda: 0.0)  # USD of the directory's answers before this run
 
     @contextmanager
     def _locked(self):
@@ -54,13 +58,15 @@ class Ledger:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             state = self.read()
+            if state["before_usd"] is None and self.max_total_cost_usd is not None:
+                state["before_usd"] = float(self.spent_before())
             yield state
             atomic_write_text(self.path, json.dumps(state))
         finally:
             os.close(fd)
 
     def read(self) -> dict:
-        """The ledger's counts; zeros when it does not exist yet; LedgerUnreadable when damaged."""
+        """The ledger; zeros when it does not exist yet; LedgerUnreadable when damaged."""
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -69,45 +75,43 @@ class Ledger:
             raise LedgerUnreadable(f"budget ledger {self.path} cannot be read ({exc.strerror}); "
                                    "no paid call is made without knowing what this run has spent") from None
         try:
-            state = json.loads(text)
-            if not isinstance(state, dict):
-                raise ValueError("not an object")
-            state = {**EMPTY, **state}
+            state = {**EMPTY, **json.loads(text)}
             state["calls"], state["cost_usd"] = int(state["calls"]), float(state["cost_usd"])
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             raise LedgerUnreadable(f"budget ledger {self.path} is damaged ({exc}); "
                                    "no paid call is made without knowing what this run has spent") from None
         return state
 
+    def _refusal(self, state: dict, n: int, unit_usd: float) -> str:
+        if self.max_calls is not None and state["calls"] + n > self.max_calls:
+            return f"budget reached: {state['calls']} paid calls of api.max_calls={self.max_calls} in this run"
+        cost = state["cost_usd"] + n * unit_usd
+        if self.max_cost_usd is not None and cost > self.max_cost_usd + 1e-9:
+            return (f"budget reached: ${state['cost_usd']:.2f} estimated of api.max_cost_usd="
+                    f"${self.max_cost_usd:.2f} in this run")
+        if self.max_total_cost_usd is not None and (state["before_usd"] or 0.0) + cost > self.max_total_cost_usd + 1e-9:
+            return (f"budget reached: ${(state['before_usd'] or 0.0) + state['cost_usd']:.2f} spent in this output "
+                    f"directory of api.max_total_cost_usd=${self.max_total_cost_usd:.2f}")
+        return ""
+
     def reserve(self) -> None:
         """Count one paid call, or raise BudgetExceeded without counting it."""
-        refusal = ""
         with self._locked() as state:
-            if self.max_calls is not None and state["calls"] >= self.max_calls:
-                refusal = f"budget reached: {state['calls']} paid calls of api.max_calls={self.max_calls} in this run"
-            elif self.max_cost_usd is not None and state["cost_usd"] + self.reserve_usd > self.max_cost_usd + 1e-12:
-                refusal = (f"budget reached: ${state['cost_usd']:.2f} estimated of "
-                           f"api.max_cost_usd=${self.max_cost_usd:.2f} in this run")
-            if refusal:
-                state["refused"] = state.get("refused", 0) + 1
-            else:
+            refusal = self._refusal(state, 1, self.reserve_usd)
+            if not refusal:
                 state["calls"] += 1
                 state["cost_usd"] += self.reserve_usd
         if refusal:
             raise BudgetExceeded(refusal)
 
     def reserve_up_to(self, n: int, unit_usd: float) -> int:
-        """Count up to ``n`` paid calls at ``unit_usd`` each (a batch chunk); how many fit the budget."""
+        """Count up to ``n`` paid answers at ``unit_usd`` each (a batch chunk); how many fit."""
         with self._locked() as state:
             k = int(n)
-            if self.max_calls is not None:
-                k = min(k, max(0, self.max_calls - state["calls"]))
-            if self.max_cost_usd is not None and unit_usd > 0:
-                k = min(k, max(0, int((self.max_cost_usd - state["cost_usd"] + 1e-9) // unit_usd)))
+            while k > 0 and self._refusal(state, k, unit_usd):
+                k -= 1
             state["calls"] += k
             state["cost_usd"] += k * unit_usd
-            if k < n:
-                state["refused"] = state.get("refused", 0) + (n - k)
         return k
 
     def release(self, n: int, unit_usd: float) -> None:
@@ -116,25 +120,30 @@ class Ledger:
             state["calls"] = max(0, state["calls"] - int(n))
             state["cost_usd"] = max(0.0, state["cost_usd"] - n * unit_usd)
 
-    def adjust(self, delta_usd: float, billable: int = 0) -> None:
-        """Correct the estimated cost (reservations replaced by what the answers report)."""
-        with self._locked() as state:
-            state["cost_usd"] = max(0.0, state["cost_usd"] + float(delta_usd))
-            state["billable"] = state.get("billable", 0) + int(billable)
-
-    def count(self, n: int, usd: float) -> None:
-        """Calls paid outside this run's reservations (a batch submitted by an earlier run)."""
-        with self._locked() as state:
-            state["calls"] += int(n)
-            state["billable"] = state.get("billable", 0) + int(n)
-            state["cost_usd"] += float(usd)
-
     def settle(self, actual_usd: float | None, billable: bool = True) -> None:
-        """Replace the reservation of one call by its estimated cost; count it as billable
-        (an answer, also a refused one) or not (an HTTP error, a lost connection: made, not billed)."""
+        """Replace the reservation of one made call by its estimated cost (an HTTP error or a lost
+        connection is made but not billed: its reservation is given back)."""
         with self._locked() as state:
-            state["billable"] = state.get("billable", 0) + (1 if billable else 0)
             if actual_usd is not None:
-                state["cost_usd"] += float(actual_usd) - self.reserve_usd
+                state["cost_usd"] = max(0.0, state["cost_usd"] + float(actual_usd) - self.reserve_usd)
             elif not billable:
                 state["cost_usd"] = max(0.0, state["cost_usd"] - self.reserve_usd)
+
+
+def for_config(cfg: dict) -> Ledger:
+    """This run's ledger with the config's limits."""
+    from . import answers, config as config_mod, runs
+
+    out = config_mod.output_dir(cfg)
+    api = cfg["api"]
+    return Ledger(runs.directory(out) / "ledger.json", max_calls=api.get("max_calls"),
+                  max_cost_usd=api.get("max_cost_usd"), max_total_cost_usd=api.get("max_total_cost_usd"),
+                  reserve_usd=float(api["pricing"]["image_usd_per_call"]),
+                  spent_before=lambda: spent_in_directory(out, exclude_run=runs.current()))
+
+
+def spent_in_directory(output_dir, exclude_run: str | None = None) -> float:
+    """USD of every answer of the directory (optionally not counting one run's)."""
+    from . import answers
+
+    return sum(answers.spent_usd(a) for a in answers.iter_all(output_dir) if a.run_id != exclude_run)

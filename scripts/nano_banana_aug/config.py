@@ -1,16 +1,18 @@
-"""Configuration: schema check with one-line errors, provider defaults, paths.
+"""Configuration: one source of defaults (the schema), one-line errors, and the
+few values derived from it.
 
-The Snakefile validates the user's YAML (plus ``--config`` overrides) with
-:func:`check_config` before any job runs, then fills defaults with
-``snakemake.utils.validate``.  The run that holds Snakemake's lock writes the
-result once, as JSON private to that run (:mod:`nano_banana_aug.runs`), so
-every job of the run reads the same settings without re-parsing YAML, and no
-other invocation can change them.
+The Snakefile runs :func:`prepare` on the merged config (``configfile`` plus
+``--config``) before anything else: values given on the command line are
+typed, keys of earlier releases are mapped with a one-line deprecation note,
+the schema checks every key (a bad value stops the run naming the key and
+what is allowed) and ``snakemake.utils.validate`` fills the defaults.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from pathlib import Path
 
 from . import keys
@@ -21,6 +23,21 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "configs" / "schema" / "conf
 DEFAULT_MODELS = {**keys.DEFAULT_MODEL, "local": "recipes-v1"}
 DEFAULT_BASE_URLS = {**keys.DEFAULT_BASE_URL, "local": None}
 PAID_PROVIDERS = ("gemini", "openrouter")
+REQUESTS = ("all", "stale", "rejected")  # regenerate= values besides augmentation names
+
+# Keys of earlier releases: accepted, mapped (or ignored) with one line each.
+DEPRECATED = {
+    "plan_only": "use `snakemake -n` or the target `snakemake plan` (they call nothing)",
+    "rederive": "outputs are rebuilt from their answers (0 calls) whenever postprocess, qc or output_ext change; "
+                "`--forcerun generate` forces it",
+    "redo_rejected": "use regenerate=rejected",
+    "retry_blocked": "raise api.max_total_attempts instead (this run retries blocked outputs)",
+    "batch_cancel": "use the target `snakemake cancel_batches`",
+    "prune_mode": "`snakemake prune_answers` deletes superseded answer images and keeps each output's own",
+    "api.concurrency_scope": "every output is its own job: api.concurrency caps the calls in flight in any case",
+    "api.batch.max_file_bytes": "batch input files are cut below the Files API's 2 GB limit automatically",
+    "api.batch.lock_timeout_s": "a second run in the same directory waits for the first one's batch job",
+}
 
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict:
@@ -30,13 +47,17 @@ def load_schema(path: Path = SCHEMA_PATH) -> dict:
         return yaml.safe_load(fh)
 
 
+# ---------------------------------------------------------------- errors in one line
+
 def _key_path(error) -> str:
     parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in error.absolute_path]
     return ".".join(parts).replace(".[", "[") or "(top level)"
 
 
-def _describe(error, schema: dict) -> str:
-    """Turn a jsonschema ValidationError into one actionable line."""
+def _describe(error) -> str:
+    """A jsonschema ValidationError as one actionable line."""
+    import difflib
+
     key = _key_path(error)
     v = error.validator
     if v == "additionalProperties":
@@ -44,8 +65,6 @@ def _describe(error, schema: dict) -> str:
         extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
         where = f"{key}." if key != "(top level)" else ""
         names = ", ".join(f"'{where}{x}'" for x in extra)
-        import difflib
-
         hints = [f"'{where}{m[0]}'" for x in extra for m in [difflib.get_close_matches(str(x), allowed, n=1, cutoff=0.6)] if m]
         hint = f"; did you mean {' / '.join(hints)}?" if hints else ""
         return f"unknown config key {names}{hint} (allowed keys here: {', '.join(allowed)})"
@@ -67,6 +86,8 @@ def _describe(error, schema: dict) -> str:
     return f"config key '{key}': {error.message}"
 
 
+# ---------------------------------------------------------------- --config values arrive as text
+
 _NULLS = ("null", "Null", "NULL", "~")
 
 
@@ -86,7 +107,7 @@ def _resolve(schema: dict, root: dict) -> dict:
 
 
 def _coerce(value, schema: dict, root: dict):
-    """``value`` converted to what ``schema`` asks for when it arrived as text (``--config``)."""
+    """``value`` converted to what ``schema`` asks for when it arrived as text."""
     import yaml
 
     schema = _resolve(schema, root)
@@ -121,22 +142,60 @@ def _coerce(value, schema: dict, root: dict):
 
 
 def coerce_command_line(cfg: dict, schema: dict | None = None) -> dict:
-    """Values given with ``--config`` arrive as text, also inside nested values
-    (``'api={"concurrency": 4}'`` gives ``{"concurrency": "4"}``): convert them
-    to the types the schema asks for, so they validate as if written in YAML."""
+    """``--config 'api={"concurrency": 4}'`` gives ``{"concurrency": "4"}``: typed as in YAML."""
     schema = schema or load_schema()
     return _coerce(cfg, schema, schema)
 
 
-def check_config(cfg: dict, schema: dict | None = None) -> None:
-    """Raise ConfigError with one line naming the first bad key and what is allowed."""
+# ---------------------------------------------------------------- keys of earlier releases
+
+def _pop(cfg: dict, dotted: str):
+    *parents, last = dotted.split(".")
+    node = cfg
+    for p in parents:
+        node = node.get(p) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            return None, False
+    if last not in node:
+        return None, False
+    return node.pop(last), True
+
+
+def _truthy(value) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() in ("true", "1", "yes"))
+
+
+def map_deprecated(cfg: dict, say=None) -> dict:
+    """Take the keys of earlier releases out of ``cfg``, say once what replaces each, and map
+    them onto ``cfg["_asked"]`` (what this invocation asks for beyond the settings)."""
+    say = say or (lambda m: print(m, file=sys.stderr))
+    asked = cfg.setdefault("_asked", {})
+    for dotted, instead in DEPRECATED.items():
+        value, present = _pop(cfg, dotted)
+        if not present:
+            continue
+        say(f"note: config key '{dotted}' is deprecated: {instead}")
+        if dotted == "plan_only" and _truthy(value):
+            asked["plan"] = True
+        elif dotted == "redo_rejected" and _truthy(value):
+            asked["rejected"] = True
+        elif dotted == "retry_blocked" and _truthy(value):
+            asked["retry_blocked"] = True
+        elif dotted == "batch_cancel" and _truthy(value):
+            asked["cancel_batches"] = True
+    return cfg
+
+
+def check(cfg: dict, schema: dict | None = None) -> None:
+    """ConfigError naming the first bad key and what is allowed."""
     from jsonschema import Draft202012Validator
 
     schema = schema or load_schema()
-    validator = Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(list(e.absolute_path)), list(map(str, e.absolute_path))))
+    plain = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    errors = sorted(Draft202012Validator(schema).iter_errors(plain),
+                    key=lambda e: (len(list(e.absolute_path)), list(map(str, e.absolute_path))))
     if errors:
-        raise ConfigError(_describe(errors[0], schema))
+        raise ConfigError(_describe(errors[0]))
     api = cfg.get("api") or {}
     if api.get("mode") == "batch" and api.get("provider", "gemini") != "gemini":
         raise ConfigError(f"config key 'api.mode': batch needs api.provider gemini, not {api.get('provider')!r} "
@@ -148,7 +207,7 @@ def check_config(cfg: dict, schema: dict | None = None) -> None:
 
 
 def finalise(cfg: dict) -> dict:
-    """Fill the values whose default depends on the provider (in place)."""
+    """Values whose default depends on the provider; ``regenerate`` as a list (in place)."""
     api = cfg["api"]
     provider = api["provider"]
     if not api.get("model"):
@@ -157,19 +216,36 @@ def finalise(cfg: dict) -> dict:
         api["model"] = "google/" + api["model"]
     if not api.get("base_url"):
         api["base_url"] = DEFAULT_BASE_URLS[provider]
-    if isinstance(cfg.get("regenerate"), str):
-        cfg["regenerate"] = [cfg["regenerate"]] if cfg["regenerate"] else []
+    regen = cfg.get("regenerate") or []
+    regen = [regen] if isinstance(regen, str) else list(regen)
     known = {a["name"] for a in cfg["augmentations"]}
-    unknown = [n for n in cfg["regenerate"] if n not in ("all", "stale") and n not in known]
+    unknown = [n for n in regen if n not in REQUESTS and n not in known]
     if unknown:
-        raise ConfigError(
-            f"config key 'regenerate': unknown augmentation(s) {', '.join(unknown)}; "
-            f"allowed: all, stale, {', '.join(sorted(known))}"
-        )
-    if "all" in cfg["regenerate"]:
-        cfg["regenerate"] = sorted(known) + (["stale"] if "stale" in cfg["regenerate"] else [])
+        raise ConfigError(f"config key 'regenerate': unknown value(s) {', '.join(unknown)}; "
+                          f"allowed: {', '.join(REQUESTS)}, {', '.join(sorted(known))}")
+    if cfg.get("_asked", {}).get("rejected"):
+        regen.append("rejected")
+    if "all" in regen:
+        regen = sorted(known) + [r for r in regen if r in ("stale", "rejected")]
+    cfg["regenerate"] = sorted(set(regen))
     return cfg
 
+
+def prepare(cfg: dict, validate, say=None) -> dict:
+    """The whole start-up check: command-line types, old keys, schema, defaults, provider defaults.
+
+    ``validate`` is ``snakemake.utils.validate`` (fills the schema's defaults)."""
+    schema = load_schema()
+    coerce_command_line(cfg, schema)
+    map_deprecated(cfg, say)
+    check(cfg, schema)
+    asked = cfg.pop("_asked", {})
+    validate(cfg, str(SCHEMA_PATH))
+    cfg["_asked"] = asked
+    return finalise(cfg)
+
+
+# ---------------------------------------------------------------- derived values
 
 def is_paid(cfg: dict) -> bool:
     return cfg["api"]["provider"] in PAID_PROVIDERS
@@ -202,39 +278,67 @@ def output_dir(cfg: dict) -> Path:
     return Path(cfg["data"]["output_dir"])
 
 
-def read_effective_config(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: effective config not found; run the pipeline through snakemake") from None
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def generation_key(cfg: dict, aug: dict) -> str:
-    """``<made>/<post>``: hashes of what made an output's answer (provider, model, prompt, image
-    config, match_aspect) and of how it was turned into the file (postprocess, output type).
-    An output whose first part differs from the config's is stale (another model or prompt:
-    ``regenerate=stale`` pays for it); one whose second part differs is rebuilt for free by
-    ``rederive=true``."""
-    import hashlib
-    import json
-
+def request_settings(cfg: dict, aug: dict) -> dict:
+    """What the config says an answer of ``aug`` is asked with (provider, model, prompt, image
+    config, geometry of the request; the recipe and seed for the local engine)."""
     api = cfg["api"]
-    made = {"provider": api["provider"], "model": api["model"], "prompt": full_prompt(cfg, aug),
-            "image_config": api.get("image_config"), "match_aspect": bool(api.get("match_aspect")),
-            "local": aug.get("local") if api["provider"] == "local" else None}
-    pp = cfg.get("postprocess") or {}
-    post = {k: pp.get(k) for k in ("enforce_aspect_ratio", "mode", "pad_mode", "pad_color", "target_size", "resample")}
-    post["ext"] = cfg["data"]["output_ext"]
-
-    def h(obj):
-        return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
-
-    return f"{h(made)}/{h(post)}"
+    local = api["provider"] == "local"
+    return {
+        "provider": api["provider"], "model": api["model"],
+        "prompt_sha256": sha256_text(full_prompt(cfg, aug)),
+        "image_config": api.get("image_config"),
+        "match_aspect": bool(api.get("match_aspect")) and not local,
+        "local": {"recipe": aug.get("local") or {}, "seed": int(cfg.get("seed", 0))} if local else None,
+    }
 
 
-def staleness(key: str, current: str) -> str:
-    """"" (current or unknown), "model/prompt" (made otherwise: pay to refresh) or "postprocess" (free)."""
-    if not key or not current or key == current:
-        return ""
-    return "model/prompt" if key.split("/")[0] != current.split("/")[0] else "postprocess"
+def request_key(settings: dict) -> str:
+    """A short hash of :func:`request_settings`: an answer whose key differs from the config's is stale."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def derive_settings(cfg: dict) -> dict:
+    """What turns an answer into the output: when any of these changes, every output is rebuilt
+    from its answer (free)."""
+    return {"postprocess": cfg["postprocess"], "qc": cfg["qc"], "output_ext": cfg["data"]["output_ext"]}
+
+
+def data_settings(cfg: dict, train_csv_sha256: str) -> dict:
+    """What decides the targets table: the checkpoint reruns when any of these changes."""
+    d = cfg["data"]
+    return {"data_root": str(Path(d["data_root"]).resolve()), "train_csv": d["train_csv"],
+            "primary_targets": list(d["primary_targets"]), "limit": int(cfg.get("limit") or 0),
+            "train_csv_sha256": train_csv_sha256}
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def settings_main(snakemake) -> None:
+    """Entry point of rule ``settings``: the current settings of one kind, under their hash
+    (the older file of that kind is removed, so going back to it makes it new again)."""
+    from .jobs import job_main
+    from .pipeline import Pipeline
+
+    def work():
+        from .fileio import atomic_write_text
+
+        out = Path(snakemake.output[0])
+        kind = snakemake.wildcards.kind
+        pipe = Pipeline(snakemake.config)
+        settings = derive_settings(snakemake.config) if kind == "derive" else pipe.manifest_view()
+        for old in out.parent.glob(f"{kind}-*.json"):
+            if old != out:
+                old.unlink(missing_ok=True)
+        atomic_write_text(out, json.dumps(settings, sort_keys=True, indent=1, default=str))
+
+    job_main(snakemake, work, name=f"settings {snakemake.wildcards.kind}")

@@ -57,11 +57,12 @@ def fsync_dir(directory) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path, data: bytes, *, durable: bool = True) -> None:
+def atomic_write_bytes(path, data: bytes, *, durable: bool = True, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` atomically (temporary name, fsync, rename, fsync of the directory).
 
     ``durable=False`` skips both fsyncs (caches and other derived files that
-    can always be rebuilt).
+    can always be rebuilt); ``mode`` replaces the umask-derived permissions
+    (0o444: a read-only paid answer).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +71,7 @@ def atomic_write_bytes(path, data: bytes, *, durable: bool = True) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fchmod(fh.fileno(), file_mode())
+            os.fchmod(fh.fileno(), file_mode() if mode is None else mode & ~umask())
             if durable:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)

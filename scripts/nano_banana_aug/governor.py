@@ -9,8 +9,9 @@ built only from operations that are atomic on NFS, Lustre and BeeGFS
 ``stop.json``     created once (``O_EXCL``: the first writer wins): no new call
                   is dispatched for the rest of the run — an invalid key, no
                   credits, a model that does not exist, a daily quota that ran
-                  out, a quota of 0.  Jobs that find it leave their target as it
-                  is (no sidecar: not ``failed``).
+                  out, a quota of 0.  The job that meets it fails, which ends
+                  the run (Snakemake starts no further job); jobs already
+                  waiting for a call find it and leave their target as it is.
 ``pause_until``   a shared cool-down: a per-minute 429 with ``RetryInfo``
                   (or ``Retry-After``) pauses every job's next call until then.
 ``ticks/<k>``     the sliding-window rate limit (``api.max_requests_per_minute``
@@ -204,16 +205,11 @@ class Governor:
             pass
         return k * interval
 
-    def at_dispatch(self, sleep=time.sleep) -> None:
-        """Right before the request goes out (the call slot held): the stop and the cool-down again,
-        so a job that waited for its slot does not call into a stop or a pause decided meanwhile."""
+    def may_dispatch(self) -> bool:
+        """Right before the request goes out (the call slot held): False when a cool-down began
+        meanwhile (the caller gives the slot back and waits); DispatchStopped when the run stopped."""
         self.check_stop()
-        while True:
-            wait = self.paused_until() - time.time()
-            if wait <= 0:
-                return
-            sleep(min(wait, 60.0))
-            self.check_stop()
+        return self.paused_until() <= time.time()
 
     def before_call(self, sleep=time.sleep) -> None:
         """Wait for the cool-down and this call's rate-limit tick; DispatchStopped when the run stopped."""
@@ -245,9 +241,8 @@ class Governor:
 
 def for_config(cfg: dict, say=None) -> Governor:
     from . import config as config_mod
-    from .runs import run_dir
+    from . import runs
 
-    run_id = (cfg.get("_run") or {}).get("id", "adhoc")
     api = cfg["api"]
-    return Governor(run_dir(config_mod.output_dir(cfg), run_id) / "api", per_minute=api.get("max_requests_per_minute"),
+    return Governor(runs.directory(config_mod.output_dir(cfg)) / "api", per_minute=api.get("max_requests_per_minute"),
                     max_retry_wait_s=float(api["max_retry_wait_s"]), provider=api["provider"], say=say)

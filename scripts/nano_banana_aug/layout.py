@@ -1,11 +1,23 @@
 """Where things live in an output directory, and how file names are built.
 
-    {output_dir}/{image_id}__{aug_name}__v{k}.{ext}    the outputs (rule targets)
-    {output_dir}/sidecars/{image_id}__{aug_name}__v{k}.json   one per target
-    {output_dir}/.pipeline/targets.csv                 checkpoint `targets`
-    {output_dir}/.pipeline/runs/<run id>/              one run's private config, ledger, locks
-    {output_dir}/answers/<stem>/                       every paid answer (answers.py)
-    {output_dir}/{manifest}, {output_dir}/{log_file}   derived, rebuilt each run
+Per target (``stem = <image_id>__<aug_name>__v<k>``) there are three kinds of
+files, and nothing else holds the target's state::
+
+    {output_dir}/{stem}.{ext}                  the output (rule generate)
+    {output_dir}/sidecars/{stem}.json          its sidecar (rule generate)
+    {output_dir}/answers/{stem}/v{n}.json      answer n: what the service said (rule answer)
+    {output_dir}/answers/{stem}/v{n}.{png|jpg|webp}   its image bytes as received, read-only
+
+Run-wide files (not per target)::
+
+    {output_dir}/.pipeline/targets-<key>.csv     checkpoint `targets` (key: the data settings)
+    {output_dir}/.pipeline/settings/<kind>-<key>.json   settings outputs depend on
+    {output_dir}/.pipeline/manifest/part-NN.csv  manifest shards
+    {output_dir}/.pipeline/runs/<run id>/        one run's budget ledger and API governance
+    {output_dir}/.pipeline/slots/                API call slots (api.concurrency)
+    {output_dir}/.pipeline/batches/              Gemini batch submissions (api.mode: batch)
+    {output_dir}/.pipeline/logs/                 job logs
+    {output_dir}/{manifest}, {log_file}, report/summary.html, gallery/, review.json
 
 ``image_id`` never contains ``__`` (it is ``sample_id`` up to the first
 ``__``) and augmentation names may not contain ``__`` (schema), so a stem
@@ -14,11 +26,16 @@ parses unambiguously.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import zlib
 from pathlib import Path
 
 KNOWN_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".json")
 STEM_RE = re.compile(r"^(?P<image_id>(?:(?!__)[^/])+)__(?P<aug_name>(?:(?!__)[^/])+)__v(?P<variant_idx>\d+)$")
+#: manifest shards: an image's outputs always fall into the same part (crc32 of the image id)
+SHARDS = 100
 
 
 def stem(image_id: str, aug_name: str, variant_idx: int) -> str:
@@ -38,33 +55,62 @@ def parse_stem(name: str) -> tuple[str, str, int] | None:
     return m["image_id"], m["aug_name"], int(m["variant_idx"])
 
 
-def output_path(output_dir, image_id: str, aug_name: str, variant_idx: int, ext: str) -> Path:
-    return Path(output_dir) / f"{stem(image_id, aug_name, variant_idx)}.{ext}"
+def output_path(output_dir, stem_: str, ext: str) -> Path:
+    return Path(output_dir) / f"{stem_}.{ext}"
 
 
 def sidecar_dir(output_dir) -> Path:
     return Path(output_dir) / "sidecars"
 
 
-def sidecar_path(output_dir, image_id: str, aug_name: str, variant_idx: int) -> Path:
-    return sidecar_dir(output_dir) / f"{stem(image_id, aug_name, variant_idx)}.json"
+def sidecar_path(output_dir, stem_: str) -> Path:
+    return sidecar_dir(output_dir) / f"{stem_}.json"
+
+
+def answers_root(output_dir) -> Path:
+    return Path(output_dir) / "answers"
+
+
+def answer_dir(output_dir, stem_: str) -> Path:
+    return answers_root(output_dir) / stem_
+
+
+def answer_path(output_dir, stem_: str, version: int) -> Path:
+    """The answer record: the declared output of rule `answer`."""
+    return answer_dir(output_dir, stem_) / f"v{int(version)}.json"
 
 
 def pipeline_dir(output_dir) -> Path:
     return Path(output_dir) / ".pipeline"
 
 
-def targets_table(output_dir) -> Path:
-    return pipeline_dir(output_dir) / "targets.csv"
+def digest(obj) -> str:
+    """A short, stable hash of a JSON-able value (names of settings-dependent files)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def settings_file(output_dir, settings: dict) -> Path:
-    """The checkpoint's settings, under a name that changes with them (so it reruns)."""
-    import hashlib
-    import json
+def targets_table(output_dir, key: str) -> Path:
+    return pipeline_dir(output_dir) / f"targets-{key}.csv"
 
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    return pipeline_dir(output_dir) / "settings" / f"targets-{digest}.json"
+
+def settings_file(output_dir, kind: str, key: str) -> Path:
+    return pipeline_dir(output_dir) / "settings" / f"{kind}-{key}.json"
+
+
+def shard_of(image_id: str) -> int:
+    return zlib.crc32(image_id.encode("utf-8")) % SHARDS
+
+
+def manifest_part(output_dir, shard: int) -> Path:
+    return pipeline_dir(output_dir) / "manifest" / f"part-{int(shard):02d}.csv"
+
+
+def run_dir(output_dir, run_id: str) -> Path:
+    return pipeline_dir(output_dir) / "runs" / run_id
+
+
+def log_dir(output_dir) -> Path:
+    return pipeline_dir(output_dir) / "logs"
 
 
 def relative_to_root(path, data_root) -> str:
@@ -75,8 +121,3 @@ def relative_to_root(path, data_root) -> str:
         return p.relative_to(root).as_posix()
     except ValueError:
         return str(p)
-
-
-def target_lock(output_dir, stem: str) -> Path:
-    """Held by the one process working on a target (generate, answer pruning)."""
-    return pipeline_dir(output_dir) / "locks" / f"{stem}.lock"

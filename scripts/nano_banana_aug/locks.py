@@ -1,14 +1,10 @@
-"""File locks: per-target exclusivity and "jobs of this run are alive".
+"""File locks: one process at a time per target, and where such locks hold.
 
-* :func:`exclusive` — one process at a time per target.  A generate job holds
-  its target's lock (``{output_dir}/.pipeline/locks/<stem>.lock``) for its
-  whole life: from the decision whether to pay, through the call, the answer
-  store and post-processing, to the output and sidecar.  A second process for
-  the same target (an orphan of a killed run, a run started after
-  ``--unlock``) waits, then re-checks and finds the work done.
-* :func:`shared` / :func:`is_held` — every job of a run holds its run's
-  *alive* lock shared; recovery only removes a dead run's Snakemake locks
-  when nobody holds it any more.
+:func:`exclusive` — an ``answer`` job holds its target's lock
+(``answers/<stem>/.lock``) from the check "is this answer bought already?"
+until the answer is stored.  A second process for the same target (an orphan
+of a killed run, a run started after ``snakemake --unlock``) waits, then
+finds the answer there and pays nothing.
 
 The locks are ``flock`` locks, released by the kernel when the holder dies
 (also ``kill -9``).  Waiting is a blocking ``flock`` (the kernel wakes the
@@ -98,38 +94,6 @@ def _held(path, mode: int, timeout_s: float | None, what: str, on_wait=None):
 def exclusive(path, *, timeout_s: float | None, what: str, on_wait=None):
     """Hold an exclusive lock on ``path`` for the ``with`` body (waiting up to ``timeout_s``)."""
     return _held(path, fcntl.LOCK_EX, timeout_s, what, on_wait)
-
-
-def shared(path, *, timeout_s: float | None = None, what: str = "lock"):
-    """Hold a shared lock on ``path`` for the ``with`` body."""
-    return _held(path, fcntl.LOCK_SH, timeout_s, what)
-
-
-def is_held(path) -> bool:
-    """True when some process holds a lock on ``path`` (exclusive or shared)."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def wait_until_free(path, timeout_s: float | None) -> bool:
-    """Block until nobody holds ``path`` (True), or ``timeout_s`` passed (False)."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return True
-    try:
-        return _wait(fd, fcntl.LOCK_EX, timeout_s)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------- where locks hold

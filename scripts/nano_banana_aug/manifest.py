@@ -1,13 +1,33 @@
-"""manifest.csv: derived from the sidecars, rebuilt at the end of every run.
+"""manifest.csv: a view derived from the files, rebuilt by the workflow.
 
-Legacy output directories (PNGs and an old ``manifest.csv`` from the original
-``augment_train.py``, possibly lacking the size columns and possibly with
-several rows per target from ``--force``) are *adopted*: each target without a
-sidecar gets one made from its manifest row (the last ``success`` row when the
-file exists, else the last row), or from the file itself when no row names it.
-Missing columns take the original tool's defaults (0 for sizes, 1.0 for
-``area_scale``, empty strings otherwise).  After adoption the manifest can
-always be rebuilt from the sidecars alone.
+One row per target that has a result, from the files that hold its state:
+
+* an output with its sidecar: the sidecar's row (``success`` / ``rejected``,
+  or ``failed`` for an empty placeholder); ``missing`` when the output file
+  is gone; ``regen_error`` when a newer answer of the target has no image
+  (the output of the older answer is kept); ``stale`` when its answer was
+  asked otherwise (provider, model, prompt, image config) than the config
+  says now; ``orphaned`` when its augmentation or variant left the config;
+* no output yet, but an answer without image (refused, failed): ``failed``,
+  or ``blocked`` once the failed attempts since the last image reached
+  ``api.max_total_attempts``;
+* an image the targets table found unusable: ``failed`` rows for its outputs.
+
+``image_path`` is relative to ``data_root`` when the output lies inside it,
+else relative to the manifest's own folder: the manifest travels with its
+outputs (e.g. attached as a Kaggle dataset).
+
+Legacy output directories (PNGs and a ``manifest.csv`` from the original
+``augment_train.py``, possibly lacking the size columns, possibly with
+several rows per target from ``--force``) are *adopted*: each output without
+a sidecar and without answers gets a sidecar from its last ``success`` row
+(or its last row, or the file itself), with the original tool's defaults for
+missing columns (0 for sizes, 1.0 for ``area_scale``, empty strings
+otherwise), and is checked by the label-safety QC against its source.
+
+The manifest is built in shards (``.pipeline/manifest/part-NN.csv``, an
+image's outputs always in the same one) and then concatenated: Snakemake
+handles jobs with a few thousand inputs well and jobs with 10⁵ inputs badly.
 """
 
 from __future__ import annotations
@@ -15,12 +35,16 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sys
 import time
 from pathlib import Path
 
+from . import answers as answers_mod
+from . import config as config_mod
 from . import layout, sidecar
 from .fileio import atomic_write_text
 from .sidecar import Record
+from .targets import BAD_ID_PROBLEM, read_targets
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
@@ -49,18 +73,213 @@ def read_csv_rows(path) -> list[dict]:
         return []
 
 
+def portable_path(path, data_root, manifest_dir) -> str:
+    """``path`` relative to ``data_root`` when it lies inside it, else relative to the manifest's folder."""
+    p = Path(path).resolve()
+    for base in (Path(data_root).resolve(), Path(manifest_dir).resolve()):
+        try:
+            return p.relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return os.path.relpath(p, Path(manifest_dir).resolve())
+
+
+def resolve_output(image_path: str, data_root, manifest_dir=None) -> Path:
+    """Where a manifest's ``image_path`` points: absolute, under ``data_root``, or under the manifest's folder."""
+    p = Path(image_path)
+    if p.is_absolute():
+        return p
+    candidate = Path(data_root) / p
+    if manifest_dir is None or candidate.exists():
+        return candidate
+    other = Path(manifest_dir) / p
+    return other if other.exists() else candidate
+
+
+# ---------------------------------------------------------------- one target
+
+class Rows:
+    """Builds the rows of one output directory for a config."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.out = config_mod.output_dir(cfg)
+        self.data_root = cfg["data"]["data_root"]
+        self.ext = cfg["data"]["output_ext"]
+        self.max_total = int(cfg["api"]["max_total_attempts"])
+        self.augs = {a["name"]: a for a in cfg["augmentations"]}
+        self.keys = {n: config_mod.request_key(config_mod.request_settings(cfg, a)) for n, a in self.augs.items()}
+
+    def for_stem(self, stem: str, target=None) -> Record | None:
+        side_path = layout.sidecar_path(self.out, stem)
+        versions = answers_mod.versions(self.out, stem)
+        try:
+            rec = sidecar.read(side_path)
+        except FileNotFoundError:
+            rec = None
+        except (OSError, ValueError, TypeError) as exc:
+            rec = Record(*layout.parse_stem(stem), status="failed", error=f"unreadable sidecar {side_path}: {exc}")
+        if rec is None:
+            rec = self._without_output(stem, versions, target)
+            if rec is None:
+                return None
+        else:
+            self._with_output(rec, stem, versions)
+        self._mark(rec)
+        return rec
+
+    def _with_output(self, rec: Record, stem: str, versions) -> None:
+        output = layout.output_path(self.out, stem, self.ext)
+        rec.image_path = portable_path(output, self.data_root, self.out)
+        if rec.status in ("success", "rejected") and not (output.is_file() and output.stat().st_size > 0):
+            rec.status, rec.error = "missing", f"output file missing: {rec.image_path}"
+        made = _version(rec.answer_id)
+        newer = [v for v, img in versions if v > made and not img]
+        if newer and rec.status in ("success", "rejected", "missing"):
+            answer = answers_mod.try_read(self.out, stem, newer[-1])
+            if answer is not None:
+                rec.regen_error, rec.regen_error_ts = f"answer v{answer.version}: {answer.message}", answer.ts
+        if rec.status == "failed":
+            self._attempts(rec, stem, versions)
+
+    def _without_output(self, stem: str, versions, target) -> Record | None:
+        key = layout.parse_stem(stem)
+        if versions and not versions[-1][1]:
+            answer = answers_mod.try_read(self.out, stem, versions[-1][0])
+            if answer is None:
+                return None
+            rec = Record(*key, src_image_path=target.image_path if target else "", status="failed",
+                         error=answer.message, error_reason=answer.reason, ts=answer.ts, attempts=answer.calls,
+                         est_cost_usd=answer.est_cost_usd, cost_usd=answer.cost_usd, answer_id=answer.answer_id,
+                         answer_source=answer.source)
+            self._attempts(rec, stem, versions)
+            return rec
+        if target is not None and target.problem:
+            reason = "BAD_IMAGE_ID" if target.problem.startswith(BAD_ID_PROBLEM) else "BAD_SOURCE"
+            return Record(*key, src_image_path=target.image_path, status="failed", error_reason=reason,
+                          error=f"train.csv line {target.row}, image {target.image_id}: {target.problem}")
+        return None
+
+    def _attempts(self, rec: Record, stem: str, versions) -> None:
+        total = 0
+        for v, img in reversed(versions):
+            if img:
+                break
+            answer = answers_mod.try_read(self.out, stem, v)
+            total += int(answer.calls or 0) if answer is not None else 0
+        rec.attempts_total = total
+        if total >= self.max_total:
+            rec.status, rec.error_reason = "blocked", rec.error_reason or "BLOCKED"
+            rec.error = (f"blocked after {total} failed attempts (api.max_total_attempts={self.max_total}); "
+                         f"raise it to try again. Last: {rec.error}")
+
+    def _mark(self, rec: Record) -> None:
+        aug = self.augs.get(rec.aug_name)
+        if aug is None or not 0 <= int(rec.variant_idx) < int(aug.get("num_images", 1)):
+            what = (f"augmentation '{rec.aug_name}' is no longer in the config" if aug is None
+                    else f"variant v{rec.variant_idx} is beyond num_images={aug.get('num_images', 1)}")
+            rec.error = f"orphaned: {what} (was {rec.status})" + (f"; {rec.error}" if rec.error else "")
+            rec.status = "orphaned"
+            return
+        made = (rec.generation_key or "").split("/")[0]
+        rec.stale = "model/prompt" if made and made != self.keys[rec.aug_name] else ""
+
+
+def _version(answer_id) -> int:
+    try:
+        return int(str(answer_id or "").lstrip("v") or 0)
+    except ValueError:
+        return 0
+
+
+# ---------------------------------------------------------------- shards and the whole
+
+def shard_rows(cfg: dict, targets, shard: int) -> list[Record]:
+    """Rows of every target of one shard, and of sidecars of that shard no target names (orphans)."""
+    rows = Rows(cfg)
+    out = rows.out
+    augs = {a["name"]: int(a["num_images"]) for a in cfg["augmentations"]}
+    seen, records = set(), []
+    for t in targets:
+        if layout.shard_of(t.image_id) != shard:
+            continue
+        for aug, n in augs.items():
+            for k in range(n):
+                stem = layout.stem(t.image_id, aug, k)
+                seen.add(stem)
+                adopt_if_legacy(cfg, stem, t)
+                rec = rows.for_stem(stem, t)
+                if rec is not None:
+                    records.append(rec)
+    for name in _listdir(layout.sidecar_dir(out)):
+        key = layout.parse_stem(name)
+        if key and name.endswith(".json") and layout.shard_of(key[0]) == shard and layout.stem(*key) not in seen:
+            rec = rows.for_stem(layout.stem(*key))
+            if rec is not None:
+                records.append(rec)
+    return sorted(records, key=lambda r: (r.image_id, r.aug_name, int(r.variant_idx)))
+
+
+def to_csv(records: list[Record], header: bool = True) -> str:
+    rows = [r.to_row() for r in records]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns(rows), lineterminator="\n", extrasaction="ignore")
+    if header:
+        writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def columns(rows: list[dict]) -> list[str]:
+    return sidecar.COLUMNS + sorted({k for row in rows for k in row if k.startswith("qc_")})
+
+
+def write_part(cfg: dict, targets, shard: int, dest) -> list[Record]:
+    records = shard_rows(cfg, targets, shard)
+    atomic_write_text(dest, to_csv(records), durable=False)
+    return records
+
+
+def concatenate(parts, dest) -> int:
+    """manifest.csv from its parts (each with a header; the qc_* columns are the union)."""
+    rows = []
+    for p in parts:
+        rows.extend(read_csv_rows(p))
+    rows.sort(key=lambda r: (r.get("image_id", ""), r.get("aug_name", ""), _int(r.get("variant_idx"))))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns(rows), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(dest, buf.getvalue())
+    return len(rows)
+
+
+def rebuild(cfg: dict, table) -> Path:
+    """Every part and manifest.csv at once (the end-of-run hook after a failure, tests)."""
+    out = config_mod.output_dir(cfg)
+    targets = read_targets(table) if table and Path(table).is_file() else []
+    shards = {layout.shard_of(t.image_id) for t in targets}
+    shards |= {layout.shard_of(k[0]) for k in map(layout.parse_stem, _listdir(layout.sidecar_dir(out))) if k}
+    parts = []
+    for s in sorted(shards):
+        dest = layout.manifest_part(out, s)
+        write_part(cfg, targets, s, dest)
+        parts.append(dest)
+    dest = out / cfg["data"]["manifest"]
+    concatenate(parts, dest)
+    return dest
+
+
+# ---------------------------------------------------------------- legacy directories
+
 def record_from_row(row: dict) -> Record:
     """A legacy (or our own) manifest row -> Record, defaults for missing columns."""
     rec = Record(
-        image_id=str(row.get("image_id", "")),
-        aug_name=str(row.get("aug_name", "")),
-        variant_idx=_int(row.get("variant_idx")),
-        src_image_path=row.get("src_image_path") or "",
-        image_path=row.get("image_path") or "",
-        status=row.get("status") or "",
-        error=row.get("error") or "",
-        ts=_float(row.get("ts"), 0.0),
-        area_scale=_float(row.get("area_scale"), 1.0),
+        image_id=str(row.get("image_id", "")), aug_name=str(row.get("aug_name", "")),
+        variant_idx=_int(row.get("variant_idx")), src_image_path=row.get("src_image_path") or "",
+        image_path=row.get("image_path") or "", status=row.get("status") or "", error=row.get("error") or "",
+        ts=_float(row.get("ts"), 0.0), area_scale=_float(row.get("area_scale"), 1.0),
     )
     for name in ("orig_w", "orig_h", "aspect_w", "aspect_h", "out_w", "out_h", "pad_area_px"):
         setattr(rec, name, _int(row.get(name)))
@@ -73,75 +292,54 @@ def record_from_row(row: dict) -> Record:
     return rec
 
 
-def resolve_output(image_path: str, data_root) -> Path:
-    p = Path(image_path)
-    return p if p.is_absolute() else Path(data_root) / p
+_LEGACY_ROWS: dict = {}
 
 
-def _existing_outputs(output_dir) -> dict[tuple[str, str, int], Path]:
-    found = {}
-    try:
-        entries = os.scandir(output_dir)
-    except FileNotFoundError:
-        return found
-    with entries:
-        for entry in entries:
-            if not entry.is_file() or entry.name.startswith("."):
-                continue
-            ext = entry.name.rsplit(".", 1)[-1].lower()
-            key = layout.parse_stem(entry.name) if ext in IMAGE_EXTS else None
-            if key and entry.stat().st_size > 0:
-                found[key] = Path(entry.path)
-    return found
+def _legacy_rows(manifest_path) -> dict:
+    """(image_id, aug_name, k) -> rows of the manifest.csv found in the directory (read once)."""
+    key = str(manifest_path)
+    if key not in _LEGACY_ROWS:
+        found: dict = {}
+        for row in read_csv_rows(manifest_path):
+            k = (str(row.get("image_id", "")), str(row.get("aug_name", "")), _int(row.get("variant_idx"), -1))
+            if k[0] and k[1] and k[2] >= 0:
+                found.setdefault(k, []).append(row)
+        _LEGACY_ROWS[key] = found
+    return _LEGACY_ROWS[key]
 
 
-def adopt_legacy(output_dir, data_root, manifest_path, qc_cfg: dict | None = None, sources: dict | None = None) -> int:
-    """Write sidecars for targets that have an output or a manifest row but no sidecar.
-
-    With ``qc_cfg`` (enabled) and ``sources`` (image_id -> image_path as in
-    train.csv), every adopted ``success`` output is put through the label-safety
-    QC against its source first; one that fails is adopted as ``rejected``.
-    Returns the number of sidecars written.
-    """
-    output_dir = Path(output_dir)
-    sdir = layout.sidecar_dir(output_dir)
-    have = {p.stem for p in sdir.glob("*.json")} if sdir.is_dir() else set()
-    files = _existing_outputs(output_dir)
-    rows_by_key: dict[tuple[str, str, int], list[dict]] = {}
-    for row in read_csv_rows(manifest_path):
-        key = (str(row.get("image_id", "")), str(row.get("aug_name", "")), _int(row.get("variant_idx"), -1))
-        if key[0] and key[1] and key[2] >= 0:
-            rows_by_key.setdefault(key, []).append(row)
-    written = 0
-    for key in sorted(set(rows_by_key) | set(files)):
-        if layout.stem(*key) in have:
-            continue
-        rows = rows_by_key.get(key, [])
-        if rows:
-            ok = [r for r in rows if (r.get("status") or "") == "success"]
-            rec = record_from_row(ok[-1] if key in files and ok else rows[-1])
-        else:
-            rec = _record_from_file(key, files[key], data_root)
-        if qc_cfg and qc_cfg.get("enabled", True) and rec.status == "success" and key in files:
-            _qc_adopted(rec, files[key], data_root, qc_cfg, sources or {})
-        sidecar.write(rec, layout.sidecar_path(output_dir, *key))
-        written += 1
-    return written
+def adopt_if_legacy(cfg: dict, stem: str, target) -> bool:
+    """Write the sidecar of an output nobody here made (no sidecar, no answers); True if adopted."""
+    out = config_mod.output_dir(cfg)
+    output = layout.output_path(out, stem, cfg["data"]["output_ext"])
+    side = layout.sidecar_path(out, stem)
+    if side.exists() or answers_mod.versions(out, stem) or not (output.is_file() and output.stat().st_size > 0):
+        return False
+    key = layout.parse_stem(stem)
+    rows = _legacy_rows(out / cfg["data"]["manifest"]).get(key, [])
+    if rows:
+        ok = [r for r in rows if (r.get("status") or "") == "success"]
+        rec = record_from_row(ok[-1] if ok else rows[-1])
+    else:
+        rec = _record_from_file(key, output, cfg["data"]["data_root"])
+    if target is not None and not rec.src_image_path:
+        rec.src_image_path = target.image_path
+    if cfg["qc"].get("enabled", True) and rec.status == "success":
+        _qc_adopted(rec, output, cfg["data"]["data_root"], cfg["qc"])
+    sidecar.write(rec, side)
+    return True
 
 
-def _qc_adopted(rec: Record, output: Path, data_root, qc_cfg: dict, sources: dict) -> None:
+def _qc_adopted(rec: Record, output: Path, data_root, qc_cfg: dict) -> None:
     """The label-safety QC of an adopted output against its source (the original tool never checked)."""
     from PIL import Image
 
     from . import postprocess, qc
 
-    src_path = rec.src_image_path or sources.get(rec.image_id, "")
-    if not src_path:
-        return
     if not rec.src_image_path:
-        rec.src_image_path = src_path
+        return
     try:
-        with Image.open(Path(data_root) / src_path) as im:
+        with Image.open(Path(data_root) / rec.src_image_path) as im:
             source = im.convert("RGB")
         with Image.open(output) as im:
             out = im.convert("RGB")
@@ -164,108 +362,54 @@ def _qc_adopted(rec: Record, output: Path, data_root, qc_cfg: dict, sources: dic
 def _record_from_file(key, path: Path, data_root) -> Record:
     from PIL import Image
 
+    st = path.stat()
     try:
         with Image.open(path) as im:
             w, h = im.size
     except OSError as exc:
-        return Record(*key, image_path=layout.relative_to_root(path, data_root), status="failed",
-                      error=f"adopted output is not a readable image: {exc}", ts=path.stat().st_mtime, origin="adopted")
-    return Record(*key, image_path=layout.relative_to_root(path, data_root), status="success",
-                  ts=path.stat().st_mtime, out_w=w, out_h=h, output_bytes=path.stat().st_size, origin="adopted")
+        return Record(*key, status="failed", error=f"adopted output is not a readable image: {exc}",
+                      ts=st.st_mtime, origin="adopted")
+    return Record(*key, status="success", ts=st.st_mtime, out_w=w, out_h=h, output_bytes=st.st_size, origin="adopted")
 
 
-def collect(output_dir, data_root) -> list[Record]:
-    """All sidecars of ``output_dir``; a success whose file is gone becomes ``missing``."""
-    sdir = layout.sidecar_dir(output_dir)
-    records = []
-    if not sdir.is_dir():
-        return records
-    for path in sorted(sdir.glob("*.json")):
-        try:
-            rec = sidecar.read(path)
-        except (OSError, ValueError, TypeError) as exc:
-            key = layout.parse_stem(path.name) or (path.stem, "", 0)
-            rec = Record(*key, status="failed", error=f"unreadable sidecar {path}: {exc}")
-        if rec.status == "success" and not resolve_output(rec.image_path, data_root).is_file():
-            rec.status = "missing"
-            rec.error = f"output file missing: {rec.image_path}"
-        records.append(rec)
-    records.sort(key=lambda r: (r.image_id, r.aug_name, r.variant_idx))
-    return records
+def _listdir(path) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
 
 
-def to_csv(records: list[Record]) -> str:
-    rows = [r.to_row() for r in records]
-    qc_cols = sorted({k for row in rows for k in row if k.startswith("qc_")})
-    columns = sidecar.COLUMNS + qc_cols
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return buf.getvalue()
-
-
-def mark_current(records: list[Record], cfg: dict) -> None:
-    """Against the config: outputs of augmentations or variants no longer in it become
-    ``orphaned`` (never joined into training); ``stale`` says how a kept output differs."""
-    from . import config as config_mod
-
-    augs = {a["name"]: a for a in cfg["augmentations"]}
-    keys = {name: config_mod.generation_key(cfg, a) for name, a in augs.items()}
-    for r in records:
-        aug = augs.get(r.aug_name)
-        if aug is None or not 0 <= int(r.variant_idx) < int(aug.get("num_images", 1)):
-            what = (f"augmentation '{r.aug_name}' is no longer in the config" if aug is None
-                    else f"variant v{r.variant_idx} is beyond num_images={aug.get('num_images', 1)}")
-            r.error = f"orphaned: {what} (was {r.status})" + (f"; {r.error}" if r.error else "")
-            r.status = "orphaned"
-            continue
-        r.stale = config_mod.staleness(r.generation_key, keys[r.aug_name])
-
-
-def build(output_dir, data_root, manifest_name: str = "manifest.csv", cfg: dict | None = None) -> tuple[Path, list[Record]]:
-    """Adopt legacy outputs, then (re)write ``output_dir/manifest_name`` (marked against ``cfg``)."""
-    output_dir = Path(output_dir)
-    path = output_dir / manifest_name
-    adopt_legacy(output_dir, data_root, path)
-    records = collect(output_dir, data_root)
-    if cfg is not None:
-        mark_current(records, cfg)
-    atomic_write_text(path, to_csv(records))
-    return path, records
-
-
-def is_stale(output_dir, manifest_name: str = "manifest.csv") -> bool:
-    """True when a sidecar was added or replaced after the manifest was written
-    (renames into sidecars/ update the directory's mtime)."""
-    path = Path(output_dir) / manifest_name
-    sdir = layout.sidecar_dir(output_dir)
-    if not path.exists():
-        return sdir.is_dir() or any(_existing_outputs(output_dir))
-    return sdir.is_dir() and sdir.stat().st_mtime >= path.stat().st_mtime
-
-
-def count_by_status(records: list[Record], since: float | None = None) -> dict[str, int]:
+def count_by_status(rows) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for r in records:
-        if since is None or r.ts >= since:
-            counts[r.status] = counts.get(r.status, 0) + 1
+    for r in rows:
+        status = r.get("status", "") if isinstance(r, dict) else r.status
+        counts[status] = counts.get(status, 0) + 1
     return counts
 
 
-def main(argv=None) -> int:
-    """Entry point of rule `manifest`: build_manifest.py --config-json C [--output O]."""
-    import argparse
+# ---------------------------------------------------------------- Snakemake scripts
 
-    from . import config as config_mod
+def part_main(snakemake) -> None:
+    """Entry point of rule ``manifest_part``."""
+    from .jobs import job_main
 
-    ap = argparse.ArgumentParser(description="Rebuild manifest.csv from the sidecars.")
-    ap.add_argument("--config-json", required=True)
-    args = ap.parse_args(argv)
-    cfg = config_mod.read_effective_config(args.config_json)
-    started = time.monotonic()
-    path, records = build(cfg["data"]["output_dir"], cfg["data"]["data_root"], cfg["data"]["manifest"], cfg=cfg)
-    counts = ", ".join(f"{v} {k}" for k, v in sorted(count_by_status(records).items())) or "empty"
-    print(f"manifest: {path} ({len(records)} rows: {counts}) in {time.monotonic() - started:.1f}s")
-    return 0
+    def work():
+        started = time.monotonic()
+        records = write_part(snakemake.config, read_targets(snakemake.input.table), int(snakemake.wildcards.shard),
+                             snakemake.output[0])
+        print(f"manifest part {snakemake.wildcards.shard}: {len(records)} rows in {time.monotonic() - started:.1f}s",
+              file=sys.stderr)
+
+    job_main(snakemake, work, name=f"manifest part {snakemake.wildcards.shard}")
+
+
+def main(snakemake) -> None:
+    """Entry point of rule ``manifest``."""
+    from .jobs import job_main
+
+    def work():
+        n = concatenate(snakemake.input.parts, snakemake.output[0])
+        print(f"manifest: {snakemake.output[0]} ({n} rows)", file=sys.stderr)
+
+    job_main(snakemake, work, name="manifest")
+

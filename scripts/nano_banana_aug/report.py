@@ -12,7 +12,6 @@ import base64
 import html
 import io
 import math
-import sys
 from pathlib import Path
 
 from .fileio import atomic_write_text
@@ -134,17 +133,8 @@ Where outputs came from: {_e(', '.join(f'{v} {k}' for k, v in sorted(sources.ite
     return dest
 
 
-def main(argv=None) -> int:
-    import argparse
+def main(snakemake) -> None:
+    """Entry point of rule ``summary`` (``script:``)."""
+    from .jobs import job_main
 
-    from . import config as config_mod
-
-    ap = argparse.ArgumentParser(description="Write the run summary page (snakemake --report).")
-    ap.add_argument("--config-json", required=True)
-    ap.add_argument("--output", required=True)
-    args = ap.parse_args(argv)
-    cfg = config_mod.read_effective_config(args.config_json)
-    manifest = Path(cfg["data"]["output_dir"]) / cfg["data"]["manifest"]
-    build(cfg, manifest, args.output)
-    print(f"summary: {args.output}", file=sys.stderr)
-    return 0
+    job_main(snakemake, lambda: build(snakemake.config, snakemake.input[0], snakemake.output[0]), name="summary")

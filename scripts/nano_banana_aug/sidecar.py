@@ -1,5 +1,5 @@
-"""The result of one target: written as a JSON sidecar by ``generate.py``,
-aggregated into manifest rows by the ``manifest`` rule.
+"""The result of one target: written as a JSON sidecar by rule ``generate``,
+aggregated into manifest rows by the ``manifest`` rules.
 
 :class:`Record` is the single representation of a result: generate fills it,
 the manifest flattens it, the gallery and the training join read its columns.
@@ -29,7 +29,7 @@ class Record:
     variant_idx: int
     src_image_path: str = ""  # train.csv's image_path
     image_path: str = ""  # output, relative to data_root when under it
-    status: str = ""  # success | failed | rejected | missing | over_budget | blocked
+    status: str = ""  # success | rejected | failed | blocked | missing | orphaned
     error: str = ""
     ts: float = 0.0  # unix time the result was written
     orig_w: int = 0
@@ -60,15 +60,14 @@ class Record:
     cost_usd: float | None = None  # reported by the service (OpenRouter)
     est_cost_usd: float | None = None  # from the config's price table
     origin: str = "generated"  # generated | adopted (legacy output without sidecar)
-    answer_source: str = ""  # call (paid in this job) | batch (a Batch API answer, 0 calls) | store (a stored answer, 0 calls) | "" (local, adopted)
-    answer_id: str = ""  # the stored answer the output was made from (answers/<stem>/<id>.*)
-    answer_seq_seen: int = 0  # every stored answer up to this number has been used
-    attempts_total: int = 0  # failed attempts since the last success (api.max_total_attempts)
-    regen_error: str = ""  # why the last regeneration of this (kept) output failed
-    regen_error_ts: float = 0.0  # when
+    answer_source: str = ""  # call | batch | local: how the answer the output was made from was bought
+    answer_id: str = ""  # that answer: answers/<stem>/<answer_id>.json, e.g. "v2"
+    attempts_total: int = 0  # manifest only: failed attempts since the last image (api.max_total_attempts)
+    regen_error: str = ""  # manifest only: why a newer answer of this (kept) output has no image
+    regen_error_ts: float = 0.0  # manifest only: when that answer arrived
     geometry: str = ""  # how the answer was mapped onto the source (postprocess.Geometry.describe)
-    generation_key: str = ""  # what made it: provider, model, prompt, geometry settings (stale = differs from the config)
-    stale: str = ""  # manifest only: "model/prompt" or "postprocess" when generation_key differs from the config
+    generation_key: str = ""  # <request key of the answer>/<derive key>: what asked for the answer, what made the file
+    stale: str = ""  # manifest only: "model/prompt" when the answer was asked otherwise than the config says now
     host: str = ""  # where the job ran
     slurm_job_id: str = ""  # set when it ran inside a SLURM job
     qc: dict = field(default_factory=dict)  # qc_* scores (flattened into columns)

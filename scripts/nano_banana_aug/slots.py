@@ -2,90 +2,83 @@
 
 Each call holds an exclusive ``flock`` on one of N files in
 ``{output_dir}/.pipeline/slots/`` for exactly as long as the HTTP request is
-in flight (not while waiting between retries, not while post-processing), so
-the cap holds across every job of a run on one machine, whatever ``-j`` is.
-A crashed job's locks are released by the kernel.
+in flight (not while waiting between retries or through a cool-down, not
+while the answer is stored), so the cap holds across every job and every
+run in the directory, whatever ``-j`` is.  A crashed job's locks are
+released by the kernel.
 
-Waiting never polls: when every slot is taken the caller blocks in the kernel
-on one slot (chosen at random) until it is released, bounded by a timeout.
-On a cluster the cap across nodes comes from Snakemake's ``api`` resource on
-the submit host (see rules/common.smk); the slots are a second, per-node guard.
+A job that finds every slot taken queues on a *turnstile* lock (the kernel
+wakes waiters one at a time, no polling by the others); the one waiter at
+the front takes the first slot that frees up, checking all of them every
+``poll_s``.  So a free slot is taken within ``poll_s`` of being freed,
+whichever slot it is.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import random
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from . import locks
 from .fileio import file_mode
-from .providers.base import AttemptError
+
+
+class SlotTimeout(Exception):
+    """No slot became free within the wait limit (no call was made)."""
 
 
 class CallSlots:
-    def __init__(self, directory, n: int, wait_timeout_s: float = 3600.0):
+    def __init__(self, directory, n: int, wait_timeout_s: float = 3600.0, poll_s: float = 0.02):
         self.directory = Path(directory)
         self.n = max(1, int(n))
         self.wait_timeout_s = float(wait_timeout_s)
+        self.poll_s = float(poll_s)
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def _path(self, i: int) -> Path:
         return self.directory / f"slot-{i}.lock"
 
-    def _try(self, i: int) -> int | None:
-        fd = os.open(self._path(i), os.O_RDWR | os.O_CREAT, file_mode())
+    def _try_any(self) -> int | None:
+        """A held slot's file descriptor, or None when all are taken."""
+        for i in range(self.n):
+            fd = os.open(self._path(i), os.O_RDWR | os.O_CREAT, file_mode())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                os.close(fd)
+        return None
+
+    def acquire(self) -> int:
+        """Hold one slot (its fd); SlotTimeout when none frees up within the wait limit."""
+        fd = self._try_any()
+        if fd is not None:
+            return fd
+        deadline = time.monotonic() + self.wait_timeout_s
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
+            turnstile = locks.exclusive(self.directory / "turnstile.lock", timeout_s=self.wait_timeout_s,
+                                        what="API call slot queue")
+            turnstile.__enter__()
+        except locks.LockTimeout:
+            raise SlotTimeout(f"no API call slot free within {self.wait_timeout_s:g} s") from None
+        try:
+            while True:
+                fd = self._try_any()
+                if fd is not None:
+                    return fd
+                if time.monotonic() >= deadline:
+                    raise SlotTimeout(f"no API call slot free within {self.wait_timeout_s:g} s")
+                time.sleep(self.poll_s)
+        finally:
+            turnstile.__exit__(None, None, None)
 
     @contextmanager
     def hold(self):
-        """Hold one slot for the ``with`` body (blocking, without polling, when all are taken)."""
-        start = random.randrange(self.n)
-        for j in range(self.n):
-            fd = self._try((start + j) % self.n)
-            if fd is not None:
-                try:
-                    yield
-                finally:
-                    os.close(fd)
-                return
-        try:
-            held = locks.exclusive(self._path(start), timeout_s=self.wait_timeout_s, what="API call slot")
-            held.__enter__()
-        except locks.LockTimeout as exc:
-            raise AttemptError(f"no API call slot free within {self.wait_timeout_s:g} s ({exc})",
-                               retryable=True, reason="SLOT_TIMEOUT") from None
+        fd = self.acquire()
         try:
             yield
         finally:
-            held.__exit__(None, None, None)
-
-
-class SlotLimited:
-    """Wrap a provider so each attempt runs while holding one call slot."""
-
-    def __init__(self, provider, slots: CallSlots, gate=None, on_error=None):
-        self.provider = provider
-        self.slots = slots
-        self.gate = gate  # called once the slot is held ("has the run stopped meanwhile?")
-        self.on_error = on_error  # called with a failed attempt's error while the slot is still held,
-        # so a stop it decides on is visible before the next job gets this slot
-        self.name, self.model, self.paid = provider.name, provider.model, provider.paid
-
-    def attempt(self, request):
-        with self.slots.hold():
-            if self.gate is not None:
-                self.gate()
-            try:
-                return self.provider.attempt(request)
-            except AttemptError as err:
-                if self.on_error is not None:
-                    self.on_error(err)
-                raise
+            os.close(fd)

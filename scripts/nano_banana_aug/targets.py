@@ -3,9 +3,12 @@
 ``image_id`` is ``sample_id`` up to the first ``__``.  An image is kept when
 every ``data.primary_targets`` entry has a row with a non-null ``target``.
 Each kept image's source file is checked here, once: a path that resolves
-outside ``data_root`` is never opened; a missing or unreadable file is
-recorded with its reason so its generate jobs fail with a clear message
-instead of reading (or sending) anything.
+outside ``data_root`` is never opened; a missing, unreadable or undecodable
+file is recorded with its reason, and such an image gets no job (nothing is
+read or sent; the manifest lists its outputs as failed).  The table's file
+name carries a hash of everything it depends on (``data_root``,
+``train_csv``, ``primary_targets``, ``limit`` and the content of
+train.csv), so it is made again whenever one of them changes.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import csv
 import io
 import os
 import re
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -49,10 +53,13 @@ def read_train_csv(path):
     try:
         df = pd.read_csv(path, dtype={"sample_id": str, "image_path": str, "target_name": str})
     except Exception as exc:  # pandas raises several parser error types
-        raise UserError(f"{path}: cannot be read as CSV: {exc}") from exc
+        raise UserError(f"{path}: cannot be read as CSV: {' '.join(str(exc).split())}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, df.columns))}")
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, df.columns))}; "
+                        "train.csv must be in the long format (sample_id, image_path, target_name, target)")
+    if df.empty:
+        raise UserError(f"{path}: has a header and no rows: nothing to augment")
     df["target"] = pd.to_numeric(df["target"], errors="coerce")
     return df
 
@@ -184,88 +191,39 @@ def find_target(path, image_id: str) -> Target | None:
     return None
 
 
-def main(argv=None) -> int:
-    """Entry point of the checkpoint: make_targets.py --config-json C --output O."""
-    import argparse
-
+def make_table(cfg: dict, output) -> list[Target]:
+    """Checkpoint `targets`: the selected images (``limit`` applied) with their source checks."""
     from . import config as config_mod
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config-json", required=True)
-    ap.add_argument("--output", required=True)
-    args = ap.parse_args(argv)
-    cfg = config_mod.read_effective_config(args.config_json)
     from . import layout
 
     targets = build_targets(config_mod.train_csv_path(cfg), config_mod.data_root(cfg), cfg["data"]["primary_targets"],
                             cache_path=layout.pipeline_dir(cfg["data"]["output_dir"]) / "source_checks.json")
-    write_targets(targets, args.output)
-    record_bad_ids(cfg, targets)
+    limit = int(cfg.get("limit") or 0)
+    if limit > 0:
+        targets = targets[:limit]
+    write_targets(targets, output)
+    return targets
+
+
+def describe(targets: list[Target], primary_targets) -> list[str]:
+    """The checkpoint's report: one line, then one per unusable image."""
     bad = [t for t in targets if t.problem]
-    print(f"targets: {len(targets)} images with {', '.join(cfg['data']['primary_targets'])}; {len(bad)} unusable")
-    for t in bad:
-        print(f"  train.csv line {t.row}, image {t.image_id}: {t.problem}")
-    return 0
+    lines = [f"targets: {len(targets)} images with {', '.join(primary_targets)}; {len(bad)} unusable"]
+    lines += [f"  train.csv line {t.row}, image {t.image_id}: {t.problem}" for t in bad]
+    return lines
 
 
-def record_bad_ids(cfg: dict, targets: list[Target]) -> None:
-    """Targets whose image id cannot name a file get no job: a failed sidecar per output
-    records them (the manifest lists them, nothing is lost silently)."""
-    import time
+def checkpoint_main(snakemake) -> None:
+    """Entry point of checkpoint ``targets`` (``script:``)."""
+    from .jobs import job_main
 
-    from . import config as config_mod
-    from . import layout, sidecar
+    def work():
+        cfg = snakemake.config
+        targets = make_table(cfg, snakemake.output[0])
+        if not targets:
+            raise UserError(f"{snakemake.input[0]}: no image has every primary target "
+                            f"({', '.join(cfg['data']['primary_targets'])}): nothing to augment; "
+                            "check data.primary_targets and the target_name / target columns")
+        print("\n".join(describe(targets, cfg["data"]["primary_targets"])), file=sys.stderr)
 
-    out = config_mod.output_dir(cfg)
-    for t in targets:
-        if not t.problem.startswith(BAD_ID_PROBLEM):
-            continue
-        for aug in cfg["augmentations"]:
-            for k in range(int(aug.get("num_images", 1))):
-                rec = sidecar.Record(t.image_id, aug["name"], k, src_image_path=t.image_path, status="failed",
-                                     error=f"train.csv line {t.row}: {t.problem}", error_reason="BAD_IMAGE_ID",
-                                     ts=time.time())
-                path = layout.sidecar_dir(out) / f"{layout.stem(t.image_id, aug['name'], k).replace('/', '%2F')}.json"
-                sidecar.write(rec, path)
-
-
-# ---- Snakemake's --batch over a large data set ----
-#: The rule to batch over: it aggregates every output and its output is new every
-#: run (a batch whose aggregate output already exists would run nothing).
-BATCH_RULE = "all_outputs"
-
-
-def dag_batch_arg(argv) -> str | None:
-    """The value of Snakemake's ``--batch RULE=i/n`` on this command line, or None.
-
-    The rules are shaped before Snakemake hands the workflow its DAG settings, so
-    the command line is the only place this can be known that early."""
-    argv = list(argv)
-    for i, arg in enumerate(argv):
-        if arg == "--batch":
-            return argv[i + 1] if i + 1 < len(argv) else ""
-        if arg.startswith("--batch="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def check_dag_batch(spec: str, table, train_csv, settings, configfiles: str = "", api_batch: bool = False) -> None:
-    """A batched run (``--batch all_outputs=i/n``) reads the targets table an earlier run
-    made: Snakemake drops the jobs behind a checkpoint when it batches. The table must
-    exist and be current (newer than train.csv, made with the current data settings)."""
-    rule = spec.split("=", 1)[0]
-    if rule != BATCH_RULE:
-        raise UserError(f"--batch {spec}: batch over the rule {BATCH_RULE!r} (--batch {BATCH_RULE}=1/N, then 2/N ... N/N); "
-                        f"it collects every output and is new every run")
-    if api_batch:
-        raise UserError(f"--batch {spec} does not combine with api.mode: batch (the Gemini Batch API has its own "
-                        "checkpoint, which Snakemake's --batch cannot follow); run without --batch, or with api.mode: call")
-    table, train_csv, settings = Path(table), Path(train_csv), Path(settings)
-    first = f"make it first with: snakemake {table} {configfiles}".rstrip()
-    if not table.is_file() or table.stat().st_size == 0:
-        raise UserError(f"--batch needs the targets table (checkpoint `targets`), which is not there: {first}")
-    if not settings.is_file():
-        raise UserError(f"--batch: {table} was made with other data settings (data_root, train_csv or "
-                        f"primary_targets changed): {first}")
-    if train_csv.is_file() and train_csv.stat().st_mtime > table.stat().st_mtime:
-        raise UserError(f"--batch: {train_csv} is newer than the targets table {table}: {first}")
+    job_main(snakemake, work, name="targets")

@@ -1,0 +1,7 @@
+# Snakemake script of rule answer (rules/answer.smk): buy one answer.
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)  # this checkout's package
+from nano_banana_aug.answer import main
+
+main(snakemake)

@@ -1,8 +1,0 @@
-#!/usr/bin/env python
-"""Thin entry point: see nano_banana_aug.gallery."""
-import sys
-
-from nano_banana_aug.gallery import main
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Rule ``answer``: buy answer version n of one target (the only step that costs money).
+
+Under the target's lock (``answers/<stem>/.lock``), in this order:
+
+1. the answer exists already: nothing to do, nothing paid (a second run
+   after ``--unlock``, an orphaned job of a killed run, ``--forcerun``);
+2. the source is read and fully decoded: an unreadable one is recorded as an
+   ``unusable`` answer and nothing is sent;
+3. the request is made (:class:`nano_banana_aug.paying.Buyer`: the run's
+   stop, cool-down and rate limit, the budget, a call slot) with up to
+   ``api.max_retries`` attempts; what came back is stored right away
+   (:func:`nano_banana_aug.answers.write`): an image, or the refusal with
+   every attempt's usage and cost.
+
+Every per-target outcome is an answer and the job succeeds: rule
+``generate`` turns it into the output or a ``failed`` row.  The job fails
+(and with it the run: Snakemake starts no further job) only when buying must
+stop: the key is refused, the account has no credits, a daily quota ran
+out, the budget is used up, the call slots are stuck, the disk is full.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import answers as answers_mod
+from . import config as config_mod
+from . import layout, locks, runlog
+from .answers import Answer
+from .errors import UserError
+from .paying import Buyer, RunStopped, UnusableSource, build_request, fingerprint, read_source, source_request
+from .targets import find_target
+
+
+class StopBuying(UserError):
+    """This run buys no more answers (the reason is said once)."""
+
+
+def lock_timeout_s(cfg: dict) -> float:
+    """How long a job waits for another process working on the same target: its whole budget of attempts."""
+    api = cfg["api"]
+    return 60 + int(api["max_retries"]) * (float(api["timeout_s"]) + float(api["max_retry_wait_s"])) + 2 * float(api["timeout_s"])
+
+
+def run(cfg: dict, stem: str, version: int, targets_table, say=None) -> Answer | None:
+    """Buy answer ``version`` of ``stem`` unless it exists; the stored answer (None if it was there)."""
+    say = say or (lambda m: print(m, file=sys.stderr, flush=True))
+    out = config_mod.output_dir(cfg)
+    path = layout.answer_path(out, stem, version)
+    if path.exists():
+        return None
+    image_id, aug_name, k = layout.parse_stem(stem)
+    aug = config_mod.augmentation(cfg, aug_name)
+    target = find_target(targets_table, image_id)
+    if target is None:
+        raise UserError(f"image {image_id} is not in {targets_table} (not in train.csv, or lacks a primary target)")
+    buyer = Buyer(cfg, say=lambda m: (say(m), runlog.message(cfg, m)))
+    if buyer.governor is not None:
+        stopped = buyer.governor.stopped()
+        if stopped:
+            raise StopBuying(f"not bought: the run stopped buying ({stopped.get('reason', '')})")
+    lock = layout.answer_dir(out, stem) / ".lock"
+    with locks.exclusive(lock, timeout_s=lock_timeout_s(cfg), what=f"target {stem}",
+                         on_wait=lambda: runlog.event(cfg, "waiting", stem, why="another process buys its answer")):
+        if path.exists():  # bought meanwhile by the process we waited for
+            runlog.event(cfg, "checked", stem, answer=f"v{version}", result="bought by another process")
+            return None
+        where = f"train.csv line {target.row}, image {image_id}"
+        try:
+            source_bytes, source_image = read_source(target.source, cfg["data"]["data_root"],
+                                                     int(cfg["postprocess"]["max_pixels"]), where)
+        except UnusableSource as exc:
+            answer = Answer(stem=stem, version=version, status=answers_mod.UNUSABLE, reason="BAD_SOURCE",
+                            message=str(exc)[:500], source="none")
+            runlog.event(cfg, "unusable", stem, error=str(exc)[:300])
+            return answers_mod.write(out, answer)
+        send, region = source_request(cfg, source_bytes, source_image)
+        fp, key = fingerprint(cfg, aug, source_bytes, region)
+        request = build_request(cfg, aug, target, send, region, k)
+        runlog.event(cfg, "started", stem, answer=f"v{version}", provider=cfg["api"]["provider"], model=cfg["api"]["model"])
+        try:
+            purchase = buyer.buy(request, stem=stem, version=version, fp=fp, key=key,
+                                 max_pixels=int(cfg["postprocess"]["max_pixels"]))
+        except RunStopped as exc:
+            runlog.event(cfg, "stopped", stem, reason=exc.reason, error=exc.message[:300])
+            raise StopBuying(f"not bought: {exc.message}") from None
+        answer = answers_mod.write(out, purchase.answer, purchase.data)
+        runlog.event(cfg, "answer" if answer.has_image else answer.status, stem, answer=answer.answer_id,
+                     calls=answer.calls, reason=answer.reason or None, secs=answer.api_seconds,
+                     error=answer.message[:300] or None)
+        return answer
+
+
+def main(snakemake) -> None:
+    """Entry point of rule ``answer`` (``script:``)."""
+    from .jobs import job_main
+
+    w = snakemake.wildcards
+    stem = layout.stem(w.image_id, w.aug, int(w.k))
+    from .pipeline import Pipeline
+
+    table = Pipeline(snakemake.config).table
+    job_main(snakemake, lambda: run(snakemake.config, stem, int(w.version), table), name=f"answer {stem} v{w.version}")

@@ -1,0 +1,108 @@
+"""The start and end of a real run (Snakemake's ``onstart`` / ``onsuccess`` / ``onerror``).
+
+At the start the plan goes into ``augment.log``.  At the end, also after a
+failed or interrupted run, the manifest and the summary page are current
+(the rules that build them cannot run when a job failed, so the hook builds
+them then), and one summary line says what this run bought and made, from
+the answers and sidecars themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from . import answers as answers_mod
+from . import config as config_mod
+from . import layout, runlog, runs
+
+STARTED = time.time()
+
+
+def on_start(cfg: dict, plan_lines) -> None:
+    runs.prune_old(config_mod.output_dir(cfg))
+    log_plan(cfg, plan_lines)
+
+
+def log_plan(cfg: dict, plan_lines) -> None:
+    if plan_lines:
+        runlog.message(cfg, "\n".join(plan_lines))
+
+
+def _recent(directory, since: float):
+    """Entries of ``directory`` changed since ``since``."""
+    try:
+        with os.scandir(directory) as it:
+            return [e for e in it if e.stat().st_mtime >= since - 1]
+    except FileNotFoundError:
+        return []
+
+
+def bought_this_run(output_dir) -> list:
+    """The answers bought by this run (read from the answer directories changed since it started)."""
+    rid = runs.current()
+    found = []
+    for entry in _recent(layout.answers_root(output_dir), STARTED):
+        stem = entry.name
+        for version, _ in answers_mod.versions(output_dir, stem):
+            a = answers_mod.try_read(output_dir, stem, version)
+            if a is not None and a.run_id == rid and a.status != answers_mod.UNUSABLE:
+                found.append(a)
+    return found
+
+
+def made_this_run(output_dir) -> dict:
+    """Statuses of the sidecars written by this run."""
+    from . import sidecar
+
+    counts: dict = {}
+    for entry in _recent(layout.sidecar_dir(output_dir), STARTED):
+        try:
+            rec = sidecar.read(entry.path)
+        except (OSError, ValueError, TypeError):
+            continue
+        if rec.ts >= STARTED - 1:
+            counts[rec.status] = counts.get(rec.status, 0) + 1
+    return counts
+
+
+def summary_line(cfg: dict, failed: bool) -> str:
+    from . import governor
+
+    out = config_mod.output_dir(cfg)
+    made = made_this_run(out)
+    line = (f"summary: {made.get('success', 0)} generated, {made.get('rejected', 0)} rejected by QC, "
+            f"{made.get('failed', 0)} failed in {time.time() - STARTED:.0f}s")
+    if config_mod.is_paid(cfg):
+        t = answers_mod.totals(bought_this_run(out))
+        line += (f"; {t['answers']} answers bought ({t['images']} with an image, {t['refused']} without; "
+                 f"{t['calls']} calls), ${t['cost_usd']:.2f}")
+        stop = governor.for_config(cfg).stopped()
+        if stop:
+            line += f"; stopped buying: {stop.get('message') or stop.get('reason', '')}"
+    manifest = out / cfg["data"]["manifest"]
+    if manifest.is_file():
+        from .manifest import count_by_status, read_csv_rows
+
+        counts = count_by_status(read_csv_rows(manifest))
+        line += f"; {manifest}: {sum(counts.values())} rows ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})"
+    if failed:
+        line += "; some jobs failed (each said why above; details in .pipeline/logs/): fix that, then run the same command"
+    return line
+
+
+def on_end(cfg: dict, pipe, failed: bool) -> None:
+    """Manifest and summary current (rebuilt here after a failure), then the summary line."""
+    out = config_mod.output_dir(cfg)
+    if failed:
+        try:
+            from . import manifest, report
+
+            path = manifest.rebuild(cfg, pipe.table)
+            report.build(cfg, path, out / "report" / "summary.html")
+        except Exception as exc:  # never hide the run's own error behind this one
+            print(f"note: could not rebuild the manifest after the failure: {exc}", file=sys.stderr)
+    line = summary_line(cfg, failed)
+    print(line, file=sys.stderr)
+    runlog.message(cfg, line)

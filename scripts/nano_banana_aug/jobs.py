@@ -1,0 +1,42 @@
+"""What every job of the workflow does around its work: the log, one line for a failure.
+
+A job's details (tracebacks included) go to its ``log:`` file; the terminal
+gets one line when it fails: the target and the reason, said once.
+Snakemake stops running jobs with SIGTERM: it exits through Python, so a
+temporary file is removed (a half-written file never stays behind).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+
+from .errors import UserError
+
+
+def job_main(snakemake, work, *, name: str | None = None) -> None:
+    """Run ``work()`` for a Snakemake ``script:`` job; exit 1 with one line on failure."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    terminal = sys.stderr
+    log = open(snakemake.log[0], "w", encoding="utf-8") if snakemake.log else None
+    if log is not None:
+        sys.stderr = log
+    what = name or f"{snakemake.rule} {', '.join(f'{k}={v}' for k, v in snakemake.wildcards.items())}".strip()
+    try:
+        work()
+    except UserError as exc:
+        print(f"{what}: {exc}", file=terminal, flush=True)
+        if log is not None:
+            print(f"{what}: {exc}", file=log)
+        sys.exit(1)
+    except Exception as exc:  # a bug or the machine (disk full): the traceback goes to the log
+        traceback.print_exc(file=log or terminal)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        where = f" (details: {snakemake.log[0]})" if log is not None else ""
+        print(f"{what}: unexpected error: {reason}{where}", file=terminal, flush=True)
+        sys.exit(1)
+    finally:
+        if log is not None:
+            sys.stderr = terminal
+            log.close()

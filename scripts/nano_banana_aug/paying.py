@@ -1,0 +1,264 @@
+"""Buying one answer: the source as sent, the request, the call with its guards.
+
+Shared by the synchronous ``answer`` job (:mod:`nano_banana_aug.answer`)
+and batch mode (:mod:`nano_banana_aug.batch`), which must send exactly the
+same request for a target.
+
+Guards around every paid attempt, in order: the run's shared API state
+(stop, cool-down, rate limit: :mod:`nano_banana_aug.governor`), the budget
+(:mod:`nano_banana_aug.budget`), one of ``api.concurrency`` call slots
+(:mod:`nano_banana_aug.slots`), held only while the request is in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import config as config_mod
+from . import governor, imaging, postprocess
+from .accounting import estimate_cost_usd
+from .answers import Answer
+from .budget import BudgetExceeded
+from .providers import AttemptError, GenerationFailed, Request, RetryPolicy, call_with_retries, make_provider
+from .slots import CallSlots, SlotTimeout
+
+
+class UnusableSource(Exception):
+    """The source image cannot be read or decoded: nothing is sent."""
+
+
+class RunStopped(AttemptError):
+    """The run stops buying answers (an account problem, a daily quota, the budget, no free slot):
+    this target is left as it is and the job fails, which ends the run."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message, retryable=False, reason=reason)
+
+
+def read_source(source_path: str, data_root, max_pixels: int, where: str):
+    """(bytes, fully decoded RGB image) of a source; UnusableSource before anything is sent."""
+    root = Path(data_root).resolve()
+    source = Path(source_path).resolve()
+    if not source.is_relative_to(root):
+        raise UnusableSource(f"{where}: path resolves outside data_root: {source_path}")
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise UnusableSource(f"{where}: cannot read {source}: {exc.strerror}") from None
+    try:
+        image = imaging.decode(data, max_pixels=max_pixels, what=f"{where}: source {source}")
+    except imaging.DecodeError as exc:
+        raise UnusableSource(str(exc)) from None
+    return data, image
+
+
+def source_request(cfg: dict, source_bytes: bytes, source_image):
+    """What is sent for a source: (bytes, region). With ``api.match_aspect`` the source padded to
+    the nearest supported aspect ratio (JPEG, quality 95) and the region that shows the source."""
+    if not cfg["api"].get("match_aspect") or cfg["api"]["provider"] == "local":
+        return source_bytes, None
+    region = postprocess.match_aspect_request(source_image.width, source_image.height)
+    padded = postprocess.pad_source(source_image, region)
+    if padded.size == source_image.size:
+        return source_bytes, {**region, "box": [0.0, 0.0, 1.0, 1.0]}
+    return imaging.encode(padded, "jpg", {"jpeg_quality": 95}), region
+
+
+def fingerprint(cfg: dict, aug: dict, source_bytes: bytes, region: dict | None) -> tuple[dict, str]:
+    """(what the answer is asked with, its request key)."""
+    settings = config_mod.request_settings(cfg, aug)
+    fp = {**settings, "source_sha256": hashlib.sha256(source_bytes).hexdigest()}
+    if region:
+        fp["region"] = region  # the padded request: which part of the answer shows the source
+    return fp, config_mod.request_key(settings)
+
+
+def build_request(cfg: dict, aug: dict, target, send: bytes, region: dict | None, variant_idx: int) -> Request:
+    return Request(
+        image_bytes=send, mime_type=imaging.sniff_mime(send) or "", prompt=config_mod.full_prompt(cfg, aug),
+        image_id=target.image_id, aug_name=aug["name"], variant_idx=variant_idx, seed=int(cfg.get("seed", 0)),
+        recipe=aug.get("local") or {}, source_path=target.image_path,
+        aspect_ratio=region["ratio"] if region else None,
+    )
+
+
+def retry_policy(cfg: dict) -> RetryPolicy:
+    api = cfg["api"]
+    return RetryPolicy(max_attempts=int(api["max_retries"]), backoff_s=float(api["retry_backoff_s"]),
+                       max_wait_s=float(api["max_retry_wait_s"]))
+
+
+def load_provider(cfg: dict):
+    """The configured provider, with its key (read here, only by a job that calls)."""
+    api_key = None
+    if config_mod.is_paid(cfg):
+        from .keys import load_api_key
+
+        api_key = load_api_key(cfg, Path.cwd())
+    return make_provider(cfg, api_key)
+
+
+def slot_wait_s(cfg: dict) -> float:
+    """How long a call waits for a free slot before the run gives up (all slots stuck)."""
+    return 2 * float(cfg["api"]["timeout_s"]) + 60
+
+
+@dataclass
+class Purchase:
+    """What a paid request produced: the answer record (not stored yet) and its image bytes."""
+
+    answer: Answer
+    data: bytes | None = None
+    attempt_errors: list = field(default_factory=list)
+
+
+def _attempt_record(err: AttemptError, cost) -> dict:
+    usage = err.usage
+    return {"reason": err.reason, "message": err.message[:300], "status": err.status,
+            "usage": {k: v for k, v in vars(usage).items() if v is not None} if usage is not None else {},
+            "est_cost_usd": cost, "ts": time.time()}
+
+
+def _add(total, value):
+    return total if value is None else (total or 0.0) + value
+
+
+class _Guarded:
+    """The provider as call_with_retries sees it: each attempt through the buyer's slots and governor."""
+
+    def __init__(self, buyer: "Buyer"):
+        self.attempt = buyer._dispatch
+        self.name, self.model, self.paid = buyer.provider.name, buyer.provider.model, buyer.provider.paid
+
+
+class Buyer:
+    """Buys answers for the jobs of one run (one provider, one governor, one ledger, one set of slots)."""
+
+    def __init__(self, cfg: dict, provider=None, say=None):
+        from . import budget, runs
+
+        self.cfg = cfg
+        self.provider = provider if provider is not None else load_provider(cfg)
+        self.policy = retry_policy(cfg)
+        self.paid = bool(self.provider.paid)
+        out = config_mod.output_dir(cfg)
+        self.governor = governor.for_config(cfg, say=say) if self.paid else None
+        self.ledger = budget.for_config(cfg) if self.paid else None
+        self.slots = CallSlots(out / ".pipeline" / "slots", int(cfg["api"]["concurrency"]),
+                               wait_timeout_s=slot_wait_s(cfg)) if self.paid else None
+        self.run_id = runs.current()
+
+    def estimate(self, usage):
+        if not self.paid:
+            return 0.0
+        return None if usage is None else estimate_cost_usd(usage, self.cfg["api"]["pricing"], self.cfg["api"]["provider"])
+
+    def _dispatch(self, request: Request):
+        """One attempt: a free slot, a last look at the run's state, the request."""
+        if self.slots is None:
+            return self.provider.attempt(request)
+        while True:
+            try:
+                fd = self.slots.acquire()
+            except SlotTimeout as exc:
+                raise RunStopped(f"{exc}: calls in flight do not end (api.timeout_s={self.cfg['api']['timeout_s']}); "
+                                 "is another run using this directory's slots?", "SLOT_TIMEOUT") from None
+            try:
+                if self.governor.may_dispatch():
+                    try:
+                        return self.provider.attempt(request)
+                    except AttemptError as err:
+                        self.governor.after_error(err)  # decided while the slot is held: the next call sees it
+                        raise
+            finally:
+                os.close(fd)
+            self.governor.before_call()  # a cool-down began while this job waited for its slot
+
+    def buy(self, request: Request, *, stem: str, version: int, fp: dict, key: str, max_pixels: int) -> Purchase:
+        """Make up to ``api.max_retries`` attempts; the answer says what came back (image, refused,
+        failed). Raises RunStopped when the run must stop buying (nothing is stored then)."""
+        errors: list[AttemptError] = []
+        records: list[dict] = []
+        state = {"calls": 0, "cost": None, "reported": None}
+
+        def before_attempt(n):
+            if self.governor is not None:
+                self.governor.before_call()  # the run's cool-down, rate limit and stop
+            if self.ledger is not None:
+                self.ledger.reserve()
+
+        def on_answer(n, gen):
+            if gen.image is not None:  # the local engine: a decoded image
+                image = gen.image.convert("RGB") if gen.image.mode != "RGB" else gen.image
+                buf = io.BytesIO()
+                image.save(buf, format="PNG", compress_level=1)
+                gen.data = buf.getvalue()
+                return image
+            try:
+                return imaging.decode(gen.data, max_pixels=max_pixels, what="model output")
+            except imaging.DecodeError as exc:  # a failed attempt (billed): retried like any other
+                raise AttemptError(str(exc), retryable=True, status=200, reason="UNDECODABLE") from None
+
+        def after_attempt(n, gen, err):
+            if isinstance(err, (governor.DispatchStopped, RunStopped)):
+                if self.ledger is not None:
+                    self.ledger.release(1, self.ledger.reserve_usd)
+                return
+            state["calls"] += 1
+            usage = gen.usage if gen is not None else err.usage
+            cost = self.estimate(usage)
+            state["cost"] = _add(state["cost"], cost)
+            if usage is not None and usage.cost_usd is not None:
+                state["reported"] = _add(state["reported"], usage.cost_usd)
+            billable = gen is not None or (err is not None and err.usage is not None)
+            if self.ledger is not None:
+                self.ledger.settle(cost, billable=billable)
+            if err is not None:
+                errors.append(err)
+                records.append(_attempt_record(err, cost))
+                verdict = getattr(err, "verdict", None)  # the governor's, decided while the slot was held
+                if verdict is not None and verdict.action == "stop":
+                    err.retryable = False
+                    err.stop = verdict
+
+        started = time.monotonic()
+        base = dict(stem=stem, version=version, status="", fingerprint=fp, request_key=key,
+                    source="local" if not self.paid else "call", run_id=self.run_id, ts=0.0,
+                    host=socket.gethostname(), slurm_job_id=os.environ.get("SLURM_JOB_ID", ""))
+        try:
+            gen = call_with_retries(_Guarded(self), request, self.policy, before_attempt=before_attempt,
+                                    after_attempt=after_attempt, on_answer=on_answer)
+        except GenerationFailed as failed:
+            last = failed.last
+            if isinstance(last, RunStopped):
+                raise last from None
+            if isinstance(last, governor.DispatchStopped):
+                raise RunStopped(last.message, last.reason) from None
+            if isinstance(last, BudgetExceeded):
+                raise RunStopped(f"{last.message}; the rest is left for the next run", "BUDGET") from None
+            stop = getattr(last, "stop", None)
+            if stop is not None:
+                raise RunStopped(stop.message, stop.reason) from None
+            billed = any(e.usage is not None or e.status == 200 for e in errors)
+            answer = Answer(**base, reason=last.reason or "FAILED", message=f"after {failed.attempts} attempt(s): "
+                            f"{last.message}"[:500], calls=state["calls"], attempts=records,
+                            est_cost_usd=state["cost"], cost_usd=state["reported"],
+                            api_seconds=round(time.monotonic() - started, 3))
+            answer.status = "refused" if billed else "failed"
+            answer.ts = time.time()
+            if last.usage is not None:
+                answer.usage = {k: v for k, v in vars(last.usage).items() if v is not None}
+            return Purchase(answer, None, errors)
+        answer = Answer(**base, mime_label=gen.mime_type, response_id=gen.response_id,
+                        model_version=gen.model_version, finish_reason=gen.finish_reason, text=(gen.text or "")[:500],
+                        usage={k: v for k, v in vars(gen.usage).items() if v is not None}, calls=state["calls"],
+                        attempts=records, est_cost_usd=state["cost"], cost_usd=state["reported"],
+                        api_seconds=round(time.monotonic() - started, 3))
+        answer.ts = time.time()
+        return Purchase(answer, gen.data, errors)

@@ -1,0 +1,174 @@
+"""The workflow's view of an output directory while Snakemake builds the DAG.
+
+``rules/common.smk`` keeps one :class:`Pipeline` and asks it, from small
+input functions, for: the targets table's path (named after everything the
+table depends on), the outputs of a manifest shard, the answer version an
+output is built from (:mod:`nano_banana_aug.plan`), and the plan line.
+Nothing here writes a file: dry-runs, ``--summary``, ``--lint`` and
+``--unlock`` change nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import config as config_mod
+from . import layout, plan
+from .plan import ADOPTED, BLOCKED, BUILD, BUY, DEFERRED, Decision
+from .targets import BAD_ID_PROBLEM, read_targets
+
+
+class Pipeline:
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.out = cfg["data"]["output_dir"].rstrip("/")
+        self.ext = cfg["data"]["output_ext"]
+        self.augs = {a["name"]: int(a["num_images"]) for a in cfg["augmentations"]}
+        self.paid = config_mod.is_paid(cfg)
+        train_csv = config_mod.train_csv_path(cfg)
+        sha = config_mod.file_sha256(train_csv) if train_csv.is_file() else "missing"
+        self.table = str(layout.targets_table(self.out, layout.digest(config_mod.data_settings(cfg, sha))))
+        self.derive_settings = str(layout.settings_file(self.out, "derive", layout.digest(config_mod.derive_settings(cfg))))
+        self.manifest_settings = str(layout.settings_file(self.out, "manifest", layout.digest(self.manifest_view())))
+        self._targets = None
+        self._decisions = None
+        self._planner = None
+
+    def manifest_view(self) -> dict:
+        """What the manifest's marks depend on besides the outputs (stale, orphaned, blocked)."""
+        keys = {a["name"]: config_mod.request_key(config_mod.request_settings(self.cfg, a)) for a in self.cfg["augmentations"]}
+        return {"augs": self.augs, "keys": keys, "max_total_attempts": self.cfg["api"]["max_total_attempts"],
+                "data_root": self.cfg["data"]["data_root"], "table": self.table}
+
+    # --- the targets
+    def load(self, table_path: str | None = None) -> list:
+        if self._targets is None:
+            self._targets = read_targets(table_path or self.table)
+        return self._targets
+
+    def stems(self, target) -> list[tuple[str, str]]:
+        return [(layout.stem(target.image_id, aug, k), aug) for aug, n in self.augs.items() for k in range(n)]
+
+    def usable(self) -> list:
+        return [t for t in self.load() if not t.problem]
+
+    # --- decisions
+    @property
+    def planner(self) -> plan.Planner:
+        if self._planner is None:
+            scope = {}
+            if self._targets is not None or Path(self.table).is_file():  # regeneration rounds look at every output
+                for t in self.usable():
+                    for stem, aug in self.stems(t):
+                        scope.setdefault(aug, []).append(stem)
+            keys = {a["name"]: config_mod.request_key(config_mod.request_settings(self.cfg, a))
+                    for a in self.cfg["augmentations"]}
+            self._planner = plan.Planner(self.out, self.ext, plan.Ask.from_config(self.cfg), keys, scope)
+        return self._planner
+
+    def decisions(self) -> dict:
+        """Every selected output's decision, the budget applied (computed once)."""
+        if self._decisions is None:
+            planner = self.planner
+            found = {stem: planner.decide(stem, aug) for t in self.usable() for stem, aug in self.stems(t)}
+            from .budget import spent_in_directory
+
+            plan.apply_budget(found, plan.budget_limit(self.cfg, lambda: spent_in_directory(self.out)))
+            self._decisions = found
+        return self._decisions
+
+    def decision(self, stem: str, aug: str) -> Decision:
+        """For the input function of rule generate: the shared decision, or (a cluster job step,
+        an output asked for by name) one made now for this output alone."""
+        if self._decisions is not None and stem in self._decisions:
+            return self._decisions[stem]
+        return self.planner.decide(stem, aug)
+
+    def answer_for(self, stem: str, aug: str) -> str:
+        d = self.decision(stem, aug)
+        if d.version is None:
+            what = ("it was made without this pipeline's answers (adopted); regenerate=<name> buys one"
+                    if d.action == ADOPTED else "the budget of this run does not reach it")
+            raise ValueError(f"output {stem}: no answer to build it from: {what}")
+        return str(layout.answer_path(self.out, stem, d.version))
+
+    # --- the manifest shards
+    def shard_outputs(self, shard: int) -> list[str]:
+        """Outputs and sidecars of one shard that this run makes or keeps (not adopted or deferred)."""
+        decisions = self.decisions()
+        paths = []
+        for t in self.usable():
+            if layout.shard_of(t.image_id) != shard:
+                continue
+            for stem, _aug in self.stems(t):
+                if decisions[stem].action in (ADOPTED, DEFERRED):
+                    continue
+                paths.append(str(layout.output_path(self.out, stem, self.ext)))
+                paths.append(str(layout.sidecar_path(self.out, stem)))
+        return paths
+
+    def shards(self) -> list[int]:
+        found = {layout.shard_of(t.image_id) for t in self.load()}
+        side = layout.sidecar_dir(self.out)
+        if side.is_dir():
+            for name in _listdir(side):
+                key = layout.parse_stem(name)
+                if key is not None:
+                    found.add(layout.shard_of(key[0]))
+        return sorted(found)
+
+    # --- the plan
+    def counts(self) -> dict:
+        c = {k: 0 for k in (BUY, BUILD, "done", BLOCKED, ADOPTED, DEFERRED)}
+        for d in self.decisions().values():
+            c[d.action] = c.get(d.action, 0) + 1
+        return c
+
+    def plan_lines(self) -> list[str]:
+        targets = self.load()
+        c = self.counts()
+        n = sum(c.values())
+        todo = c[BUY] + c[BUILD]
+        lines = [f"plan: {n} targets ({len(self.usable())} images x {len(self.augs)} augmentations), "
+                 f"{n - todo - c[DEFERRED] - c[BLOCKED]} already done, {todo} to generate; "
+                 f"provider {self.cfg['api']['provider']}, model {self.cfg['api']['model']}"]
+        if self.paid:
+            unit = plan.unit_price(self.cfg)
+            how = " through the Gemini Batch API" if self.cfg["api"].get("mode") == "batch" else ""
+            lines.append(f"plan: {c[BUY]} answers to buy{how}, estimated ${c[BUY] * unit:.2f} "
+                         f"(${unit:.4f} each; more if retried)")
+        regen = sorted({d.why for d in self.decisions().values() if d.action == BUY and d.why.startswith("regenerate")})
+        for why in regen:
+            k = sum(1 for d in self.decisions().values() if d.action == BUY and d.why == why)
+            lines.append(f"plan: {why}: {k} outputs get a new answer (their old answers and outputs are kept until then)")
+        if c[BUILD]:
+            lines.append(f"plan: {c[BUILD]} outputs built from answers already bought (0 calls)")
+        if c[DEFERRED]:
+            lines.append(f"plan: {c[DEFERRED]} answers left for the next run: the budget of this run "
+                         f"(api.max_calls / max_cost_usd / max_total_cost_usd) buys {c[BUY]}")
+        if c[BLOCKED]:
+            lines.append(f"plan: {c[BLOCKED]} outputs blocked after api.max_total_attempts="
+                         f"{self.cfg['api']['max_total_attempts']} failed attempts (raise it to try again)")
+        if c[ADOPTED]:
+            lines.append(f"plan: {c[ADOPTED]} outputs without answers (made by the original tool) are kept as they are")
+        for t in targets:
+            if t.problem:
+                kind = "train.csv line" if t.problem.startswith(BAD_ID_PROBLEM) else "unusable source, train.csv line"
+                lines.append(f"plan: {kind} {t.row}, image {t.image_id}: {t.problem} (no job; failed rows in the manifest)")
+        return lines
+
+
+def _listdir(path) -> list[str]:
+    import os
+
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def answer_wildcards(path: str) -> dict:
+    """The wildcards of an answer path (tests)."""
+    p = Path(path)
+    image_id, aug, k = layout.parse_stem(p.parent.name)
+    return {"image_id": image_id, "aug": aug, "k": k, "version": int(p.stem.lstrip("v"))}

@@ -1,0 +1,7 @@
+# Snakemake script of rule summary (rules/manifest.smk): the run summary page.
+import sys
+
+sys.path.insert(0, snakemake.scriptdir)  # this checkout's package
+from nano_banana_aug.report import main
+
+main(snakemake)
