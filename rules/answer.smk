@@ -10,12 +10,12 @@ rule answer:
         update(f"{OUT}/answers/{STEM}/v{{version}}.json"),
     log:
         LOGS / "answer" / f"{STEM}.v{{version}}.log",
+    priority: 1
+    group:
+        "target"
     resources:
         api=1,
         runtime=answer_runtime_min(),  # minutes, for cluster schedulers
         mem_mb=1000,
-    priority: 1
-    group:
-        "target"
     script:
         "../scripts/answer.py"

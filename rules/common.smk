@@ -71,22 +71,25 @@ def targets_table(wildcards=None):
 
 
 def shard_outputs(wildcards):
-    PIPE.load(targets_table())
-    report_plan()
+    planned()
     return PIPE.shard_outputs(int(wildcards.shard))
 
 
 def manifest_parts(wildcards=None):
-    PIPE.load(targets_table())
-    report_plan()
-    if BATCH:
-        batch_outcome()
+    planned()
     return [str(layout.manifest_part(OUT, s)) for s in PIPE.shards()]
 
 
-def batch_outcome(wildcards=None):
-    """Batch mode: the checkpoint that buys this run's answers through the Batch API."""
-    return checkpoints.batch.get(key=PIPE.batch_key()).output[0]
+def planned():
+    """The targets table read, the plan made and reported; in batch mode, after the batch
+    checkpoint bought this run's answers."""
+    PIPE.load(targets_table())
+    report_plan()
+    key = PIPE.batch_key() if BATCH else None
+    if key:
+        from nano_banana_aug.batch import read_outcome
+
+        PIPE.after_batch(read_outcome(checkpoints.batch.get(key=key).output[0]))
 
 
 def answer_of(wildcards):

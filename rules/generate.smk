@@ -12,9 +12,9 @@ rule generate:
         sidecar=f"{OUT}/sidecars/{STEM}.json",
     log:
         LOGS / "generate" / f"{STEM}.log",
-    resources:
-        mem_mb=1500,
     group:
         "target"
+    resources:
+        mem_mb=1500,
     script:
         "../scripts/generate.py"

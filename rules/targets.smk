@@ -26,8 +26,8 @@ rule settings:
         layout.settings_file(OUT, "{kind}", "{key}"),
     log:
         LOGS / "settings-{kind}-{key}.log",
-    localrule: True
     wildcard_constraints:
         kind="derive|manifest",
+    localrule: True
     script:
         "../scripts/write_settings.py"

@@ -14,10 +14,8 @@ from .helpers import ROOT
 SHIPPED = yaml.safe_load((ROOT / "configs" / "nano_banana_pro_augment.yaml").read_text())
 
 
-def checked(cfg):
-    cfgmod.check_config(cfg)
-    validate(cfg, str(cfgmod.SCHEMA_PATH))
-    return cfgmod.finalise(cfg)
+def checked(cfg, say=None):
+    return cfgmod.prepare(cfg, validate, say=say or (lambda m: None))
 
 
 def test_shipped_configs_are_valid():
@@ -32,7 +30,7 @@ def test_shipped_configs_are_valid():
 def test_original_defaults_filled():
     cfg = checked({"augmentations": [{"name": "a", "prompt": "p"}]})
     api, data = cfg["api"], cfg["data"]
-    assert (api["provider"], api["model"], api["concurrency"], api["concurrency_scope"]) == ("gemini", "gemini-3-pro-image-preview", 1, "per_image")
+    assert (api["provider"], api["model"], api["concurrency"]) == ("gemini", "gemini-3-pro-image-preview", 1)
     assert (api["timeout_s"], api["max_retries"], api["retry_backoff_s"], api["modalities"]) == (120, 3, 5.0, ["image", "text"])
     assert api["base_url"] == "https://generativelanguage.googleapis.com/v1beta"
     assert (data["data_root"], data["train_csv"], data["primary_targets"]) == ("data", "train.csv", ["Dry_Total_g"])
@@ -85,3 +83,39 @@ def test_schema_qc_defaults_are_the_qc_modules():
 
     cfg = checked({"augmentations": [{"name": "a", "prompt": "p"}], "qc": {}})
     assert cfg["qc"] == DEFAULT_THRESHOLDS
+
+
+def test_label_safe_geometry_is_the_one_default():
+    """The schema is the one source of defaults: the label-safe geometry without a config saying otherwise."""
+    cfg = checked({"augmentations": [{"name": "a", "prompt": "p"}]})
+    assert (cfg["api"]["match_aspect"], cfg["postprocess"]["mode"], cfg["postprocess"]["enforce_aspect_ratio"]) == (True, "resize", None)
+    shipped = yaml.safe_load((ROOT / "configs" / "nano_banana_pro_augment.yaml").read_text())
+    assert (shipped["api"]["match_aspect"], shipped["postprocess"]["mode"]) == (True, "resize")
+    assert "enforce_aspect_ratio" not in shipped["postprocess"]
+
+
+@pytest.mark.parametrize("old, asked", [
+    ({"plan_only": True}, {"plan": True}), ({"redo_rejected": "true"}, {"rejected": True}),
+    ({"retry_blocked": True}, {"retry_blocked": True}), ({"batch_cancel": True}, {"cancel_batches": True}),
+    ({"rederive": True}, {}), ({"prune_mode": "used"}, {}), ({"api": {"concurrency_scope": "global"}}, {}),
+    ({"api": {"batch": {"max_file_bytes": 10**9, "lock_timeout_s": 60}}}, {}),
+])
+def test_keys_of_earlier_releases_still_work_with_one_line_each(old, asked):
+    said = []
+    cfg = checked({"augmentations": [{"name": "a", "prompt": "p"}], **copy.deepcopy(old)}, say=said.append)
+    assert cfg["_asked"] == asked
+    assert said and all(line.startswith("note: config key '") and "deprecated" in line and "\n" not in line for line in said)
+    if "redo_rejected" in old:
+        assert cfg["regenerate"] == ["rejected"]
+
+
+def test_shipped_config_shows_the_keys_a_user_sets():
+    def leaves(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "local":
+                yield from leaves(v, f"{prefix}{k}.")
+            else:
+                yield prefix + k
+
+    keys = list(leaves(SHIPPED))
+    assert len(keys) <= 22, keys

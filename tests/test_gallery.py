@@ -21,7 +21,6 @@ import pytest
 import yaml
 from PIL import Image
 
-from nano_banana_aug import runs
 from nano_banana_aug import gallery
 
 from .helpers import ROOT, copy_workflow, snakemake, textured
@@ -213,17 +212,21 @@ def test_contact_sheet_grid_and_row_cap(synth):
     assert stats.rows == 2 and stats.tiles == 7
 
 
-def test_main_reads_effective_config(synth, capsys):
+def test_entry_point_writes_the_gallery_and_one_line_without_a_manifest(synth, capsys, tmp_path):
+    from types import SimpleNamespace
+
     cfg = {"data": {"output_dir": str(synth["out"]), "data_root": str(synth["root"]), "manifest": "manifest.csv"}}
-    cfg_json = synth["out"] / ".pipeline" / "runs" / "r1" / "config.json"
-    runs.write_run_config(cfg, cfg_json)
-    assert gallery.main(["--config-json", str(cfg_json)]) == 0
+    job = SimpleNamespace(config=cfg, input=[str(synth["manifest"])], output=[str(synth["out"] / "gallery" / "index.html")],
+                          log=[str(tmp_path / "gallery.log")], rule="report_gallery", wildcards={})
+    gallery.main(job)
     assert (synth["out"] / "gallery" / "index.html").is_file()
     assert (synth["out"] / "gallery" / "contact_sheet.png").is_file()
-    assert "gallery:" in capsys.readouterr().out
+    assert "gallery:" in (tmp_path / "gallery.log").read_text()
     synth["manifest"].unlink()
-    assert gallery.main(["--config-json", str(cfg_json)]) == 1
-    assert "manifest not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        gallery.main(job)
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.strip() == f"report_gallery: {synth['manifest']}: manifest not found; run the pipeline first"
 
 
 # ------------------------------------------------------------------ headless Chromium

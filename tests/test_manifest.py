@@ -1,9 +1,16 @@
-"""Manifest building from sidecars, and adoption of legacy output directories."""
+"""Manifest rows from the files (sidecars, answers, the targets table), shards, and adoption of
+legacy output directories."""
 
 import csv
 
-from nano_banana_aug import layout, manifest, sidecar
+import yaml
+from snakemake.utils import validate
+
+from nano_banana_aug import answers, layout, manifest, sidecar
+from nano_banana_aug import config as cfgmod
+from nano_banana_aug.answers import Answer
 from nano_banana_aug.sidecar import SEED_COLUMNS, Record
+from nano_banana_aug.targets import Target, write_targets
 
 from .helpers import textured
 
@@ -13,15 +20,29 @@ def _rows(path):
         return list(csv.DictReader(fh))
 
 
+def config(data_root, out, augs=("a",), **extra):
+    cfg = {"data": {"data_root": str(data_root), "output_dir": str(out)},
+           "augmentations": [{"name": n, "prompt": "p"} for n in augs], **extra}
+    return cfgmod.prepare(cfg, validate, say=lambda m: None)
+
+
+def table(tmp_path, *ids, problem=""):
+    path = tmp_path / "targets.csv"
+    write_targets([Target(i, f"train/{i}.jpg", str(tmp_path / f"train/{i}.jpg"), n + 2, problem=problem) for n, i in enumerate(ids)], path)
+    return path
+
+
 def test_seed_columns_first_in_order_and_failed_error_cut(tmp_path):
     out = tmp_path / "data" / "aug"
-    textured(30, 15, 0).save(out / "ID1__a__v0.png") if out.mkdir(parents=True) is None else None
-    sidecar.write(Record("ID1", "a", 0, "train/ID1.jpg", "aug/ID1__a__v0.png", "success", ts=5.0,
+    out.mkdir(parents=True)
+    textured(30, 15, 0).save(out / "ID1__a__v0.png")
+    sidecar.write(Record("ID1", "a", 0, "train/ID1.jpg", "", "success", ts=5.0,
                          orig_w=30, orig_h=15, aspect_w=30, aspect_h=15, out_w=30, out_h=15, qc={"ssim": 0.9}),
-                  layout.sidecar_path(out, "ID1", "a", 0))
-    sidecar.write(Record("ID0", "a", 0, "train/ID0.jpg", "aug/ID0__a__v0.png", "failed", error="x" * 900),
-                  layout.sidecar_path(out, "ID0", "a", 0))
-    path, records = manifest.build(out, tmp_path / "data")
+                  layout.sidecar_path(out, "ID1__a__v0"))
+    (out / "ID0__a__v0.png").write_bytes(b"")  # the placeholder of a target without an image
+    sidecar.write(Record("ID0", "a", 0, "train/ID0.jpg", "", "failed", error="x" * 900),
+                  layout.sidecar_path(out, "ID0__a__v0"))
+    path = manifest.rebuild(config(tmp_path / "data", out), table(tmp_path, "ID0", "ID1"))
     with open(path) as fh:
         header = next(csv.reader(fh))
     assert header[:16] == SEED_COLUMNS
@@ -30,14 +51,80 @@ def test_seed_columns_first_in_order_and_failed_error_cut(tmp_path):
     assert [r["image_id"] for r in rows] == ["ID0", "ID1"]  # sorted
     assert rows[0]["status"] == "failed" and len(rows[0]["error"]) == 500
     assert rows[1]["status"] == "success" and rows[1]["qc_ssim"] == "0.9" and rows[1]["area_scale"] == "1.0"
+    assert rows[1]["image_path"] == "aug/ID1__a__v0.png"  # relative to data_root
 
 
 def test_success_without_file_is_missing(tmp_path):
     out = tmp_path / "aug"
-    sidecar.write(Record("ID1", "a", 0, image_path=str(out / "ID1__a__v0.png"), status="success"),
-                  layout.sidecar_path(out, "ID1", "a", 0))
-    _, records = manifest.build(out, tmp_path)
-    assert records[0].status == "missing"
+    sidecar.write(Record("ID1", "a", 0, status="success"), layout.sidecar_path(out, "ID1__a__v0"))
+    rows = _rows(manifest.rebuild(config(tmp_path, out), table(tmp_path, "ID1")))
+    assert rows[0]["status"] == "missing"
+
+
+def test_rows_of_targets_without_output_come_from_their_answers_and_the_table(tmp_path):
+    out = tmp_path / "aug"
+    for v, calls in ((1, 3), (2, 3)):
+        answers.write(out, Answer(stem="ID1__a__v0", version=v, status="refused", reason="IMAGE_SAFETY",
+                                  message="no usable image", calls=calls, est_cost_usd=0.1))
+    answers.write(out, Answer(stem="ID2__a__v0", version=1, status="refused", reason="NO_IMAGE", message="text only", calls=2))
+    cfg = config(tmp_path, out)
+    path = table(tmp_path, "ID1", "ID2")
+    write_targets([*map(lambda t: t, __import__("nano_banana_aug.targets", fromlist=["read_targets"]).read_targets(path)),
+                   Target("ID3", "train/ID3.jpg", "", 9, problem="source image missing: x")], path)
+    rows = {r["image_id"]: r for r in _rows(manifest.rebuild(cfg, path))}
+    assert rows["ID1"]["status"] == "blocked" and rows["ID1"]["attempts_total"] == "6" and "raise it" in rows["ID1"]["error"]
+    assert rows["ID2"]["status"] == "failed" and rows["ID2"]["error_reason"] == "NO_IMAGE" and rows["ID2"]["attempts_total"] == "2"
+    assert rows["ID3"]["status"] == "failed" and rows["ID3"]["error_reason"] == "BAD_SOURCE" and "line 9" in rows["ID3"]["error"]
+
+
+def test_a_newer_answer_without_image_is_a_regen_error_of_the_kept_output(tmp_path):
+    out = tmp_path / "aug"
+    out.mkdir()
+    textured(30, 15, 0).save(out / "ID1__a__v0.png")
+    answers.write(out, Answer(stem="ID1__a__v0", version=1, status="image"), b"\x89PNG\r\n\x1a\n")
+    sidecar.write(Record("ID1", "a", 0, status="success", answer_id="v1"), layout.sidecar_path(out, "ID1__a__v0"))
+    answers.write(out, Answer(stem="ID1__a__v0", version=2, status="refused", message="IMAGE_SAFETY", ts=7.0))
+    (row,) = _rows(manifest.rebuild(config(tmp_path, out), table(tmp_path, "ID1")))
+    assert row["status"] == "success" and row["answer_id"] == "v1"
+    assert row["regen_error"] == "answer v2: IMAGE_SAFETY" and row["regen_error_ts"] == "7.0"
+
+
+def test_stale_and_orphaned_follow_the_config(tmp_path):
+    out = tmp_path / "aug"
+    out.mkdir()
+    cfg = config(tmp_path, out, augs=("a",))
+    key_now = cfgmod.request_key(cfgmod.request_settings(cfg, cfg["augmentations"][0]))
+    for stem, key in (("ID1__a__v0", key_now), ("ID2__a__v0", "older"), ("ID1__gone__v0", key_now)):
+        textured(30, 15, 0).save(out / f"{stem}.png")
+        sidecar.write(Record(*layout.parse_stem(stem), status="success", generation_key=f"{key}/x"), layout.sidecar_path(out, stem))
+    rows = {(r["image_id"], r["aug_name"]): r for r in _rows(manifest.rebuild(cfg, table(tmp_path, "ID1", "ID2")))}
+    assert rows[("ID1", "a")]["stale"] == "" and rows[("ID2", "a")]["stale"] == "model/prompt"
+    assert rows[("ID1", "gone")]["status"] == "orphaned" and "no longer in the config" in rows[("ID1", "gone")]["error"]
+
+
+def test_outputs_outside_data_root_are_relative_to_the_manifest(tmp_path):
+    out = tmp_path / "elsewhere" / "aug"
+    out.mkdir(parents=True)
+    textured(30, 15, 0).save(out / "ID1__a__v0.png")
+    sidecar.write(Record("ID1", "a", 0, status="success"), layout.sidecar_path(out, "ID1__a__v0"))
+    (row,) = _rows(manifest.rebuild(config(tmp_path / "data", out), table(tmp_path, "ID1")))
+    assert row["image_path"] == "ID1__a__v0.png"
+    assert manifest.resolve_output(row["image_path"], tmp_path / "data", out) == out / "ID1__a__v0.png"
+
+
+def test_parts_concatenate_to_the_same_manifest(tmp_path):
+    out = tmp_path / "aug"
+    out.mkdir()
+    ids = [f"ID{i}" for i in range(40)]
+    for i in ids:
+        textured(20, 10, 1).save(out / f"{i}__a__v0.png")
+        sidecar.write(Record(i, "a", 0, status="success"), layout.sidecar_path(out, f"{i}__a__v0"))
+    cfg = config(tmp_path, out)
+    path = table(tmp_path, *ids)
+    whole = _rows(manifest.rebuild(cfg, path))
+    parts = sorted(out.glob(".pipeline/manifest/part-*.csv"))
+    assert len(parts) > 5 and sum(len(_rows(p)) for p in parts) == 40
+    assert manifest.concatenate(parts, tmp_path / "again.csv") == 40 and _rows(tmp_path / "again.csv") == whole
 
 
 LEGACY_HEADER = "image_id,aug_name,variant_idx,src_image_path,image_path,status,error,ts"
@@ -58,7 +145,8 @@ def test_legacy_manifest_adopted_with_defaults_and_last_success_row(tmp_path):
         "ID2,sun,0,train/ID2.jpg,nano_banana_pro/train/ID2__sun__v0.png,success,,150",
         "ID4,sun,0,train/ID4.jpg,nano_banana_pro/train/ID4__sun__v0.png,failed,blocked,160",
     ]) + "\n")
-    path, records = manifest.build(out, data)
+    cfg = config(data, out, augs=("sun",), qc={"enabled": False})
+    path = manifest.rebuild(cfg, table(tmp_path, "ID1", "ID2", "ID3"))
     rows = {r["image_id"]: r for r in _rows(path)}
     assert set(rows) == {"ID1", "ID2", "ID3", "ID4"}
     assert rows["ID1"]["status"] == "success" and rows["ID1"]["ts"] == "200.0"
@@ -69,8 +157,9 @@ def test_legacy_manifest_adopted_with_defaults_and_last_success_row(tmp_path):
     assert all(r["origin"] == "adopted" for r in rows.values())
     # adoption wrote sidecars: the manifest can be rebuilt without the old file
     (out / "manifest.csv").unlink()
-    _, again = manifest.build(out, data)
-    assert [(r.image_id, r.status) for r in again] == [(r.image_id, r.status) for r in records]
+    manifest._LEGACY_ROWS.clear()
+    again = {r["image_id"]: r["status"] for r in _rows(manifest.rebuild(cfg, table(tmp_path, "ID1", "ID2", "ID3")))}
+    assert again == {i: r["status"] for i, r in rows.items()}
 
 
 def test_legacy_area_scale_kept_when_present(tmp_path):
@@ -81,15 +170,6 @@ def test_legacy_area_scale_kept_when_present(tmp_path):
         LEGACY_HEADER + ",orig_w,orig_h,aspect_w,aspect_h,out_w,out_h,pad_area_px,area_scale\n"
         f"ID1,sun,0,train/ID1.jpg,{out}/ID1__sun__v0.png,success,,1,1376,768,1536,768,1536,768,122880,1.1162790697674418\n"
     )
-    _, records = manifest.build(out, tmp_path)
-    assert records[0].area_scale == 1.1162790697674418 and records[0].pad_area_px == 122880
-
-
-def test_staleness_follows_sidecar_directory(tmp_path):
-    out = tmp_path / "aug"
-    sidecar.write(Record("ID1", "a", 0, status="failed"), layout.sidecar_path(out, "ID1", "a", 0))
-    assert manifest.is_stale(out)
-    manifest.build(out, tmp_path)
-    assert not manifest.is_stale(out)
-    sidecar.write(Record("ID2", "a", 0, status="failed"), layout.sidecar_path(out, "ID2", "a", 0))
-    assert manifest.is_stale(out)
+    cfg = config(tmp_path, out, augs=("sun",), qc={"enabled": False})
+    (row,) = _rows(manifest.rebuild(cfg, table(tmp_path, "ID1")))
+    assert float(row["area_scale"]) == 1.1162790697674418 and row["pad_area_px"] == "122880"

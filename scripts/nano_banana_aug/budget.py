@@ -27,7 +27,7 @@ from pathlib import Path
 from .fileio import atomic_write_text, file_mode
 from .providers.base import AttemptError
 
-EMPTY = {"calls": 0, "cost_usd": 0.0, "before_usd": None}
+EMPTY = {"calls": 0, "billable": 0, "cost_usd": 0.0, "refused": 0}
 
 
 class BudgetExceeded(AttemptError):
@@ -58,7 +58,7 @@ class Ledger:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             state = self.read()
-            if state["before_usd"] is None and self.max_total_cost_usd is not None:
+            if state.get("before_usd") is None and self.max_total_cost_usd is not None:
                 state["before_usd"] = float(self.spent_before())
             yield state
             atomic_write_text(self.path, json.dumps(state))
@@ -89,8 +89,9 @@ class Ledger:
         if self.max_cost_usd is not None and cost > self.max_cost_usd + 1e-9:
             return (f"budget reached: ${state['cost_usd']:.2f} estimated of api.max_cost_usd="
                     f"${self.max_cost_usd:.2f} in this run")
-        if self.max_total_cost_usd is not None and (state["before_usd"] or 0.0) + cost > self.max_total_cost_usd + 1e-9:
-            return (f"budget reached: ${(state['before_usd'] or 0.0) + state['cost_usd']:.2f} spent in this output "
+        before = state.get("before_usd") or 0.0
+        if self.max_total_cost_usd is not None and before + cost > self.max_total_cost_usd + 1e-9:
+            return (f"budget reached: ${before + state['cost_usd']:.2f} spent in this output "
                     f"directory of api.max_total_cost_usd=${self.max_total_cost_usd:.2f}")
         return ""
 
@@ -98,7 +99,9 @@ class Ledger:
         """Count one paid call, or raise BudgetExceeded without counting it."""
         with self._locked() as state:
             refusal = self._refusal(state, 1, self.reserve_usd)
-            if not refusal:
+            if refusal:
+                state["refused"] += 1
+            else:
                 state["calls"] += 1
                 state["cost_usd"] += self.reserve_usd
         if refusal:
@@ -110,6 +113,7 @@ class Ledger:
             k = int(n)
             while k > 0 and self._refusal(state, k, unit_usd):
                 k -= 1
+            state["refused"] += n - k
             state["calls"] += k
             state["cost_usd"] += k * unit_usd
         return k
@@ -124,6 +128,7 @@ class Ledger:
         """Replace the reservation of one made call by its estimated cost (an HTTP error or a lost
         connection is made but not billed: its reservation is given back)."""
         with self._locked() as state:
+            state["billable"] += 1 if billable else 0
             if actual_usd is not None:
                 state["cost_usd"] = max(0.0, state["cost_usd"] + float(actual_usd) - self.reserve_usd)
             elif not billable:
@@ -132,7 +137,8 @@ class Ledger:
 
 def for_config(cfg: dict) -> Ledger:
     """This run's ledger with the config's limits."""
-    from . import answers, config as config_mod, runs
+    from . import config as config_mod
+    from . import runs
 
     out = config_mod.output_dir(cfg)
     api = cfg["api"]

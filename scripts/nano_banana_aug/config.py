@@ -221,8 +221,8 @@ def finalise(cfg: dict) -> dict:
     known = {a["name"] for a in cfg["augmentations"]}
     unknown = [n for n in regen if n not in REQUESTS and n not in known]
     if unknown:
-        raise ConfigError(f"config key 'regenerate': unknown value(s) {', '.join(unknown)}; "
-                          f"allowed: {', '.join(REQUESTS)}, {', '.join(sorted(known))}")
+        raise ConfigError(f"config key 'regenerate': unknown augmentation(s) {', '.join(unknown)}; "
+                          f"allowed: all, stale, {', '.join(sorted(known))}, rejected")
     if cfg.get("_asked", {}).get("rejected"):
         regen.append("rejected")
     if "all" in regen:

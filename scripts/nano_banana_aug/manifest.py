@@ -211,6 +211,10 @@ def shard_rows(cfg: dict, targets, shard: int) -> list[Record]:
                 rec = rows.for_stem(stem, t)
                 if rec is not None:
                     records.append(rec)
+    for key in _legacy_rows(out / cfg["data"]["manifest"]):
+        stem = layout.stem(*key)
+        if layout.shard_of(key[0]) == shard and stem not in seen:
+            adopt_if_legacy(cfg, stem, None)  # picked up with the sidecars below
     for name in _listdir(layout.sidecar_dir(out)):
         key = layout.parse_stem(name)
         if key and name.endswith(".json") and layout.shard_of(key[0]) == shard and layout.stem(*key) not in seen:
@@ -261,6 +265,7 @@ def rebuild(cfg: dict, table) -> Path:
     targets = read_targets(table) if table and Path(table).is_file() else []
     shards = {layout.shard_of(t.image_id) for t in targets}
     shards |= {layout.shard_of(k[0]) for k in map(layout.parse_stem, _listdir(layout.sidecar_dir(out))) if k}
+    shards |= {layout.shard_of(k[0]) for k in _legacy_rows(out / cfg["data"]["manifest"])}
     parts = []
     for s in sorted(shards):
         dest = layout.manifest_part(out, s)
@@ -296,11 +301,13 @@ _LEGACY_ROWS: dict = {}
 
 
 def _legacy_rows(manifest_path) -> dict:
-    """(image_id, aug_name, k) -> rows of the manifest.csv found in the directory (read once)."""
+    """(image_id, aug_name, k) -> rows of a manifest.csv written by the original tool (read once;
+    empty for one of this workflow's, which carries the column ``origin``)."""
     key = str(manifest_path)
     if key not in _LEGACY_ROWS:
         found: dict = {}
-        for row in read_csv_rows(manifest_path):
+        rows = read_csv_rows(manifest_path)
+        for row in rows if rows and "origin" not in rows[0] else ():
             k = (str(row.get("image_id", "")), str(row.get("aug_name", "")), _int(row.get("variant_idx"), -1))
             if k[0] and k[1] and k[2] >= 0:
                 found.setdefault(k, []).append(row)
@@ -309,22 +316,26 @@ def _legacy_rows(manifest_path) -> dict:
 
 
 def adopt_if_legacy(cfg: dict, stem: str, target) -> bool:
-    """Write the sidecar of an output nobody here made (no sidecar, no answers); True if adopted."""
+    """Write the sidecar of a target this workflow never worked on (no sidecar, no answers) from
+    the original tool's manifest row, or from its output file; True if adopted."""
     out = config_mod.output_dir(cfg)
     output = layout.output_path(out, stem, cfg["data"]["output_ext"])
     side = layout.sidecar_path(out, stem)
-    if side.exists() or answers_mod.versions(out, stem) or not (output.is_file() and output.stat().st_size > 0):
+    if side.exists() or answers_mod.versions(out, stem):
         return False
     key = layout.parse_stem(stem)
     rows = _legacy_rows(out / cfg["data"]["manifest"]).get(key, [])
+    has_file = output.is_file() and output.stat().st_size > 0
     if rows:
         ok = [r for r in rows if (r.get("status") or "") == "success"]
-        rec = record_from_row(ok[-1] if ok else rows[-1])
-    else:
+        rec = record_from_row(ok[-1] if ok and has_file else rows[-1])
+    elif has_file:
         rec = _record_from_file(key, output, cfg["data"]["data_root"])
+    else:
+        return False
     if target is not None and not rec.src_image_path:
         rec.src_image_path = target.image_path
-    if cfg["qc"].get("enabled", True) and rec.status == "success":
+    if cfg["qc"].get("enabled", True) and rec.status == "success" and has_file:
         _qc_adopted(rec, output, cfg["data"]["data_root"], cfg["qc"])
     sidecar.write(rec, side)
     return True

@@ -92,6 +92,33 @@ class Pipeline:
             raise ValueError(f"output {stem}: no answer to build it from: {what}")
         return str(layout.answer_path(self.out, stem, d.version))
 
+    # --- batch mode (api.mode: batch): the answers to buy go through one batch checkpoint
+    def batch_wanted(self) -> dict:
+        """stem -> answer version of every answer this run buys."""
+        return {stem: d.version for stem, d in self.decisions().items() if d.action == BUY}
+
+    def batch_key(self) -> str | None:
+        """The batch checkpoint's key: the answers it buys and the state of the open batches
+        (so it runs again while one of them is still pending); None when nothing is to buy."""
+        if not hasattr(self, "_batch_key"):  # fixed for the invocation: the checkpoint changes the state
+            wanted = self.batch_wanted()
+            from .batch import open_state
+
+            self._batch_key = layout.digest({"wanted": sorted(wanted.items()), "open": open_state(self.out)}) if wanted else None
+        return self._batch_key
+
+    def after_batch(self, outcome: dict) -> None:
+        """Once the batch checkpoint ran: outputs whose answer arrived are built; the others wait
+        (a batch still running, a failed line) unless api.batch.fallback is sync."""
+        fallback = self.cfg["api"]["batch"]["fallback"] == "sync"
+        for stem, d in list(self.decisions().items()):
+            if d.action != BUY:
+                continue
+            if layout.answer_path(self.out, stem, d.version).exists():
+                self._decisions[stem] = Decision(BUILD, d.version, "answer from the batch")
+            elif not (fallback and outcome.get(stem, {}).get("status") == "failed"):
+                self._decisions[stem] = Decision(DEFERRED, None, outcome.get(stem, {}).get("status", "pending"))
+
     # --- the manifest shards
     def shard_outputs(self, shard: int) -> list[str]:
         """Outputs and sidecars of one shard that this run makes or keeps (not adopted or deferred)."""

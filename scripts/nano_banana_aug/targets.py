@@ -58,8 +58,7 @@ def read_train_csv(path):
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, df.columns))}; "
                         "train.csv must be in the long format (sample_id, image_path, target_name, target)")
-    if df.empty:
-        raise UserError(f"{path}: has a header and no rows: nothing to augment")
+
     df["target"] = pd.to_numeric(df["target"], errors="coerce")
     return df
 
@@ -221,6 +220,8 @@ def checkpoint_main(snakemake) -> None:
         cfg = snakemake.config
         targets = make_table(cfg, snakemake.output[0])
         if not targets:
+            if read_train_csv(snakemake.input[0]).empty:
+                raise UserError(f"{snakemake.input[0]}: has a header and no rows: nothing to augment")
             raise UserError(f"{snakemake.input[0]}: no image has every primary target "
                             f"({', '.join(cfg['data']['primary_targets'])}): nothing to augment; "
                             "check data.primary_targets and the target_name / target columns")
