@@ -45,6 +45,7 @@ wildcard_constraints:
     k=r"\d+",
     version=r"\d+",
     shard=r"\d\d",
+    part_key=r"[0-9a-f]+",
 
 
 # Answer jobs in flight: the `api` resource (2 x api.concurrency unless given with
@@ -77,13 +78,17 @@ def shard_outputs(wildcards):
 
 def manifest_parts(wildcards=None):
     planned()
-    return [str(layout.manifest_part(OUT, s)) for s in PIPE.shards()]
+    return PIPE.parts()
 
 
 def planned():
     """The targets table read, the plan made and reported; in batch mode, after the batch
     checkpoint bought this run's answers."""
-    PIPE.load(targets_table())
+    table = targets_table()
+    try:
+        PIPE.load(table)
+    except UserError as exc:
+        raise SystemExit(f"ERROR: {exc}")
     report_plan()
     key = PIPE.batch_key() if BATCH else None
     if key:
@@ -102,11 +107,14 @@ def answer_of(wildcards):
 
 
 def get_final_targets(wildcards):
+    """The manifest and the summary; the targets table and the manifest's parts themselves, so
+    that a new table (other data settings, another train.csv) or a part that is missing (its
+    shard did not finish) is made although an older manifest exists."""
     if ASKED.get("plan"):
         return plan_target()
     if ASKED.get("cancel_batches"):
         return [str(layout.run_dir(OUT, RUN_ID) / "batches_cancelled")]
-    return [MANIFEST, SUMMARY]
+    return [PIPE.table, *manifest_parts(), MANIFEST, SUMMARY]
 
 
 def plan_target(wildcards=None):

@@ -8,9 +8,9 @@ rule manifest_part:
         shard_outputs,
         table=ancient(PIPE.table),
     output:
-        f"{OUT}/.pipeline/manifest/part-{{shard}}.csv",
+        f"{OUT}/.pipeline/manifest/part-{{shard}}-{{part_key}}.csv",
     log:
-        LOGS / "manifest" / "part-{shard}.log",
+        LOGS / "manifest" / "part-{shard}-{part_key}.log",
     localrule: True
     script:
         "../scripts/manifest_part.py"

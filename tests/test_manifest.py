@@ -10,7 +10,7 @@ from nano_banana_aug import answers, layout, manifest, sidecar
 from nano_banana_aug import config as cfgmod
 from nano_banana_aug.answers import Answer
 from nano_banana_aug.sidecar import SEED_COLUMNS, Record
-from nano_banana_aug.targets import Target, write_targets
+from nano_banana_aug.targets import Target
 
 from .helpers import textured
 
@@ -27,9 +27,7 @@ def config(data_root, out, augs=("a",), **extra):
 
 
 def table(tmp_path, *ids, problem=""):
-    path = tmp_path / "targets.csv"
-    write_targets([Target(i, f"train/{i}.jpg", str(tmp_path / f"train/{i}.jpg"), n + 2, problem=problem) for n, i in enumerate(ids)], path)
-    return path
+    return [Target(i, f"train/{i}.jpg", str(tmp_path / f"train/{i}.jpg"), n + 2, problem=problem) for n, i in enumerate(ids)]
 
 
 def test_seed_columns_first_in_order_and_failed_error_cut(tmp_path):
@@ -68,10 +66,8 @@ def test_rows_of_targets_without_output_come_from_their_answers_and_the_table(tm
                                   message="no usable image", calls=calls, est_cost_usd=0.1))
     answers.write(out, Answer(stem="ID2__a__v0", version=1, status="refused", reason="NO_IMAGE", message="text only", calls=2))
     cfg = config(tmp_path, out)
-    path = table(tmp_path, "ID1", "ID2")
-    write_targets([*map(lambda t: t, __import__("nano_banana_aug.targets", fromlist=["read_targets"]).read_targets(path)),
-                   Target("ID3", "train/ID3.jpg", "", 9, problem="source image missing: x")], path)
-    rows = {r["image_id"]: r for r in _rows(manifest.rebuild(cfg, path))}
+    targets = table(tmp_path, "ID1", "ID2") + [Target("ID3", "train/ID3.jpg", "", 9, problem="source image missing: x")]
+    rows = {r["image_id"]: r for r in _rows(manifest.rebuild(cfg, targets))}
     assert rows["ID1"]["status"] == "blocked" and rows["ID1"]["attempts_total"] == "6" and "raise it" in rows["ID1"]["error"]
     assert rows["ID2"]["status"] == "failed" and rows["ID2"]["error_reason"] == "NO_IMAGE" and rows["ID2"]["attempts_total"] == "2"
     assert rows["ID3"]["status"] == "failed" and rows["ID3"]["error_reason"] == "BAD_SOURCE" and "line 9" in rows["ID3"]["error"]
@@ -120,10 +116,16 @@ def test_parts_concatenate_to_the_same_manifest(tmp_path):
         textured(20, 10, 1).save(out / f"{i}__a__v0.png")
         sidecar.write(Record(i, "a", 0, status="success"), layout.sidecar_path(out, f"{i}__a__v0"))
     cfg = config(tmp_path, out)
-    path = table(tmp_path, *ids)
-    whole = _rows(manifest.rebuild(cfg, path))
-    parts = sorted(out.glob(".pipeline/manifest/part-*.csv"))
+    targets = table(tmp_path, *ids)
+    whole = _rows(manifest.rebuild(cfg, targets))
+    shards = sorted({layout.shard_of(i) for i in ids})
+    parts = [layout.manifest_part(out, s, "k1") for s in shards]
+    for s, p in zip(shards, parts):
+        layout.manifest_part(out, s, "old").parent.mkdir(parents=True, exist_ok=True)
+        layout.manifest_part(out, s, "old").write_text("stale")
+        manifest.write_part(cfg, targets, s, p)
     assert len(parts) > 5 and sum(len(_rows(p)) for p in parts) == 40
+    assert sorted(out.glob(".pipeline/manifest/part-*.csv")) == sorted(parts)  # an older part of a shard goes
     assert manifest.concatenate(parts, tmp_path / "again.csv") == 40 and _rows(tmp_path / "again.csv") == whole
 
 

@@ -28,7 +28,8 @@ from . import config as config_mod
 from . import layout, locks, runlog
 from .answers import Answer
 from .errors import UserError
-from .paying import Buyer, RunStopped, UnusableSource, build_request, fingerprint, read_source, source_request
+from .paying import (Buyer, RunStopped, UnusableSource, build_request, fingerprint, read_source, source_of,
+                     source_request)
 from .targets import find_target
 
 
@@ -67,7 +68,7 @@ def run(cfg: dict, stem: str, version: int, targets_table, say=None) -> Answer |
             return None
         where = f"train.csv line {target.row}, image {image_id}"
         try:
-            source_bytes, source_image = read_source(target.source, cfg["data"]["data_root"],
+            source_bytes, source_image = read_source(source_of(cfg, target), cfg["data"]["data_root"],
                                                      int(cfg["postprocess"]["max_pixels"]), where)
         except UnusableSource as exc:
             answer = Answer(stem=stem, version=version, status=answers_mod.UNUSABLE, reason="BAD_SOURCE",

@@ -308,11 +308,11 @@ def derive_settings(cfg: dict) -> dict:
 
 
 def data_settings(cfg: dict, train_csv_sha256: str) -> dict:
-    """What decides the targets table: the checkpoint reruns when any of these changes."""
+    """What decides the targets table: the checkpoint reruns when any of these changes
+    (``limit`` selects from the table when the DAG is built)."""
     d = cfg["data"]
-    return {"data_root": str(Path(d["data_root"]).resolve()), "train_csv": d["train_csv"],
-            "primary_targets": list(d["primary_targets"]), "limit": int(cfg.get("limit") or 0),
-            "train_csv_sha256": train_csv_sha256}
+    return {"data_root": d["data_root"], "train_csv": d["train_csv"],
+            "primary_targets": list(d["primary_targets"]), "train_csv_sha256": train_csv_sha256}
 
 
 def file_sha256(path) -> str:

@@ -36,7 +36,7 @@ from . import imaging, layout, postprocess, qc, runlog, sidecar
 from .answers import Answer
 from .errors import UserError
 from .fileio import atomic_write_bytes
-from .paying import UnusableSource, read_source
+from .paying import UnusableSource, read_source, source_of
 from .sidecar import Record
 from .targets import find_target
 
@@ -136,7 +136,7 @@ def run(cfg: dict, answer_path, output, sidecar_path, targets_table) -> Record:
     else:
         where = f"train.csv line {target.row}, image {image_id}"
         try:
-            _bytes, source_image = read_source(target.source, data_root, int(cfg["postprocess"]["max_pixels"]), where)
+            _bytes, source_image = read_source(source_of(cfg, target), data_root, int(cfg["postprocess"]["max_pixels"]), where)
         except UnusableSource as exc:
             raise UserError(f"{exc} (needed to build the output from its answer; nothing was paid)") from None
         describe_answer(record, made_from)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 from . import answers as answers_mod
 from . import config as config_mod
@@ -99,7 +100,7 @@ def on_end(cfg: dict, pipe, failed: bool) -> None:
         try:
             from . import manifest, report
 
-            path = manifest.rebuild(cfg, pipe.table)
+            path = manifest.rebuild(cfg, pipe.load() if Path(pipe.table).is_file() else [])
             report.build(cfg, path, out / "report" / "summary.html")
         except Exception as exc:  # never hide the run's own error behind this one
             print(f"note: could not rebuild the manifest after the failure: {exc}", file=sys.stderr)

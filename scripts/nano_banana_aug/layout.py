@@ -12,7 +12,7 @@ Run-wide files (not per target)::
 
     {output_dir}/.pipeline/targets-<key>.csv     checkpoint `targets` (key: the data settings)
     {output_dir}/.pipeline/settings/<kind>-<key>.json   settings outputs depend on
-    {output_dir}/.pipeline/manifest/part-NN.csv  manifest shards
+    {output_dir}/.pipeline/manifest/part-NN-K.csv  manifest shards
     {output_dir}/.pipeline/runs/<run id>/        one run's budget ledger and API governance
     {output_dir}/.pipeline/slots/                API call slots (api.concurrency)
     {output_dir}/.pipeline/batches/              Gemini batch submissions (api.mode: batch)
@@ -101,8 +101,8 @@ def shard_of(image_id: str) -> int:
     return zlib.crc32(image_id.encode("utf-8")) % SHARDS
 
 
-def manifest_part(output_dir, shard: int) -> Path:
-    return pipeline_dir(output_dir) / "manifest" / f"part-{int(shard):02d}.csv"
+def manifest_part(output_dir, shard: int, key: str = "0") -> Path:
+    return pipeline_dir(output_dir) / "manifest" / f"part-{int(shard):02d}-{key}.csv"
 
 
 def run_dir(output_dir, run_id: str) -> Path:

@@ -240,8 +240,13 @@ def columns(rows: list[dict]) -> list[str]:
 
 
 def write_part(cfg: dict, targets, shard: int, dest) -> list[Record]:
+    """One shard's rows; an older part of the same shard (another name) is removed."""
     records = shard_rows(cfg, targets, shard)
+    dest = Path(dest)
     atomic_write_text(dest, to_csv(records), durable=False)
+    for old in dest.parent.glob(f"part-{shard:02d}-*.csv"):
+        if old != dest:
+            old.unlink(missing_ok=True)
     return records
 
 
@@ -259,20 +264,17 @@ def concatenate(parts, dest) -> int:
     return len(rows)
 
 
-def rebuild(cfg: dict, table) -> Path:
-    """Every part and manifest.csv at once (the end-of-run hook after a failure, tests)."""
+def rebuild(cfg: dict, targets) -> Path:
+    """manifest.csv from every shard at once (the end-of-run hook after a failure, tests). The
+    parts are left alone: a shard whose part is missing is made by the next run."""
     out = config_mod.output_dir(cfg)
-    targets = read_targets(table) if table and Path(table).is_file() else []
     shards = {layout.shard_of(t.image_id) for t in targets}
     shards |= {layout.shard_of(k[0]) for k in map(layout.parse_stem, _listdir(layout.sidecar_dir(out))) if k}
     shards |= {layout.shard_of(k[0]) for k in _legacy_rows(out / cfg["data"]["manifest"])}
-    parts = []
-    for s in sorted(shards):
-        dest = layout.manifest_part(out, s)
-        write_part(cfg, targets, s, dest)
-        parts.append(dest)
+    records = [r for s in sorted(shards) for r in shard_rows(cfg, targets, s)]
+    records.sort(key=lambda r: (r.image_id, r.aug_name, int(r.variant_idx)))
     dest = out / cfg["data"]["manifest"]
-    concatenate(parts, dest)
+    atomic_write_text(dest, to_csv(records))
     return dest
 
 

@@ -58,6 +58,12 @@ def read_source(source_path: str, data_root, max_pixels: int, where: str):
     return data, image
 
 
+def source_of(cfg: dict, target) -> Path:
+    """A target's source file: its train.csv path under the configured data_root (the table keeps
+    it relative, so the directory can move)."""
+    return Path(cfg["data"]["data_root"]) / target.image_path
+
+
 def source_request(cfg: dict, source_bytes: bytes, source_image):
     """What is sent for a source: (bytes, region). With ``api.match_aspect`` the source padded to
     the nearest supported aspect ratio (JPEG, quality 95) and the region that shows the source."""

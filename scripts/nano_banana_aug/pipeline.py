@@ -42,8 +42,17 @@ class Pipeline:
 
     # --- the targets
     def load(self, table_path: str | None = None) -> list:
+        """The selected rows of the targets table: the first ``limit`` images (all when 0)."""
         if self._targets is None:
-            self._targets = read_targets(table_path or self.table)
+            path = Path(table_path or self.table)
+            if not path.is_file():
+                from .errors import UserError
+
+                raise UserError(f"{path} (checkpoint targets) was never made here: run the workflow once "
+                                "without --touch first")
+            targets = read_targets(path)
+            limit = int(self.cfg.get("limit") or 0)
+            self._targets = targets[:limit] if limit > 0 else targets
         return self._targets
 
     def stems(self, target) -> list[tuple[str, str]]:
@@ -70,7 +79,13 @@ class Pipeline:
         """Every selected output's decision, the budget applied (computed once)."""
         if self._decisions is None:
             planner = self.planner
-            found = {stem: planner.decide(stem, aug) for t in self.usable() for stem, aug in self.stems(t)}
+            found, self._repair = {}, set()
+            for t in self.usable():
+                for stem, aug in self.stems(t):
+                    obs = planner.observe(stem, aug)
+                    found[stem] = planner.decide(stem, aug, obs)
+                    if obs.versions and (obs.output_size is None or not layout.sidecar_path(self.out, stem).exists()):
+                        self._repair.add(stem)  # an output (or sidecar) gone although its answer is there
             from .budget import spent_in_directory
 
             plan.apply_budget(found, plan.budget_limit(self.cfg, lambda: spent_in_directory(self.out)))
@@ -133,6 +148,17 @@ class Pipeline:
                 paths.append(str(layout.output_path(self.out, stem, self.ext)))
                 paths.append(str(layout.sidecar_path(self.out, stem)))
         return paths
+
+    def part(self, shard: int) -> str:
+        """The manifest part of a shard. Its name changes when an output or sidecar of the shard is
+        gone although its answer is there (deleted by hand): the part is then made again, and with
+        it the missing output (Snakemake looks for missing files only below a job that runs)."""
+        self.decisions()
+        gone = sorted(s for s in self._repair if layout.shard_of(layout.parse_stem(s)[0]) == shard)
+        return str(layout.manifest_part(self.out, shard, layout.digest(gone)[:8] if gone else "0"))
+
+    def parts(self) -> list[str]:
+        return [self.part(s) for s in self.shards()]
 
     def shards(self) -> list[int]:
         found = {layout.shard_of(t.image_id) for t in self.load()}

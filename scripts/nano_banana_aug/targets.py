@@ -191,15 +191,12 @@ def find_target(path, image_id: str) -> Target | None:
 
 
 def make_table(cfg: dict, output) -> list[Target]:
-    """Checkpoint `targets`: the selected images (``limit`` applied) with their source checks."""
+    """Checkpoint `targets`: every image with the primary targets, with its source check."""
     from . import config as config_mod
     from . import layout
 
     targets = build_targets(config_mod.train_csv_path(cfg), config_mod.data_root(cfg), cfg["data"]["primary_targets"],
                             cache_path=layout.pipeline_dir(cfg["data"]["output_dir"]) / "source_checks.json")
-    limit = int(cfg.get("limit") or 0)
-    if limit > 0:
-        targets = targets[:limit]
     write_targets(targets, output)
     return targets
 

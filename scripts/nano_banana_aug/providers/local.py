@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import time
+from pathlib import Path
 
 from .. import local_ops
 from .base import AttemptError, Generation, Request, Usage
@@ -35,6 +38,7 @@ class LocalProvider:
     def attempt(self, request: Request) -> Generation:
         from PIL import Image
 
+        hold_while(request)
         try:
             params = local_ops.sample_params(
                 request.recipe, request.image_id, request.aug_name, request.variant_idx, request.seed
@@ -61,3 +65,17 @@ class LocalProvider:
             text=json.dumps(params, sort_keys=False),
             usage=Usage(),
         )
+
+
+HOLD_ENV = "NANO_BANANA_LOCAL_HOLD"
+
+
+def hold_while(request: Request) -> None:
+    """For tests that must act while a job is in the middle of its work (e.g. kill it): with
+    ``NANO_BANANA_LOCAL_HOLD=<path>`` set, say so in ``<path>.<target>`` and wait while <path> exists."""
+    hold = os.environ.get(HOLD_ENV)
+    if not hold:
+        return
+    Path(f"{hold}.{request.image_id}__{request.aug_name}__v{request.variant_idx}").touch()
+    while os.path.exists(hold):
+        time.sleep(0.02)
