@@ -221,7 +221,7 @@ def test_entry_point_writes_the_gallery_and_one_line_without_a_manifest(synth, c
     gallery.main(job)
     assert (synth["out"] / "gallery" / "index.html").is_file()
     assert (synth["out"] / "gallery" / "contact_sheet.png").is_file()
-    assert "gallery:" in (tmp_path / "gallery.log").read_text()
+    assert "gallery:" in (tmp_path / "gallery.log").read_text() and "gallery:" in capsys.readouterr().err
     synth["manifest"].unlink()
     with pytest.raises(SystemExit) as stop:
         gallery.main(job)

@@ -685,8 +685,8 @@ def main(snakemake) -> None:
     def work():
         cfg = snakemake.config
         stats = build_gallery_stats(snakemake.input[0], cfg["data"]["data_root"], Path(snakemake.output[0]).parent)
-        print(f"gallery: {stats.index} ({stats.rows} source images, {stats.tiles} outputs; thumbnails "
-              f"{stats.thumbs_made} made, {stats.thumbs_reused} reused in {stats.seconds_thumbs:.1f}s; "
-              f"contact sheet {stats.seconds_contact:.1f}s) in {stats.seconds_total:.1f}s", file=sys.stderr)
+        return (f"gallery: {stats.index} ({stats.rows} source images, {stats.tiles} outputs; thumbnails "
+                f"{stats.thumbs_made} made, {stats.thumbs_reused} reused in {stats.seconds_thumbs:.1f}s; "
+                f"contact sheet {stats.seconds_contact:.1f}s) in {stats.seconds_total:.1f}s")
 
     job_main(snakemake, work, name="report_gallery")

@@ -16,7 +16,8 @@ from .errors import UserError
 
 
 def job_main(snakemake, work, *, name: str | None = None) -> None:
-    """Run ``work()`` for a Snakemake ``script:`` job; exit 1 with one line on failure."""
+    """Run ``work()`` for a Snakemake ``script:`` job; exit 1 with one line on failure.
+    A line ``work()`` returns is the job's report: printed on the terminal (and in the log)."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     terminal = sys.stderr
     log = open(snakemake.log[0], "w", encoding="utf-8") if snakemake.log else None
@@ -24,7 +25,11 @@ def job_main(snakemake, work, *, name: str | None = None) -> None:
         sys.stderr = log
     what = name or f"{snakemake.rule} {', '.join(f'{k}={v}' for k, v in snakemake.wildcards.items())}".strip()
     try:
-        work()
+        report = work()
+        if isinstance(report, str) and report:
+            print(report, file=terminal, flush=True)
+            if log is not None:
+                print(report, file=log)
     except UserError as exc:
         print(f"{what}: {exc}", file=terminal, flush=True)
         if log is not None:

@@ -11,8 +11,6 @@ The records stay: they say what was paid.
 
 from __future__ import annotations
 
-import sys
-
 from . import answers as answers_mod
 from . import layout, locks, sidecar
 
@@ -45,7 +43,7 @@ def main(snakemake) -> None:
         before = answers_mod.disk_usage(out)
         deleted, freed = prune(out)
         after = answers_mod.disk_usage(out)
-        print(f"answers: {deleted} images deleted ({freed / 1e6:.1f} MB freed); {after[0]} kept "
-              f"({after[1] / 1e6:.1f} MB), was {before[0]} ({before[1] / 1e6:.1f} MB)", file=sys.stderr)
+        return (f"answers: {deleted} images deleted ({freed / 1e6:.1f} MB freed); {after[0]} kept "
+                f"({after[1] / 1e6:.1f} MB), was {before[0]} ({before[1] / 1e6:.1f} MB)")
 
     job_main(snakemake, work, name="prune_answers")
