@@ -136,13 +136,24 @@ def report_plan():
     _planned.extend(PIPE.plan_lines())
     print("\n".join(_planned), file=sys.stderr)
     if _started:
-        hooks.log_plan(config, _planned)
+        started_with_plan()
+
+
+def started_with_plan():
+    """A real run that knows its plan: logged; the key checked once if answers are to be bought."""
+    hooks.log_plan(config, _planned)
+    problem = hooks.key_problem(config, PIPE)
+    if problem:
+        print(f"ERROR: {problem}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 # ---- run hooks (real runs only; never on a dry-run)
 def on_start():
     _started.append(True)
-    hooks.on_start(config, _planned)
+    hooks.on_start(config)
+    if _planned:
+        started_with_plan()
 
 
 def on_end(failed):

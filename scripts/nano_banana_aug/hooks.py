@@ -21,9 +21,26 @@ from . import layout, runlog, runs
 STARTED = time.time()
 
 
-def on_start(cfg: dict, plan_lines) -> None:
+def on_start(cfg: dict) -> None:
     runs.prune_old(config_mod.output_dir(cfg))
-    log_plan(cfg, plan_lines)
+
+
+def key_problem(cfg: dict, pipe) -> str:
+    """Why answers cannot be bought ("" = the key is there, or nothing is to be bought): said once,
+    by the run, before its first job (the answer jobs check again where they run)."""
+    from .errors import UserError
+    from .plan import BUY
+
+    if not config_mod.is_paid(cfg) or not pipe.counts().get(BUY):
+        return ""
+    try:
+        from .keys import check_base_url, load_api_key
+
+        check_base_url(cfg["api"]["base_url"])
+        load_api_key(cfg, Path.cwd())
+    except UserError as exc:
+        return str(exc)
+    return ""
 
 
 def log_plan(cfg: dict, plan_lines) -> None:

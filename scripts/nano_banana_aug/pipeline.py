@@ -190,7 +190,8 @@ class Pipeline:
             how = " through the Gemini Batch API" if self.cfg["api"].get("mode") == "batch" else ""
             lines.append(f"plan: {c[BUY]} answers to buy{how}, estimated ${c[BUY] * unit:.2f} "
                          f"(${unit:.4f} each; more if retried)")
-        regen = sorted({d.why for d in self.decisions().values() if d.action == BUY and d.why.startswith("regenerate")})
+        regen = sorted({d.why for d in self.decisions().values() if d.action == BUY
+                        and d.why.startswith(("regenerate", "qc.auto_regenerate"))})
         for why in regen:
             k = sum(1 for d in self.decisions().values() if d.action == BUY and d.why == why)
             lines.append(f"plan: {why}: {k} outputs get a new answer (their old answers and outputs are kept until then)")

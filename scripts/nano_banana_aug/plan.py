@@ -100,13 +100,15 @@ class Ask:
     regenerate: set = field(default_factory=set)  # augmentation names, "stale", "rejected"
     max_total_attempts: int = 6
     retry_blocked: bool = False
+    auto_regenerate: int = 0  # qc.auto_regenerate: new answers for a QC-rejected output, at most this many
 
     @classmethod
     def from_config(cls, cfg: dict) -> "Ask":
         asked = cfg.get("_asked") or {}
         return cls(regenerate=set(cfg.get("regenerate") or ()),
                    max_total_attempts=int(cfg["api"].get("max_total_attempts", 6)),
-                   retry_blocked=bool(asked.get("retry_blocked")))
+                   retry_blocked=bool(asked.get("retry_blocked")),
+                   auto_regenerate=int((cfg.get("qc") or {}).get("auto_regenerate", 0) or 0))
 
 
 class Planner:
@@ -176,7 +178,7 @@ class Planner:
     def _unsatisfied(self, stem: str, aug: str, obs: Observed) -> str:
         """Why this target needs a new answer now ("" = it does not)."""
         regen = self.ask.regenerate
-        if not regen or not obs.newest_image:
+        if not obs.newest_image or not (regen or self.ask.auto_regenerate):
             return ""
         image = self.answer(stem, obs.newest_image)
         if "stale" in regen and image is not None and image.request_key != self.request_keys.get(aug):
@@ -187,6 +189,12 @@ class Planner:
                 return "regenerate=rejected"
         if aug in regen and self._behind(stem, aug, obs):
             return f"regenerate={aug}"
+        if self.ask.auto_regenerate:
+            side = self._sidecar(stem)
+            images = sum(1 for _v, img in obs.versions if img)
+            if side is not None and side.status == "rejected" and _version(side.answer_id) >= obs.newest_image \
+                    and images <= self.ask.auto_regenerate:
+                return "qc.auto_regenerate"
         return ""
 
     def _behind(self, stem: str, aug: str, obs: Observed) -> bool:
