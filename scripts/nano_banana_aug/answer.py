@@ -21,8 +21,6 @@ out, the budget is used up, the call slots are stuck, the disk is full.
 
 from __future__ import annotations
 
-import sys
-
 from . import answers as answers_mod
 from . import config as config_mod
 from . import layout, locks, runlog
@@ -43,9 +41,8 @@ def lock_timeout_s(cfg: dict) -> float:
     return 60 + int(api["max_retries"]) * (float(api["timeout_s"]) + float(api["max_retry_wait_s"])) + 2 * float(api["timeout_s"])
 
 
-def run(cfg: dict, stem: str, version: int, targets_table, say=None) -> Answer | None:
+def run(cfg: dict, stem: str, version: int, targets_table) -> Answer | None:
     """Buy answer ``version`` of ``stem`` unless it exists; the stored answer (None if it was there)."""
-    say = say or (lambda m: print(m, file=sys.stderr, flush=True))
     out = config_mod.output_dir(cfg)
     path = layout.answer_path(out, stem, version)
     if path.exists():
@@ -55,7 +52,7 @@ def run(cfg: dict, stem: str, version: int, targets_table, say=None) -> Answer |
     target = find_target(targets_table, image_id)
     if target is None:
         raise UserError(f"image {image_id} is not in {targets_table} (not in train.csv, or lacks a primary target)")
-    buyer = Buyer(cfg, say=lambda m: (say(m), runlog.message(cfg, m)))
+    buyer = Buyer(cfg, say=lambda m: runlog.message(cfg, m))  # the job's own line says it on the terminal
     if buyer.governor is not None:
         stopped = buyer.governor.stopped()
         if stopped:

@@ -52,6 +52,7 @@ class Verdict:
     reason: str = ""
     message: str = ""
     until: float | None = None
+    first: bool = False  # a stop: this attempt's job is the one that stopped the run (it says why)
 
 
 def _pacific_midnight_after(now: float) -> float:
@@ -232,8 +233,9 @@ class Governor:
         verdict = classify(err, self.provider, self.max_retry_wait_s)
         err.verdict = verdict
         if verdict.action == "stop":
-            if self.stop(verdict):
-                self.say(f"run stopped dispatching calls: {verdict.message}")
+            verdict.first = self.stop(verdict)
+            if verdict.first:
+                self.say(f"run stopped buying: {verdict.message}")
         elif verdict.action == "cooldown" and verdict.until:
             self.pause(verdict.until)
         return verdict

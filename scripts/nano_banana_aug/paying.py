@@ -249,8 +249,9 @@ class Buyer:
             if isinstance(last, BudgetExceeded):
                 raise RunStopped(f"{last.message}; the rest is left for the next run", "BUDGET") from None
             stop = getattr(last, "stop", None)
-            if stop is not None:
-                raise RunStopped(stop.message, stop.reason) from None
+            if stop is not None:  # the job that stopped the run says why; the others only that it stopped
+                message = stop.message if stop.first else f"the run stopped buying ({stop.reason})"
+                raise RunStopped(message, stop.reason) from None
             billed = any(e.usage is not None or e.status == 200 for e in errors)
             answer = Answer(**base, reason=last.reason or "FAILED", message=f"after {failed.attempts} attempt(s): "
                             f"{last.message}"[:500], calls=state["calls"], attempts=records,

@@ -937,12 +937,13 @@ class StandinServer:
                         return found
         return B("ok")
 
-    def set_quota(self, per_minute: int | None = None, per_day: int | None = None) -> None:
+    def set_quota(self, per_minute: int | None = None, per_day: int | None = None, window_s: float = 60.0) -> None:
         """Google-like quotas on generateContent: more than ``per_minute`` accepted requests in any
         60 s window answer 429 (QuotaFailure ...PerMinute..., quotaValue, RetryInfo until a place
-        frees); past ``per_day`` accepted requests every request answers 429 (...PerDay..., no RetryInfo)."""
+        frees); past ``per_day`` accepted requests every request answers 429 (...PerDay..., no RetryInfo).
+        ``window_s`` shortens the minute for tests that check spacing, not wall time."""
         with self._lock:
-            self._quota_cfg = {"per_minute": per_minute, "per_day": per_day}
+            self._quota_cfg = {"per_minute": per_minute, "per_day": per_day, "window_s": float(window_s)}
             self._accepted = deque()
             self._accepted_total = 0
 
@@ -956,11 +957,11 @@ class StandinServer:
                 return B("rate_limit", quota_id="GenerateRequestsPerDayPerProjectPerModel", quota_value=cfg["per_day"],
                          quota_metric="generativelanguage.googleapis.com/generate_requests_per_model_per_day",
                          retry_delay=None, _quota="day")
-            window = self._accepted
-            while window and window[0] <= now - 60.0:
+            window, span = self._accepted, cfg.get("window_s", 60.0)
+            while window and window[0] <= now - span:
                 window.popleft()
             if cfg["per_minute"] and len(window) >= cfg["per_minute"]:
-                wait = max(1, math.ceil(window[0] + 60.0 - now))
+                wait = max(1, math.ceil(window[0] + span - now))
                 return B("rate_limit", quota_id="GenerateRequestsPerMinutePerProjectPerModel",
                          quota_value=cfg["per_minute"], retry_delay=f"{wait}s",
                          quota_metric="generativelanguage.googleapis.com/generate_requests_per_model", _quota="minute")
