@@ -142,7 +142,7 @@ def report_plan():
 def started_with_plan():
     """A real run that knows its plan: logged; the key checked once if answers are to be bought."""
     hooks.log_plan(config, _planned)
-    problem = hooks.key_problem(config, PIPE)
+    problem = hooks.buy_problem(config, PIPE, local_exec=workflow.local_exec)
     if problem:
         print(f"ERROR: {problem}", file=sys.stderr)
         raise SystemExit(1)

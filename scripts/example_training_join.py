@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
     check(set(prefix) <= train_ids, "added rows of images outside the training split")
     originals = out.loc[~out["is_aigc"], "sample_id"]
     check(aigc["sample_id"].is_unique and not aigc["sample_id"].isin(originals).any(), "added sample_ids not unique")
+    if join.added_files == 0:
+        print("error: no augmented image entered the training split (see the skipped rows above)", file=sys.stderr)
+        return 1
     print("OK: no validation image's augmentation entered the training split")
     return 0
 

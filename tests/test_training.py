@@ -604,3 +604,28 @@ def test_example_split_is_grouped_by_image():
     assert len(train) + len(val) == len(df) and len(val) == 25
     again, _ = example.grouped_split(df, 0.25, seed=3)
     pd.testing.assert_frame_equal(train, again)
+
+
+def test_outputs_moved_with_their_manifest_are_found_relative_to_it(tmp_path):
+    """Defect: outputs outside data_root were stored as absolute paths; after moving them (as when
+    attaching them as a Kaggle dataset) the join added 0 rows with only a warning. The manifest says
+    where they are relative to its own folder; the join looks there too."""
+    root = tmp_path / "input" / "csiro-biomass"
+    (root / "train").mkdir(parents=True)
+    moved = tmp_path / "input" / "my-augmentations"  # a separate dataset: outside data_root
+    moved.mkdir(parents=True)
+    (moved / "ID1__overcast__v0.png").write_bytes(b"\x89PNG fake")
+    with (moved / "manifest.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*MANIFEST_COLUMNS], extrasaction="ignore", restval="")
+        w.writeheader()
+        w.writerow(mrow("ID1", "overcast", image_path="ID1__overcast__v0.png"))
+    cfg = {"enabled": True, "subdir": os.path.relpath(moved, root), "manifest": "manifest.csv", "types": None}
+    out = add_aigc_samples(long_frame(["ID1"]), root, cfg, AREA)
+    assert aigc(out)["image_path"].unique().tolist() == [str(moved / "ID1__overcast__v0.png")]
+
+
+def test_none_of_the_augmented_files_found_is_a_loud_error(root):
+    train = long_frame(["ID1", "ID2"])
+    write_manifest(root, [mrow("ID1", "overcast"), mrow("ID2", "overcast")])  # files never written / moved away
+    with pytest.raises(ManifestError, match=r"none of the 2 augmented images .* was found"):
+        add_aigc_samples(train, root, ON, AREA)

@@ -25,9 +25,12 @@ def on_start(cfg: dict) -> None:
     runs.prune_old(config_mod.output_dir(cfg))
 
 
-def key_problem(cfg: dict, pipe) -> str:
-    """Why answers cannot be bought ("" = the key is there, or nothing is to be bought): said once,
-    by the run, before its first job (the answer jobs check again where they run)."""
+def buy_problem(cfg: dict, pipe, local_exec: bool = True) -> str:
+    """Why answers cannot be bought ("" = they can, or nothing is to be bought): said once, by
+    the run, before its first job (the answer jobs check the key again where they run): no key,
+    an endpoint that would get the key unencrypted, file locks that do not work in the output
+    directory or (on a cluster) do not reach the other nodes."""
+    from . import locks
     from .errors import UserError
     from .plan import BUY
 
@@ -38,8 +41,14 @@ def key_problem(cfg: dict, pipe) -> str:
 
         check_base_url(cfg["api"]["base_url"])
         load_api_key(cfg, Path.cwd())
+        locks.probe(layout.pipeline_dir(config_mod.output_dir(cfg)))
     except UserError as exc:
         return str(exc)
+    reason = "" if local_exec else locks.node_local_reason(config_mod.output_dir(cfg))
+    if reason:
+        return (f"{reason}: jobs on different nodes could not see each other's target locks, call slots and "
+                "budget and could pay twice. Put data.output_dir on a filesystem with cluster-wide locks, or "
+                "run on one machine")
     return ""
 
 

@@ -350,13 +350,20 @@ def _check_usable(rows: pd.DataFrame, manifest_path: Path) -> None:
             raise ManifestError(f"{manifest_path}: success row(s) at line(s) {lines}: {what}")
 
 
-def _file_state(path: str, data_root: str | os.PathLike) -> str | None:
-    """None if the output file is usable, else the skip reason."""
-    try:
-        size = os.stat(os.path.join(data_root, path)).st_size
-    except OSError:
-        return "missing_file"
-    return None if size > 0 else "empty_file"
+def _locate(path: str, data_root: str | os.PathLike, manifest_dir: Path) -> tuple[str, str | None]:
+    """(the path the training frame stores, None if the file is usable else the skip reason).
+
+    A relative ``image_path`` is looked for under ``data_root`` first, then under the manifest's
+    own folder (outputs kept outside data_root, or moved together with their manifest, e.g. as a
+    Kaggle dataset); found there, the absolute path is stored."""
+    candidates = [path] if os.path.isabs(path) else [path, str((manifest_dir / path).resolve())]
+    for candidate in candidates:
+        try:
+            size = os.stat(os.path.join(data_root, candidate)).st_size
+        except OSError:
+            continue
+        return candidate, (None if size > 0 else "empty_file")
+    return path, "missing_file"
 
 
 def _with_lineage(train_df: pd.DataFrame, image_ids: pd.Series, base_area_m2: float) -> pd.DataFrame:
@@ -454,15 +461,23 @@ def join_aigc(
     selected = selected.assign(
         image_path=[normalise_image_path(p, data_root) for p in selected["image_path"]]
     )
-    state = [_file_state(p, data_root) for p in selected["image_path"]]
+    located = [_locate(p, data_root, manifest_path.parent) for p in selected["image_path"]]
+    selected = selected.assign(image_path=[p for p, _ in located])
+    state = [reason for _, reason in located]
     for reason in filter(None, state):
         skipped[reason] += 1
     absent = np.array([s is not None for s in state], dtype=bool)
     if absent.any():
         examples = selected.loc[absent, "image_path"].tolist()[:3]
+        if absent.all():
+            raise ManifestError(
+                f"AIGC join: none of the {len(selected)} augmented images of {manifest_path} was found (looked "
+                f"under data_root {data_root} and under the manifest's folder), e.g. {examples}: point "
+                "data.root / data.aigc_aug.subdir at where the outputs are now"
+            )
         log.warning(
-            "AIGC join: %d output file(s) missing or empty (relative paths are under data_root %s), e.g. %s",
-            absent.sum(), data_root, examples,
+            "AIGC join: %d output file(s) missing or empty (relative paths are under data_root %s or the "
+            "manifest's folder), e.g. %s", absent.sum(), data_root, examples,
         )  # fmt: skip
     selected = selected.loc[~absent]
 
