@@ -189,83 +189,98 @@ class Buyer:
     def buy(self, request: Request, *, stem: str, version: int, fp: dict, key: str, max_pixels: int) -> Purchase:
         """Make up to ``api.max_retries`` attempts; the answer says what came back (image, refused,
         failed). Raises RunStopped when the run must stop buying (nothing is stored then)."""
-        errors: list[AttemptError] = []
-        records: list[dict] = []
-        state = {"calls": 0, "cost": None, "reported": None}
-
-        def before_attempt(n):
-            if self.governor is not None:
-                self.governor.before_call()  # the run's cool-down, rate limit and stop
-            if self.ledger is not None:
-                self.ledger.reserve()
-
-        def on_answer(n, gen):
-            if gen.image is not None:  # the local engine: a decoded image
-                image = gen.image.convert("RGB") if gen.image.mode != "RGB" else gen.image
-                buf = io.BytesIO()
-                image.save(buf, format="PNG", compress_level=1)
-                gen.data = buf.getvalue()
-                return image
-            try:
-                return imaging.decode(gen.data, max_pixels=max_pixels, what="model output")
-            except imaging.DecodeError as exc:  # a failed attempt (billed): retried like any other
-                raise AttemptError(str(exc), retryable=True, status=200, reason="UNDECODABLE") from None
-
-        def after_attempt(n, gen, err):
-            if isinstance(err, (governor.DispatchStopped, RunStopped)):
-                if self.ledger is not None:
-                    self.ledger.release(1, self.ledger.reserve_usd)
-                return
-            state["calls"] += 1
-            usage = gen.usage if gen is not None else err.usage
-            cost = self.estimate(usage)
-            state["cost"] = _add(state["cost"], cost)
-            if usage is not None and usage.cost_usd is not None:
-                state["reported"] = _add(state["reported"], usage.cost_usd)
-            billable = gen is not None or (err is not None and err.usage is not None)
-            if self.ledger is not None:
-                self.ledger.settle(cost, billable=billable)
-            if err is not None:
-                errors.append(err)
-                records.append(_attempt_record(err, cost))
-                verdict = getattr(err, "verdict", None)  # the governor's, decided while the slot was held
-                if verdict is not None and verdict.action == "stop":
-                    err.retryable = False
-                    err.stop = verdict
-
-        started = time.monotonic()
-        base = dict(stem=stem, version=version, status="", fingerprint=fp, request_key=key,
-                    source="local" if not self.paid else "call", run_id=self.run_id, ts=0.0,
-                    host=socket.gethostname(), slurm_job_id=os.environ.get("SLURM_JOB_ID", ""))
+        tally = _Tally(self, max_pixels)
         try:
-            gen = call_with_retries(_Guarded(self), request, self.policy, before_attempt=before_attempt,
-                                    after_attempt=after_attempt, on_answer=on_answer)
+            gen = call_with_retries(_Guarded(self), request, self.policy, before_attempt=tally.before,
+                                    after_attempt=tally.after, on_answer=tally.decode)
         except GenerationFailed as failed:
+            _raise_if_stopped(failed.last)
+            return Purchase(tally.answer(self, stem, version, fp, key, failed=failed), None, tally.errors)
+        return Purchase(tally.answer(self, stem, version, fp, key, gen=gen), gen.data, tally.errors)
+
+
+def _raise_if_stopped(last: AttemptError) -> None:
+    """A failed call sequence that means "stop buying" becomes RunStopped; any other returns."""
+    if isinstance(last, RunStopped):
+        raise last
+    if isinstance(last, governor.DispatchStopped):
+        raise RunStopped(last.message, last.reason)
+    if isinstance(last, BudgetExceeded):
+        raise RunStopped(f"{last.message}; the rest is left for the next run", "BUDGET")
+    stop = getattr(last, "stop", None)
+    if stop is not None:  # the job that stopped the run says why; the others only that it stopped
+        raise RunStopped(stop.message if stop.first else f"the run stopped buying ({stop.reason})", stop.reason)
+
+
+def _usage_dict(usage) -> dict:
+    return {k: v for k, v in vars(usage).items() if v is not None} if usage is not None else {}
+
+
+class _Tally:
+    """One answer's attempts: the guards before each, the accounting after each, the decoding."""
+
+    def __init__(self, buyer: Buyer, max_pixels: int):
+        self.buyer, self.max_pixels = buyer, max_pixels
+        self.calls, self.cost, self.reported = 0, None, None
+        self.errors: list[AttemptError] = []
+        self.records: list[dict] = []
+        self.started = time.monotonic()
+
+    def before(self, n: int) -> None:
+        if self.buyer.governor is not None:
+            self.buyer.governor.before_call()  # the run's cool-down, rate limit and stop
+        if self.buyer.ledger is not None:
+            self.buyer.ledger.reserve()
+
+    def decode(self, n: int, gen):
+        """The answer's image, decoded (a failed attempt, retried, when it does not decode)."""
+        if gen.image is not None:  # the local engine answers with a decoded image
+            image = gen.image.convert("RGB") if gen.image.mode != "RGB" else gen.image
+            buf = io.BytesIO()
+            image.save(buf, format="PNG", compress_level=1)
+            gen.data = buf.getvalue()
+            return image
+        try:
+            return imaging.decode(gen.data, max_pixels=self.max_pixels, what="model output")
+        except imaging.DecodeError as exc:  # billed like any answer
+            raise AttemptError(str(exc), retryable=True, status=200, reason="UNDECODABLE") from None
+
+    def after(self, n: int, gen, err) -> None:
+        ledger = self.buyer.ledger
+        if isinstance(err, (governor.DispatchStopped, RunStopped)):  # not made: the reservation goes back
+            if ledger is not None:
+                ledger.release(1, ledger.reserve_usd)
+            return
+        self.calls += 1
+        usage = gen.usage if gen is not None else err.usage
+        cost = self.buyer.estimate(usage)
+        self.cost = _add(self.cost, cost)
+        if usage is not None and usage.cost_usd is not None:
+            self.reported = _add(self.reported, usage.cost_usd)
+        if ledger is not None:
+            ledger.settle(cost, billable=gen is not None or (err is not None and err.usage is not None))
+        if err is not None:
+            self.errors.append(err)
+            self.records.append(_attempt_record(err, cost))
+            verdict = getattr(err, "verdict", None)  # the governor's, decided while the slot was held
+            if verdict is not None and verdict.action == "stop":
+                err.retryable = False
+                err.stop = verdict
+
+    def answer(self, buyer: Buyer, stem, version, fp, key, gen=None, failed: GenerationFailed | None = None) -> Answer:
+        answer = Answer(stem=stem, version=version, status="image", fingerprint=fp, request_key=key,
+                        source="call" if buyer.paid else "local", run_id=buyer.run_id, calls=self.calls,
+                        attempts=self.records, est_cost_usd=self.cost, cost_usd=self.reported,
+                        api_seconds=round(time.monotonic() - self.started, 3), host=socket.gethostname(),
+                        slurm_job_id=os.environ.get("SLURM_JOB_ID", ""))
+        if gen is not None:
+            answer.mime_label, answer.response_id, answer.model_version = gen.mime_type, gen.response_id, gen.model_version
+            answer.finish_reason, answer.text, answer.usage = gen.finish_reason, (gen.text or "")[:500], _usage_dict(gen.usage)
+        else:
             last = failed.last
-            if isinstance(last, RunStopped):
-                raise last from None
-            if isinstance(last, governor.DispatchStopped):
-                raise RunStopped(last.message, last.reason) from None
-            if isinstance(last, BudgetExceeded):
-                raise RunStopped(f"{last.message}; the rest is left for the next run", "BUDGET") from None
-            stop = getattr(last, "stop", None)
-            if stop is not None:  # the job that stopped the run says why; the others only that it stopped
-                message = stop.message if stop.first else f"the run stopped buying ({stop.reason})"
-                raise RunStopped(message, stop.reason) from None
-            billed = any(e.usage is not None or e.status == 200 for e in errors)
-            answer = Answer(**base, reason=last.reason or "FAILED", message=f"after {failed.attempts} attempt(s): "
-                            f"{last.message}"[:500], calls=state["calls"], attempts=records,
-                            est_cost_usd=state["cost"], cost_usd=state["reported"],
-                            api_seconds=round(time.monotonic() - started, 3))
+            billed = any(e.usage is not None or e.status == 200 for e in self.errors)
             answer.status = "refused" if billed else "failed"
-            answer.ts = time.time()
-            if last.usage is not None:
-                answer.usage = {k: v for k, v in vars(last.usage).items() if v is not None}
-            return Purchase(answer, None, errors)
-        answer = Answer(**base, mime_label=gen.mime_type, response_id=gen.response_id,
-                        model_version=gen.model_version, finish_reason=gen.finish_reason, text=(gen.text or "")[:500],
-                        usage={k: v for k, v in vars(gen.usage).items() if v is not None}, calls=state["calls"],
-                        attempts=records, est_cost_usd=state["cost"], cost_usd=state["reported"],
-                        api_seconds=round(time.monotonic() - started, 3))
+            answer.reason, answer.usage = last.reason or "FAILED", _usage_dict(last.usage)
+            answer.message = f"after {failed.attempts} attempt(s): {last.message}"[:500]
         answer.ts = time.time()
-        return Purchase(answer, gen.data, errors)
+        return answer
