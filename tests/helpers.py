@@ -178,7 +178,8 @@ def jobs_run(res: subprocess.CompletedProcess, rule: str) -> int:
     """How many jobs of ``rule`` Snakemake's job table lists (0 when absent)."""
     import re
 
-    counts = [int(m.group(1)) for m in re.finditer(rf"^{rule}\s+(\d+)$", res.stdout + res.stderr, re.M)]
+    name = rule.replace("_", "[ _]")  # the rich logger writes "manifest part"
+    counts = [int(m.group(1)) for m in re.finditer(rf"^\s*{name}\s+(\d+)\s*$", res.stdout + res.stderr, re.M)]
     return counts[-1] if counts else 0
 
 

@@ -162,8 +162,7 @@ class Governor:
     def check_stop(self) -> None:
         stop = self.stopped()
         if stop is not None:
-            raise DispatchStopped(f"not called: the run stopped dispatching ({stop.get('reason', '')})",
-                                  "RUN_STOPPED")
+            raise DispatchStopped(f"the run stopped buying ({stop.get('reason', '')})", "RUN_STOPPED")
 
     # --- cool-down
     @property

@@ -1,7 +1,8 @@
 """What every job of the workflow does around its work: the log, one line for a failure.
 
 A job's details (tracebacks included) go to its ``log:`` file; the terminal
-gets one line when it fails: the target and the reason, said once.
+gets one line when it fails: the target and the reason, said once (not in the
+log too: Snakemake's logger may show a failed job's log).
 Snakemake stops running jobs with SIGTERM: it exits through Python, so a
 temporary file is removed (a half-written file never stays behind).
 """
@@ -30,10 +31,8 @@ def job_main(snakemake, work, *, name: str | None = None) -> None:
             print(report, file=terminal, flush=True)
             if log is not None:
                 print(report, file=log)
-    except UserError as exc:
+    except UserError as exc:  # said once, on the terminal (a logger that shows failed jobs' logs does not repeat it)
         print(f"{what}: {exc}", file=terminal, flush=True)
-        if log is not None:
-            print(f"{what}: {exc}", file=log)
         sys.exit(1)
     except Exception as exc:  # a bug or the machine (disk full): the traceback goes to the log
         traceback.print_exc(file=log or terminal)
