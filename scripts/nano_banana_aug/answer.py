@@ -21,6 +21,8 @@ out, the budget is used up, the call slots are stuck, the disk is full.
 
 from __future__ import annotations
 
+import sys
+
 from . import answers as answers_mod
 from . import config as config_mod
 from . import layout, locks, runlog
@@ -72,6 +74,7 @@ def run(cfg: dict, stem: str, version: int, targets_table) -> Answer | None:
                             message=str(exc)[:500], source="none")
             runlog.event(cfg, "unusable", stem, error=str(exc)[:300])
             return answers_mod.write(out, answer)
+        check_space(out)
         send, region = source_request(cfg, source_bytes, source_image)
         fp, key = fingerprint(cfg, aug, source_bytes, region)
         request = build_request(cfg, aug, target, send, region, k)
@@ -82,11 +85,52 @@ def run(cfg: dict, stem: str, version: int, targets_table) -> Answer | None:
         except RunStopped as exc:
             runlog.event(cfg, "stopped", stem, reason=exc.reason, error=exc.message[:300])
             raise StopBuying(f"not bought: {exc.message}") from None
-        answer = answers_mod.write(out, purchase.answer, purchase.data)
+        answer = store(out, purchase)
         runlog.event(cfg, "answer" if answer.has_image else answer.status, stem, answer=answer.answer_id,
                      calls=answer.calls, reason=answer.reason or None, secs=answer.api_seconds,
                      error=answer.message[:300] or None)
         return answer
+
+
+#: below this much free space no answer is bought (the run checked at its start that it has room)
+MIN_FREE_BYTES = 100_000_000
+
+
+def check_space(output_dir) -> None:
+    import shutil
+
+    free = shutil.disk_usage(output_dir).free
+    if free < MIN_FREE_BYTES:
+        raise StopBuying(f"not bought: {output_dir} has only {free / 1e6:.0f} MB free; free some space first")
+
+
+#: how long a paid answer waits in memory for disk space to be stored
+DISK_FULL_WAIT_S = 900.0
+
+
+def store(output_dir, purchase, wait_s: float | None = None, pause_s: float = 5.0, say=None) -> Answer:
+    """Write a paid answer; on a full disk keep it in memory and try again (every ``pause_s``, up to
+    ``wait_s``), saying once what is waiting, so a paid answer is not lost to ENOSPC."""
+    import errno
+    import time
+
+    wait_s = DISK_FULL_WAIT_S if wait_s is None else wait_s
+    say = say or (lambda m: print(m, file=sys.__stderr__, flush=True))
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        try:
+            return answers_mod.write(output_dir, purchase.answer, purchase.data)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or time.monotonic() >= deadline:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StopBuying(f"the disk is full: the paid answer v{purchase.answer.version} of "
+                                     f"{purchase.answer.stem} could not be stored within {wait_s:.0f} s") from None
+                raise
+            if not said:
+                say(f"answer {purchase.answer.stem} v{purchase.answer.version}: the disk is full; the paid answer "
+                    f"waits in memory up to {wait_s / 60:.0f} min for free space in {output_dir}")
+                said = True
+            time.sleep(pause_s)
 
 
 def main(snakemake) -> None:

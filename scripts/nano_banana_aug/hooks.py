@@ -44,6 +44,9 @@ def buy_problem(cfg: dict, pipe, local_exec: bool = True) -> str:
         locks.probe(layout.pipeline_dir(config_mod.output_dir(cfg)))
     except UserError as exc:
         return str(exc)
+    short = space_problem(cfg, pipe.counts().get(BUY, 0), pipe.counts().get("build", 0))
+    if short:
+        return short
     reason = "" if local_exec else locks.node_local_reason(config_mod.output_dir(cfg))
     if reason:
         return (f"{reason}: jobs on different nodes could not see each other's target locks, call slots and "
@@ -117,6 +120,39 @@ def summary_line(cfg: dict, failed: bool) -> str:
     if failed:
         line += "; some jobs failed (each said why above; details in .pipeline/logs/): fix that, then run the same command"
     return line
+
+
+#: what one answer and one output take when the directory has none yet to measure (a 2K PNG, generous)
+ANSWER_BYTES_GUESS = 8_000_000
+
+
+def typical_answer_bytes(output_dir, sample: int = 50) -> int:
+    """The median size of the answer images already in the directory (a guess when there are none)."""
+    import statistics
+
+    sizes = []
+    for stem in answers_mod.stems(output_dir)[:sample]:
+        for entry in os.scandir(layout.answer_dir(output_dir, stem)):
+            if not entry.name.endswith((".json", ".lock")) and not entry.name.startswith("."):
+                sizes.append(entry.stat().st_size)
+    return int(statistics.median(sizes)) if sizes else ANSWER_BYTES_GUESS
+
+
+def space_problem(cfg: dict, to_buy: int, to_build: int, free_bytes: int | None = None) -> str:
+    """Why the output filesystem cannot hold what this run writes ("" = it can): each bought answer
+    is stored and becomes an output of about its size; each rebuild writes one output."""
+    import shutil
+
+    out = config_mod.output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    per = typical_answer_bytes(out)
+    needed = int((2 * to_buy + to_build) * per * 1.1) + 100_000_000
+    free = shutil.disk_usage(out).free if free_bytes is None else free_bytes
+    if free >= needed:
+        return ""
+    return (f"{out} has {free / 1e9:.1f} GB free; this run writes about {needed / 1e9:.1f} GB ({to_buy} answers "
+            f"and their outputs, {to_build} rebuilt outputs, ~{per / 1e6:.1f} MB each): free some space, or buy "
+            "fewer answers per run (limit, api.max_calls)")
 
 
 def on_end(cfg: dict, pipe, failed: bool) -> None:

@@ -1,0 +1,63 @@
+"""The paid job's handling of a full disk: nothing bought without room, a paid answer never lost to ENOSPC."""
+
+import errno
+from types import SimpleNamespace
+
+import pytest
+
+from nano_banana_aug import answer, answers, hooks
+from nano_banana_aug.answers import Answer
+
+
+def purchase(stem="ID1__a__v0"):
+    return SimpleNamespace(answer=Answer(stem=stem, version=1, status="image", calls=1, est_cost_usd=0.13),
+                           data=b"\x89PNG\r\n\x1a\n" + b"x" * 100)
+
+
+def test_a_paid_answer_waits_in_memory_for_disk_space(tmp_path, monkeypatch):
+    """Defect: 8 answers came back, 6 were lost to ENOSPC and bought again by the next run."""
+    real, failures, said = answers.write, [], []
+
+    def full_twice(*args, **kwargs):
+        if len(failures) < 2:
+            failures.append(1)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(answers, "write", full_twice)
+    stored = answer.store(tmp_path, purchase(), wait_s=60, pause_s=0.01, say=said.append)
+    assert stored.image_file == "v1.png" and (tmp_path / "answers" / "ID1__a__v0" / "v1.json").is_file()
+    assert len(failures) == 2 and len(said) == 1 and "the disk is full" in said[0]
+
+
+def test_a_disk_that_stays_full_stops_the_run(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(answers, "write", full)
+    with pytest.raises(answer.StopBuying, match="the disk is full: the paid answer v1 of ID1__a__v0"):
+        answer.store(tmp_path, purchase(), wait_s=0.05, pause_s=0.01, say=lambda m: None)
+
+
+def test_other_write_errors_are_not_waited_for(tmp_path, monkeypatch):
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(answers, "write", denied)
+    with pytest.raises(PermissionError):
+        answer.store(tmp_path, purchase(), wait_s=60, pause_s=0.01, say=lambda m: None)
+
+
+def test_no_answer_is_bought_without_room_for_it(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(total=10**12, used=10**12, free=50_000_000))
+    with pytest.raises(answer.StopBuying, match="only 50 MB free"):
+        answer.check_space(tmp_path)
+
+
+def test_the_run_checks_the_space_it_needs_before_paying(tmp_path):
+    cfg = {"data": {"output_dir": str(tmp_path / "out")}}
+    assert hooks.space_problem(cfg, to_buy=10, to_build=0, free_bytes=10**12) == ""
+    problem = hooks.space_problem(cfg, to_buy=1000, to_build=50, free_bytes=2 * 10**9)
+    assert "has 2.0 GB free; this run writes about 18.1 GB (1000 answers and their outputs, 50 rebuilt" in problem
