@@ -288,3 +288,18 @@ def test_qc_auto_regenerate(tmp_path, standin):
     assert r["status"] == "rejected" and r["answer_id"] == "v2" and len(standin.requests) == 2
     res = run(wf)  # ... once: rejected again, it stays rejected
     assert len(standin.requests) == 2 and "Nothing to be done" in said(res)
+
+
+def test_a_report_after_a_failed_run(tmp_path, standin):
+    """Defect: after a failed target the summary was not rewritten and `snakemake --report` aborted."""
+    wf = make_run(tmp_path, standin, n_images=3)
+    standin.script("gemini", "ok", "ok", "bad_key")  # the third call finds the key refused: the run stops
+    res = run(wf, check=False)
+    assert res.returncode != 0
+    summary = wf / "data" / "aug" / "report" / "summary.html"
+    page = summary.read_text()
+    assert "Failures by reason" in page and "qc.max_veg_changed_frac" in page and "qc.max_detail_changed_frac" in page
+    assert f"for {len(list((wf / 'data' / 'aug' / 'answers').glob('*/v1.json')))} answers" in page
+    rep = snakemake(wf, "--configfile", "run.yaml", "--report", "report.html")
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert (wf / "report.html").stat().st_size > 10_000

@@ -15,14 +15,20 @@ import math
 from pathlib import Path
 
 from .fileio import atomic_write_text
-from .manifest import read_csv_rows
+from .manifest import read_csv_rows, resolve_output
 
-QC_METRICS = [
+QC_METRICS = [  # every check of the gate, with the threshold it is judged by
     ("qc_ssim", "structure similarity (higher = closer to the source)", "min_ssim"),
     ("qc_shift_frac", "shift, fraction of the size", "max_shift_frac"),
-    ("qc_changed_frac", "area whose structure changed", "max_changed_frac"),
+    ("qc_warp_frac", "warp: corner displacement of an affine fit, fraction of the size", "max_warp_frac"),
+    ("qc_changed_frac", "area whose structure collapsed (repaint)", "max_changed_frac"),
+    ("qc_detail_changed_frac", "area whose fine detail was smeared or replaced", "max_detail_changed_frac"),
     ("qc_veg_cover_delta", "vegetation cover change", "max_veg_cover_delta"),
+    ("qc_veg_changed_frac", "area whose vegetation colour changed locally", "max_veg_changed_frac"),
+    ("qc_aspect_change", "|ln(output aspect / source aspect)|", "max_aspect_change"),
+    ("qc_mirror_score", "mirror score (> 1: a flipped or rotated output matches better)", None),
 ]
+PROBLEMS = ("failed", "blocked", "rejected", "missing")
 
 
 def _e(x) -> str:
@@ -98,15 +104,17 @@ def build(cfg: dict, manifest_path, dest, *, samples: int = 6) -> Path:
         vals = [_num(r.get(key)) for r in rows if _num(r.get(key)) is not None]
         if key == "qc_veg_cover_delta":
             vals = [abs(v) for v in vals]
+        limit = _num(qc_cfg.get(tkey)) if tkey else (1.0 if qc_cfg.get("reject_mirror", True) else None)
+        name = f"qc.{tkey}" if tkey else "qc.reject_mirror"
         hists.append(f"<figure><figcaption><b>{_e(key[3:])}</b>: {_e(what)} ({len(vals)} outputs; red = "
-                     f"<code>qc.{_e(tkey)}</code>)</figcaption>{histogram_svg(vals, _num(qc_cfg.get(tkey)))}</figure>")
+                     f"<code>{_e(name)}</code>)</figcaption>{histogram_svg(vals, limit)}</figure>")
     # a sample: the riskiest first (rejected, then lowest ssim), then successes
     def risk(r):
         return (r.get("status") != "rejected", _num(r.get("qc_ssim")) if _num(r.get("qc_ssim")) is not None else 1.0)
 
     sample_html = []
     for r in sorted((r for r in rows if r.get("status") in ("success", "rejected")), key=risk)[:samples]:
-        out = _thumb(data_root / r.get("image_path", "")) if r.get("image_path") else None
+        out = _thumb(resolve_output(r["image_path"], data_root, Path(manifest_path).parent)) if r.get("image_path") else None
         src = _thumb(data_root / r.get("src_image_path", "")) if r.get("src_image_path") else None
         if not out:
             continue
@@ -114,6 +122,8 @@ def build(cfg: dict, manifest_path, dest, *, samples: int = 6) -> Path:
             f'<div class="pair"><div><img alt="source" src="{src or ""}"><br>source {_e(r.get("image_id"))}</div>'
             f'<div><img alt="output" src="{out}"><br>{_e(r.get("aug_name"))} v{_e(r.get("variant_idx"))}: '
             f'<b>{_e(r.get("status"))}</b> {_e((r.get("error") or "")[:160])}</div></div>')
+    failures = _failures(rows)
+    spent = _spent(cfg)
     page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Augmentation run summary</title>
 <style>body{{font:13px system-ui,sans-serif;margin:16px}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:2px 8px;text-align:right}}td:first-child{{text-align:left}}figure{{display:inline-block;margin:6px 12px 6px 0}}
@@ -122,8 +132,11 @@ padding:2px 8px;text-align:right}}td:first-child{{text-align:left}}figure{{displ
 <p>{len(rows)} outputs in <code>{_e(manifest_path)}</code>; provider <code>{_e(cfg['api']['provider'])}</code>,
 model <code>{_e(cfg['api']['model'])}</code>, mode <code>{_e(cfg['api'].get('mode', 'sync'))}</code>.</p>
 <h2>Outputs per status and augmentation</h2>{''.join(table)}
-<h2>Cost</h2><p>Estimated from the price table: <b>${cost:.2f}</b>{f'; reported by the service: ${sum(billed):.2f}' if billed else ''}.
-Where outputs came from: {_e(', '.join(f'{v} {k}' for k, v in sorted(sources.items())))}.</p>
+<h2>Cost</h2><p>Spent in this output directory (every answer bought, also those without an image):
+<b>${spent['cost_usd']:.2f}</b> for {spent['answers']} answers ({spent['calls']} calls); the outputs listed
+were made from answers that cost ${cost:.2f}{f' (reported by the service: ${sum(billed):.2f})' if billed else ''}.
+{_e(spent['plan'])} Where outputs came from: {_e(', '.join(f'{v} {k}' for k, v in sorted(sources.items())))}.</p>
+<h2>Failures by reason</h2>{failures}
 <h2>QC scores</h2>{''.join(hists)}
 <h2>A sample of outputs beside their sources</h2>{''.join(sample_html) or '<p>no outputs yet</p>'}
 </body></html>
@@ -131,6 +144,37 @@ Where outputs came from: {_e(', '.join(f'{v} {k}' for k, v in sorted(sources.ite
     dest = Path(dest)
     atomic_write_text(dest, page)
     return dest
+
+
+def _failures(rows) -> str:
+    """One line per reason: how many outputs, and one example (target and message)."""
+    groups: dict = {}
+    for r in rows:
+        if r.get("status") in PROBLEMS:
+            groups.setdefault((r.get("status"), r.get("error_reason") or r.get("status")), []).append(r)
+    if not groups:
+        return "<p>none</p>"
+    items = []
+    for (status, reason), members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        ex = members[0]
+        items.append(f"<tr><td>{_e(status)}</td><td>{_e(reason)}</td><td>{len(members)}</td><td>{_e(ex.get('image_id'))} "
+                     f"{_e(ex.get('aug_name'))} v{_e(ex.get('variant_idx'))}: {_e((ex.get('error') or '')[:240])}</td></tr>")
+    return ("<table><tr><th>status</th><th>reason</th><th>outputs</th><th>one example</th></tr>"
+            + "".join(items) + "</table>")
+
+
+def _spent(cfg: dict) -> dict:
+    """What the directory's answers cost, and the last plan written to augment.log."""
+    from . import answers
+
+    out = Path(cfg["data"]["output_dir"])
+    t = answers.totals(answers.iter_all(out))
+    plan = ""
+    log = out / cfg["data"]["log_file"]
+    if log.is_file():
+        lines = [line.split("  ", 1)[-1] for line in log.read_text(encoding="utf-8").splitlines() if "answers to buy" in line]
+        plan = f"The last run planned: {lines[-1].removeprefix('plan: ')}." if lines else ""
+    return {**t, "plan": plan}
 
 
 def main(snakemake) -> None:
