@@ -3,6 +3,7 @@
 # output is built from). Nothing here writes a file while the workflow is
 # read: dry-runs, --summary, --lint and --unlock change nothing.
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ ASKED = config["_asked"]
 BATCH = config["api"]["mode"] == "batch" and cfgmod.is_paid(config)
 MANIFEST = f"{OUT}/{config['data']['manifest']}"
 SUMMARY = f"{OUT}/report/summary.html"
+REVIEW = f"{OUT}/review.json"
 STEM = "{image_id}__{aug}__v{k}"
 
 
@@ -87,9 +89,9 @@ def planned():
     table = targets_table()
     try:
         PIPE.load(table)
+        report_plan()  # the decisions read answers, sidecars and review.json
     except UserError as exc:
         raise SystemExit(f"ERROR: {exc}")
-    report_plan()
     key = PIPE.batch_key() if BATCH else None
     if key:
         from nano_banana_aug.batch import read_outcome
@@ -104,6 +106,11 @@ def answer_of(wildcards):
         return PIPE.answer_for(stem, wildcards.aug)
     except ValueError as exc:
         raise SystemExit(f"ERROR: {exc}")
+
+
+def review_decisions(wildcards=None):
+    """review.json when a person has reviewed outputs: a newer one rewrites the manifest."""
+    return [REVIEW] if os.path.exists(REVIEW) else []
 
 
 def get_final_targets(wildcards):

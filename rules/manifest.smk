@@ -20,6 +20,7 @@ rule manifest:
     input:
         parts=manifest_parts,
         settings=PIPE.manifest_settings,
+        review=review_decisions,
     output:
         MANIFEST,
     log:

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import os
 import re
 import shutil
-import subprocess
-import tempfile
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -23,6 +20,7 @@ from PIL import Image
 
 from nano_banana_aug import gallery
 
+from .browser import find_chromium, run_chromium, selftest
 from .helpers import ROOT, copy_workflow, snakemake, textured
 
 EVIL_ID = "ID<b>&\"x'"  # an image id that must be escaped everywhere (no '/', no '__')
@@ -56,25 +54,82 @@ def make_synthetic(tmp_path: Path, qc: bool = True) -> dict:
     textured(400, 200, 4).save(out / "IDa__sun__v0.png")
     textured(400, 200, 5).save(elsewhere / f"{EVIL_ID}__sun__v0.png")
     textured(400, 200, 6).save(out / f"{EVIL_ID}__sun__v1.png")
-    ok_qc = {"qc_ssim": "0.9312", "qc_shift_px": "0.4", "qc_mirror": "0.03", "qc_veg_cover_delta": "0.004",
-             "qc_passed": "True", "qc_reasons": ""}
+    ok_qc = {
+        "qc_ssim": "0.9312",
+        "qc_shift_px": "0.4",
+        "qc_mirror": "0.03",
+        "qc_veg_cover_delta": "0.004",
+        "qc_passed": "True",
+        "qc_reasons": "",
+    }
     rows = [
-        dict(image_id="IDa", aug_name="overcast", variant_idx=0, src_image_path="train/IDa.jpg",
-             image_path="aug/IDa__overcast__v0.png", status="success", **ok_qc),
-        dict(image_id="IDa", aug_name="overcast", variant_idx=1, src_image_path="train/IDa.jpg",
-             image_path="aug/IDa__overcast__v1.png", status="failed", error=EVIL_ERROR),
-        dict(image_id="IDa", aug_name="sun", variant_idx=0, src_image_path="train/IDa.jpg",
-             image_path="aug/IDa__sun__v0.png", status="rejected", error="qc: shift 41 px > 8",
-             qc_ssim="0.41", qc_shift_px="41.2", qc_mirror="0.05", qc_veg_cover_delta="0.2",
-             qc_passed="False", qc_reasons="shift_px>8"),
-        dict(image_id="IDa", aug_name="sun", variant_idx=1, src_image_path="train/IDa.jpg",
-             image_path="aug/IDa__sun__v1.png", status="success"),  # file deleted after the manifest
-        dict(image_id=EVIL_ID, aug_name="overcast", variant_idx=0, src_image_path=f"train/{EVIL_ID}.jpg",
-             image_path=f"aug/{EVIL_ID}__overcast__v0.png", status="missing"),
-        dict(image_id=EVIL_ID, aug_name="sun", variant_idx=1, src_image_path=f"train/{EVIL_ID}.jpg",
-             image_path=f"aug/{EVIL_ID}__sun__v1.png", status="success", **ok_qc),
-        dict(image_id=EVIL_ID, aug_name="sun", variant_idx=0, src_image_path=f"train/{EVIL_ID}.jpg",
-             image_path=str(elsewhere / f"{EVIL_ID}__sun__v0.png"), status="success", **ok_qc),  # absolute
+        dict(
+            image_id="IDa",
+            aug_name="overcast",
+            variant_idx=0,
+            src_image_path="train/IDa.jpg",
+            image_path="aug/IDa__overcast__v0.png",
+            status="success",
+            **ok_qc,
+        ),
+        dict(
+            image_id="IDa",
+            aug_name="overcast",
+            variant_idx=1,
+            src_image_path="train/IDa.jpg",
+            image_path="aug/IDa__overcast__v1.png",
+            status="failed",
+            error=EVIL_ERROR,
+        ),
+        dict(
+            image_id="IDa",
+            aug_name="sun",
+            variant_idx=0,
+            src_image_path="train/IDa.jpg",
+            image_path="aug/IDa__sun__v0.png",
+            status="rejected",
+            error="qc: shift 41 px > 8",
+            qc_ssim="0.41",
+            qc_shift_px="41.2",
+            qc_mirror="0.05",
+            qc_veg_cover_delta="0.2",
+            qc_passed="False",
+            qc_reasons="shift_px>8",
+        ),
+        dict(
+            image_id="IDa",
+            aug_name="sun",
+            variant_idx=1,
+            src_image_path="train/IDa.jpg",
+            image_path="aug/IDa__sun__v1.png",
+            status="success",
+        ),  # file deleted after the manifest
+        dict(
+            image_id=EVIL_ID,
+            aug_name="overcast",
+            variant_idx=0,
+            src_image_path=f"train/{EVIL_ID}.jpg",
+            image_path=f"aug/{EVIL_ID}__overcast__v0.png",
+            status="missing",
+        ),
+        dict(
+            image_id=EVIL_ID,
+            aug_name="sun",
+            variant_idx=1,
+            src_image_path=f"train/{EVIL_ID}.jpg",
+            image_path=f"aug/{EVIL_ID}__sun__v1.png",
+            status="success",
+            **ok_qc,
+        ),
+        dict(
+            image_id=EVIL_ID,
+            aug_name="sun",
+            variant_idx=0,
+            src_image_path=f"train/{EVIL_ID}.jpg",
+            image_path=str(elsewhere / f"{EVIL_ID}__sun__v0.png"),
+            status="success",
+            **ok_qc,
+        ),  # absolute
     ]
     write_manifest(out / "manifest.csv", rows, qc)
     return {"root": root, "out": out, "manifest": out / "manifest.csv", "gallery": out / "gallery"}
@@ -156,9 +211,9 @@ def test_everything_is_escaped(synth):
 def test_qc_scores_and_errors_shown(synth):
     text, _ = parse(gallery.build_gallery(synth["manifest"], synth["root"], synth["gallery"]))
     assert "<th>ssim</th><td>0.41</td>" in text and "<th>shift_px</th><td>41.2</td>" in text
-    assert '<tr class=bad><th>passed</th><td>False</td></tr>' in text
+    assert "<tr class=bad><th>passed</th><td>False</td></tr>" in text
     assert "qc: shift 41 px &gt; 8" in text  # the rejected one's error
-    assert '<th>reasons</th><td>shift_px&gt;8</td>' in text
+    assert "<th>reasons</th><td>shift_px&gt;8</td>" in text
 
 
 def test_without_qc_columns(tmp_path):
@@ -216,8 +271,14 @@ def test_entry_point_writes_the_gallery_and_one_line_without_a_manifest(synth, c
     from types import SimpleNamespace
 
     cfg = {"data": {"output_dir": str(synth["out"]), "data_root": str(synth["root"]), "manifest": "manifest.csv"}}
-    job = SimpleNamespace(config=cfg, input=[str(synth["manifest"])], output=[str(synth["out"] / "gallery" / "index.html")],
-                          log=[str(tmp_path / "gallery.log")], rule="report_gallery", wildcards={})
+    job = SimpleNamespace(
+        config=cfg,
+        input=[str(synth["manifest"])],
+        output=[str(synth["out"] / "gallery" / "index.html")],
+        log=[str(tmp_path / "gallery.log")],
+        rule="report_gallery",
+        wildcards={},
+    )
     gallery.main(job)
     assert (synth["out"] / "gallery" / "index.html").is_file()
     assert (synth["out"] / "gallery" / "contact_sheet.png").is_file()
@@ -226,45 +287,13 @@ def test_entry_point_writes_the_gallery_and_one_line_without_a_manifest(synth, c
     with pytest.raises(SystemExit) as stop:
         gallery.main(job)
     assert stop.value.code == 1
-    assert capsys.readouterr().err.strip() == f"report_gallery: {synth['manifest']}: manifest not found; run the pipeline first"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"report_gallery: {synth['manifest']}: manifest not found; run the pipeline first"
+    )
 
 
 # ------------------------------------------------------------------ headless Chromium
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-extensions", "--hide-scrollbars", "--virtual-time-budget=5000",
-]
-APT_LINE = "apt-get install -y --no-install-recommends chromium"
-
-
-def find_chromium() -> str:
-    """The Chromium binary, or skip (fail when CI=true: CI must install it)."""
-    exe = os.environ.get("CHROMIUM") or next(
-        (p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    if exe is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"chromium not found and CI=true: .ci/run must install it ({APT_LINE})")
-        pytest.skip(f"chromium not installed; the browser test needs it ({APT_LINE})")
-    return exe
-
-
-def run_chromium(exe: str, url: str, *args: str) -> subprocess.CompletedProcess:
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        res = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url],
-                             capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, f"chromium failed ({res.returncode}): {res.stderr[-2000:]}"
-    return res
-
-
-def selftest(exe: str, index: Path, fragment: str) -> dict:
-    """Load the page with #selftest&..., return the JSON report the page wrote into the DOM."""
-    res = run_chromium(exe, index.resolve().as_uri() + "#selftest" + fragment, "--dump-dom")
-    m = re.search(r'<pre id="selftest-result"[^>]*>(.*?)</pre>', res.stdout, re.S)
-    assert m and m.group(1).strip(), f"no selftest report in the DOM:\n{res.stdout[-1500:]}\n{res.stderr[-1500:]}"
-    return json.loads(html.unescape(m.group(1)))
-
-
 @pytest.mark.browser
 def test_browser_loads_without_broken_images_and_filters(tmp_path):
     exe = find_chromium()
@@ -361,15 +390,21 @@ def test_snakemake_report_shows_the_run_summary(tmp_path):
 
     wf = copy_workflow(tmp_path / "wf")
     make_dataset(wf / "data", n=3, size=(200, 100))
-    (wf / "run.yaml").write_text(yaml.safe_dump({
-        "api": {"provider": "local", "model": "recipes-v1"},
-        "data": {"data_root": "data", "output_dir": "data/aug"},
-        "augmentations": [{"name": "sun", "prompt": "p", "local": {"exposure": 0.3}}],
-    }))
+    (wf / "run.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "api": {"provider": "local", "model": "recipes-v1"},
+                "data": {"data_root": "data", "output_dir": "data/aug"},
+                "augmentations": [{"name": "sun", "prompt": "p", "local": {"exposure": 0.3}}],
+            }
+        )
+    )
     res = snakemake(wf, "-j", "4", "--configfile", "run.yaml", timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = (wf / "data" / "aug" / "report" / "summary.html").read_text()
-    assert "Outputs per status and augmentation" in summary and "<svg" in summary and "data:image/jpeg;base64," in summary
+    assert (
+        "Outputs per status and augmentation" in summary and "<svg" in summary and "data:image/jpeg;base64," in summary
+    )
     res = snakemake(wf, "--configfile", "run.yaml", "--report", "report.zip", timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     with zipfile.ZipFile(wf / "report.zip") as z:

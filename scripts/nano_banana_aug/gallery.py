@@ -30,7 +30,6 @@ import io
 import os
 import re
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -62,6 +61,8 @@ class Tile:
     thumb: str | None = None  # file name in thumbs/ when an image could be shown
     thumb_size: tuple[int, int] = (0, 0)
     note: str = ""  # why there is no image (file not found, unreadable)
+    answer_id: str = ""  # the answer the output was made from (a review decision belongs to it)
+    review: str = ""  # keep | reject | "" (a person's decision, manifest column review)
 
     @property
     def is_source(self) -> bool:
@@ -128,14 +129,21 @@ def read_rows(manifest_csv, data_root) -> list[Row]:
             error=(rec.get("error") or "").strip(),
             qc=qc,
             path=_resolve((rec.get("image_path") or "").strip(), data_root, manifest_csv.parent),
+            answer_id=(rec.get("answer_id") or "").strip(),
+            review=(rec.get("review") or "").strip(),
         )
         by_image.setdefault(image_id, {})[(aug, k)] = tile
         if rec.get("src_image_path"):
             sources[image_id] = rec["src_image_path"].strip()
     rows = []
     for image_id in sorted(by_image):
-        src = Tile(image_id=image_id, aug_name="", variant_idx=0, status="source",
-                   path=_resolve(sources.get(image_id, ""), data_root))
+        src = Tile(
+            image_id=image_id,
+            aug_name="",
+            variant_idx=0,
+            status="source",
+            path=_resolve(sources.get(image_id, ""), data_root),
+        )
         variants = [by_image[image_id][key] for key in sorted(by_image[image_id])]
         rows.append(Row(image_id, src, variants))
     return rows
@@ -227,7 +235,7 @@ def make_thumbnails(tiles: list[Tile], thumbs_dir: Path, width: int, workers: in
             results = list(pool.map(_make_one, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
     else:
         results = [_make_one(job) for job in jobs]
-    done = {job[1]: result for job, result in zip(jobs, results)}
+    done = {job[1]: result for job, result in zip(jobs, results, strict=True)}
     counts["made"] = sum(1 for size, _ in results if size is not None)
     for tile, dest in todo:
         size, error = done[dest]
@@ -289,8 +297,12 @@ def risk(tile: Tile) -> float:
         except (TypeError, ValueError):
             return default
 
-    closeness = max(1.0 - num("qc_ssim", 1.0), 10 * num("qc_shift_frac", 0.0), 5 * num("qc_changed_frac", 0.0),
-                    5 * abs(num("qc_veg_cover_delta", 0.0)))
+    closeness = max(
+        1.0 - num("qc_ssim", 1.0),
+        10 * num("qc_shift_frac", 0.0),
+        5 * num("qc_changed_frac", 0.0),
+        5 * abs(num("qc_veg_cover_delta", 0.0)),
+    )
     return round(base + min(closeness, 0.99), 4)
 
 
@@ -300,15 +312,21 @@ def _tile_html(tile: Tile, out_dir: Path, source_thumb: str | None = None) -> st
         title = "source"
         sub = ""
     else:
-        attrs = (f'class="tile var st-{_e(_status_class(tile.status))}" '
-                 f'data-aug="{_e(tile.aug_name)}" data-status="{_e(tile.status)}" data-risk="{risk(tile)}"')
+        stem = f"{tile.image_id}__{tile.aug_name}__v{tile.variant_idx}"
+        attrs = (
+            f'class="tile var st-{_e(_status_class(tile.status))}" tabindex="0" data-stem="{_e(stem)}" '
+            f'data-answer="{_e(tile.answer_id)}" data-review="{_e(tile.review or "undecided")}" '
+            f'data-aug="{_e(tile.aug_name)}" data-status="{_e(tile.status)}" data-risk="{risk(tile)}"'
+        )
         title = tile.aug_name
         sub = f"v{tile.variant_idx}"
     parts = [f"<figure {attrs}>"]
     if tile.thumb:
         w, h = tile.thumb_size
-        img = (f'<img src="thumbs/{quote(tile.thumb)}" width="{w}" height="{h}" loading="lazy" decoding="async" '
-               f'alt="{_e(tile.image_id)} {_e(title)} {_e(sub)}">')
+        img = (
+            f'<img src="thumbs/{quote(tile.thumb)}" width="{w}" height="{h}" loading="lazy" decoding="async" '
+            f'alt="{_e(tile.image_id)} {_e(title)} {_e(sub)}">'
+        )
         href = _href(tile.path, out_dir)
         parts.append(f'<a class="pic" href="{_e(href)}" target="_blank" rel="noopener">{img}</a>' if href else img)
         if source_thumb and not tile.is_source:
@@ -317,23 +335,37 @@ def _tile_html(tile: Tile, out_dir: Path, source_thumb: str | None = None) -> st
                 f'<div class="cmp" data-out="thumbs/{quote(tile.thumb)}" data-src="thumbs/{quote(source_thumb)}">'
                 '<button type="button" class="flip" title="show the source in place of the output">flip</button>'
                 '<input type="range" class="wipe" min="0" max="100" value="0" '
-                'title="wipe the source over the output" aria-label="source over output, percent"></div>')
+                'title="wipe the source over the output" aria-label="source over output, percent"></div>'
+            )
     else:
         text = "no image: generation failed" if tile.status == "failed" else (tile.note or "no image")
         parts.append(f'<div class="pic placeholder"><span>{_e(text)}</span></div>')
     parts.append("<figcaption>")
-    parts.append(f'<div class="cap"><span class="name">{_e(title)}</span> <span class="vk">{_e(sub)}</span>'
-                 f' <span class="badge">{_e(tile.status)}</span></div>')
+    parts.append(
+        f'<div class="cap"><span class="name">{_e(title)}</span> <span class="vk">{_e(sub)}</span>'
+        f' <span class="badge">{_e(tile.status)}</span></div>'
+    )
     if tile.is_source:
         parts.append(f'<div class="path" title="{_e(tile.path or "")}">{_e(tile.path.name if tile.path else "")}</div>')
-    if tile.error and tile.status != "success":  # the reason first
-        parts.append(f'<div class="err">{_e(tile.error[:ERROR_SHOW_CHARS])}</div>')
+    if not tile.is_source:
+        parts.append(
+            '<div class="rv"><button type="button" class="rv-keep" data-d="keep" title="keep (y)">keep</button>'
+            '<button type="button" class="rv-reject" data-d="reject" title="reject (n)">reject</button>'
+            '<button type="button" class="rv-clear" data-d="" title="undecided (u)">?</button>'
+            '<span class="rv-state"></span></div>'
+        )
+    if tile.error and tile.status != "success":  # the reason first: the QC's own reasons before anything else
+        reasons = tile.qc.get("qc_reasons", "")
+        text = f"{reasons} — {tile.error}" if reasons and reasons not in tile.error else tile.error
+        parts.append(f'<div class="err">{_e(text[:ERROR_SHOW_CHARS])}</div>')
     if tile.qc:
         rows = []
         for key, val in tile.qc.items():
             bad = key == "qc_passed" and str(val).strip().lower() in ("false", "0", "no")
-            rows.append(f'<tr{" class=bad" if bad else ""}><th>{_e(key[3:])}</th><td>{_e(_fmt(val))}</td></tr>')
-        parts.append(f'<details class="scores"><summary>QC scores</summary><table class="qc">{"".join(rows)}</table></details>')
+            rows.append(f"<tr{' class=bad' if bad else ''}><th>{_e(key[3:])}</th><td>{_e(_fmt(val))}</td></tr>")
+        parts.append(
+            f'<details class="scores"><summary>QC scores</summary><table class="qc">{"".join(rows)}</table></details>'
+        )
     parts.append("</figcaption></figure>")
     return "".join(parts)
 
@@ -342,8 +374,10 @@ def _checkboxes(name: str, counts: dict[str, int], order: list[str]) -> str:
     items = []
     for value in order:
         cls = f' class="st-{_e(_status_class(value))}"' if name == "status" else ""
-        items.append(f'<label{cls}><input type="checkbox" name="{name}" value="{_e(value)}" checked> '
-                     f'{_e(value)} <span class="n">({counts[value]})</span></label>')
+        items.append(
+            f'<label{cls}><input type="checkbox" name="{name}" value="{_e(value)}" checked> '
+            f'{_e(value)} <span class="n">({counts[value]})</span></label>'
+        )
     return "".join(items)
 
 
@@ -374,10 +408,11 @@ figcaption{padding:4px 6px 6px}
 .cap .name{font-weight:600;word-break:break-all}.cap .vk{color:#555}
 .badge{margin-left:auto;border-radius:9px;padding:0 7px;color:#fff;font-size:11px;background:var(--other)}
 .path{color:#666;font-size:11px;word-break:break-all}
-table.qc{border-collapse:collapse;font-size:11px;margin-top:3px;width:100%}
+table.qc{border-collapse:collapse;font-size:11px;margin-top:3px;width:100%;table-layout:fixed}
+table.qc th{overflow-wrap:anywhere}
 table.qc th{text-align:left;font-weight:normal;color:#555;padding:0 6px 0 0}table.qc td{text-align:right;font-family:ui-monospace,monospace}
 table.qc tr.bad td,table.qc tr.bad th{color:var(--fail);font-weight:600}
-.err{margin-top:3px;color:#8b1a1a;font-size:11px;max-height:7.5em;overflow:auto;white-space:pre-wrap;word-break:break-word}
+.err{margin-top:3px;color:#8b1a1a;font-size:11px;white-space:pre-wrap;word-break:break-word}
 .st-success{border-top-color:var(--ok)!important}.st-success .badge{background:var(--ok)}label.st-success input{accent-color:var(--ok)}
 .st-rejected{border-top-color:var(--rej)!important}.st-rejected .badge{background:var(--rej)}label.st-rejected input{accent-color:var(--rej)}
 .st-failed{border-top-color:var(--fail)!important}.st-failed .badge{background:var(--fail)}label.st-failed input{accent-color:var(--fail)}
@@ -387,6 +422,13 @@ table.qc tr.bad td,table.qc tr.bad th{color:var(--fail);font-weight:600}
 .pic{position:relative;display:block}.pic img.srcover{position:absolute;inset:0;width:100%;height:100%;pointer-events:none}
 .cmp{display:flex;gap:4px;align-items:center;padding:2px 6px 0}.cmp .wipe{flex:1;min-width:0}.cmp .flip{font-size:11px;padding:0 5px}
 details.scores summary{cursor:pointer;color:#555;font-size:11px}
+.rv{display:flex;gap:4px;align-items:center;margin-top:4px}.rv button{font-size:11px;padding:1px 6px;cursor:pointer}
+.rv-state{font-size:11px;font-weight:600;margin-left:auto}
+figure.tile.rv-k{outline:3px solid var(--ok)}figure.tile.rv-r{outline:3px solid var(--fail)}
+figure.tile.rv-k .rv-state{color:var(--ok)}figure.tile.rv-r .rv-state{color:var(--fail)}
+figure.tile.var:focus{box-shadow:0 0 0 3px #1565c0}
+.reviewbar{margin:4px 0 2px;font-size:12px;color:#444}.reviewbar kbd{border:1px solid #bbb;border-radius:3px;padding:0 3px;background:#f7f7f7}
+#review-status{font-weight:600;margin-left:8px}
 """
 
 JS = r"""
@@ -401,12 +443,16 @@ JS = r"""
     document.querySelectorAll('input[name="' + name + '"]:checked').forEach(function(i){ s[i.value] = true; });
     return s;
   }
+  var riskMin = document.getElementById('risk-min');
   function apply(){
-    var a = checked('aug'), s = checked('status'), nt = 0, nr = 0;
+    var a = checked('aug'), s = checked('status'), rv = checked('review'), nt = 0, nr = 0;
+    var minRisk = riskMin ? parseFloat(riskMin.value) : 0;
+    if(riskMin) document.getElementById('risk-min-value').textContent = minRisk.toFixed(1);
     rows.forEach(function(r){
       var v = 0;
       r.querySelectorAll('figure.tile.var').forEach(function(t){
-        var show = !!(a[t.getAttribute('data-aug')] && s[t.getAttribute('data-status')]);
+        var show = !!(a[t.getAttribute('data-aug')] && s[t.getAttribute('data-status')] && rv[t.getAttribute('data-review')]
+                      && parseFloat(t.getAttribute('data-risk')) >= minRisk);
         t.hidden = !show; if(show) v++;
       });
       r.hidden = (v === 0);
@@ -416,6 +462,7 @@ JS = r"""
       'showing ' + nt + ' of ' + tiles.length + ' outputs in ' + nr + ' of ' + rows.length + ' source images';
   }
   document.querySelectorAll('.filters input[type=checkbox]').forEach(function(i){ i.addEventListener('change', apply); });
+  if(riskMin) riskMin.addEventListener('input', apply);
   document.querySelectorAll('.filters button[data-set]').forEach(function(b){
     b.addEventListener('click', function(){
       var on = b.getAttribute('data-set') === 'all';
@@ -462,9 +509,101 @@ JS = r"""
   });
   var size = document.getElementById('tile-size');
   if(size) size.addEventListener('input', function(){ document.documentElement.style.setProperty('--tile-w', size.value + 'px'); });
-  apply();
 
-  // ---- test mode: #selftest&status=failed&aug=overcast (values repeatable) ----
+  // ---- review: keep / reject each output; saved by the review server, else kept in this browser ----
+  var server = /^https?:/.test(location.protocol);
+  var store = 'nbaug-review:' + document.body.getAttribute('data-dir');
+  var marks = {}, statusEl = document.getElementById('review-status'), pending = [];
+  function say(text){ if(statusEl) statusEl.textContent = text; }
+  function show(t, d){
+    t.setAttribute('data-review', d || 'undecided');
+    t.classList.toggle('rv-k', d === 'keep'); t.classList.toggle('rv-r', d === 'reject');
+    t.querySelector('.rv-state').textContent = d === 'keep' ? 'kept' : (d === 'reject' ? 'rejected' : '');
+  }
+  function mark(t, d){
+    var stem = t.getAttribute('data-stem'), ans = t.getAttribute('data-answer');
+    show(t, d);
+    if(d) marks[stem] = {decision: d, answer_id: ans, ts: Date.now() / 1000}; else delete marks[stem];
+    apply();
+    var done;
+    if(server){
+      done = fetch('/review', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                               body: JSON.stringify({stem: stem, decision: d || '', answer_id: ans})})
+        .then(function(r){ if(!r.ok) throw new Error('not saved: HTTP ' + r.status); say('saved: ' + stem + ' ' + (d || 'undecided')); })
+        .catch(function(e){ say(e.message + ' (is the review server still running?)'); throw e; });
+    } else {
+      try { localStorage.setItem(store, JSON.stringify(marks)); } catch(e) {}
+      say('kept in this browser: use "export decisions" to save them');
+      done = Promise.resolve();
+    }
+    pending.push(done);
+    return done;
+  }
+  function current(){ var a = document.activeElement; return a && a.matches && a.matches('figure.tile.var') ? a : null; }
+  function visibleTiles(){ return tiles.filter(function(t){ return t.offsetParent !== null; }); }
+  function step(by){
+    var v = visibleTiles(), i = v.indexOf(current());
+    var next = v[Math.max(0, Math.min(v.length - 1, i < 0 ? 0 : i + by))];
+    if(next){ next.focus(); next.scrollIntoView({block: 'nearest'}); }
+  }
+  document.addEventListener('keydown', function(e){
+    if(e.target.matches && e.target.matches('input, select, textarea')) return;
+    var t = current(), key = e.key;
+    if(key === 'j' || key === 'ArrowRight') { step(1); e.preventDefault(); }
+    else if(key === 'k' || key === 'ArrowLeft') { step(-1); e.preventDefault(); }
+    else if(t && (key === 'y' || key === 'n' || key === 'u')) {
+      mark(t, key === 'y' ? 'keep' : (key === 'n' ? 'reject' : '')); e.preventDefault();
+      if(key !== 'u') step(1);
+    }
+  });
+  document.querySelectorAll('.rv button').forEach(function(b){
+    b.addEventListener('click', function(){ mark(b.closest('figure'), b.getAttribute('data-d')); });
+  });
+  function exported(){
+    var by = {};
+    tiles.forEach(function(t){
+      var d = t.getAttribute('data-review');
+      if(d === 'keep' || d === 'reject')
+        by[t.getAttribute('data-stem')] = marks[t.getAttribute('data-stem')] ||
+          {decision: d, answer_id: t.getAttribute('data-answer'), ts: Date.now() / 1000};
+    });
+    return JSON.stringify({version: 1, decisions: by}, null, 1);
+  }
+  var exportButton = document.getElementById('export');
+  if(exportButton) exportButton.addEventListener('click', function(){
+    var a = document.createElement('a');
+    a.href = URL.createObjectURL(new Blob([exported()], {type: 'application/json'}));
+    a.download = 'review.json'; document.body.appendChild(a); a.click(); a.remove();
+    say('exported: put review.json into the output directory (next to manifest.csv)');
+  });
+  function loadLocal(){
+    try {
+      var kept = JSON.parse(localStorage.getItem(store) || '{}');
+      Object.keys(kept).forEach(function(stem){
+        var t = document.querySelector('figure.tile.var[data-stem="' + stem.replace(/"/g, '') + '"]');
+        if(t && (kept[stem].answer_id || '') === t.getAttribute('data-answer')){
+          marks[stem] = kept[stem]; show(t, kept[stem].decision);
+        }
+      });
+    } catch(e) {}
+    say('marks are kept in this browser until you export them');
+  }
+  function loadMarks(){
+    tiles.forEach(function(t){ var d = t.getAttribute('data-review'); if(d === 'keep' || d === 'reject') show(t, d); });
+    if(!server){ loadLocal(); return Promise.resolve(); }
+    // served over http: by the review server (it answers /review.json with server: true) or by anything else
+    return fetch('/review.json', {cache: 'no-store'}).then(function(r){ return r.json(); }).then(function(j){
+      if(!j || j.server !== true) throw new Error('not the review server');
+      tiles.forEach(function(t){
+        var d = (j.decisions || {})[t.getAttribute('data-stem')];
+        show(t, d && (d.answer_id || '') === t.getAttribute('data-answer') ? d.decision : '');
+      });
+      say('marks are saved as you make them');
+    }).catch(function(){ server = false; loadLocal(); });
+  }
+  var ready = loadMarks().then(apply);
+
+  // ---- test mode: #selftest&status=failed&aug=overcast&mark=STEM:reject&export (values repeatable) ----
   var hash = location.hash.replace(/^#/, '');
   if(!/^selftest(=|&|$)/.test(hash)) return;
   var params = new URLSearchParams(hash);
@@ -480,21 +619,30 @@ JS = r"""
   }
   var imgs = Array.prototype.slice.call(document.images);
   imgs.forEach(function(i){ i.loading = 'eager'; });
-  Promise.all(imgs.map(function(i){
+  ready.then(function(){ return Promise.all(imgs.map(function(i){
     if(i.complete && i.naturalWidth > 0) return null;
     return new Promise(function(res){
       i.addEventListener('load', res, {once: true}); i.addEventListener('error', res, {once: true});
       setTimeout(res, 4000);
     });
-  })).then(function(){
-    var report = {images: imgs.length,
+  })); }).then(function(){
+    // marks through the keyboard, as a person makes them: focus the tile, y / n
+    params.getAll('mark').forEach(function(m){
+      var i = m.lastIndexOf(':'), t = document.querySelector('figure.tile.var[data-stem="' + m.slice(0, i) + '"]');
+      if(!t) return;
+      t.focus();
+      document.dispatchEvent(new KeyboardEvent('keydown', {key: m.slice(i + 1) === 'keep' ? 'y' : 'n', bubbles: true}));
+    });
+    return Promise.all(pending.map(function(p){ return p.then(function(){ return 'saved'; }, function(e){ return String(e); }); }));
+  }).then(function(saved){
+    var report = {images: imgs.length, saved: saved, server: server,
       broken: imgs.filter(function(i){ return !(i.complete && i.naturalWidth > 0); }).map(function(i){ return i.getAttribute('src'); }),
       tiles_total: document.querySelectorAll('figure.tile').length,
       source_tiles: document.querySelectorAll('figure.tile.src').length,
       variant_tiles: tiles.length,
       placeholders: document.querySelectorAll('.pic.placeholder').length,
       before: visible(), filter: {}};
-    ['aug', 'status'].forEach(function(group){
+    ['aug', 'status', 'review'].forEach(function(group){
       var want = params.getAll(group);
       if(!want.length) return;
       report.filter[group] = want;
@@ -517,6 +665,12 @@ JS = r"""
       var o = fig.querySelector('.srcover');
       report.wipe = {overlay: !!o && !o.hidden, clip: o ? o.style.clipPath : ''};
     }
+    report.marks = {};
+    tiles.forEach(function(t){
+      var d = t.getAttribute('data-review');
+      if(d !== 'undecided') report.marks[t.getAttribute('data-stem')] = d;
+    });
+    if(params.has('export')) report.export = exported();
     report.js_errors = jsErrors;
     var out = document.getElementById('selftest-result');
     out.hidden = false;
@@ -531,11 +685,14 @@ def render_html(rows: list[Row], out_dir: Path, *, title: str, manifest_csv: Pat
     tiles = [t for r in rows for t in r.variants]
     aug_counts: dict[str, int] = {}
     status_counts: dict[str, int] = {}
+    review_counts = {"undecided": 0, "keep": 0, "reject": 0}
     for t in tiles:
         aug_counts[t.aug_name] = aug_counts.get(t.aug_name, 0) + 1
         status_counts[t.status] = status_counts.get(t.status, 0) + 1
+        review_counts[t.review if t.review in review_counts else "undecided"] += 1
     status_order = [s for s in KNOWN_STATUSES if s in status_counts] + sorted(
-        s for s in status_counts if s not in KNOWN_STATUSES)
+        s for s in status_counts if s not in KNOWN_STATUSES
+    )
     summary = ", ".join(f"{status_counts[s]} {s}" for s in status_order) or "no outputs"
     body = []
     for row in rows:
@@ -544,18 +701,27 @@ def render_html(rows: list[Row], out_dir: Path, *, title: str, manifest_csv: Pat
             counts[t.status] = counts.get(t.status, 0) + 1
         row_counts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         row_risk = max((risk(t) for t in row.variants), default=0.0)
-        body.append(f'<section class="row" data-image-id="{_e(row.image_id)}" data-risk="{row_risk}">'
-                    f'<h2>{_e(row.image_id)}<span class="counts">{_e(row_counts)}</span></h2><div class="tiles">')
+        body.append(
+            f'<section class="row" data-image-id="{_e(row.image_id)}" data-risk="{row_risk}">'
+            f'<h2>{_e(row.image_id)}<span class="counts">{_e(row_counts)}</span></h2><div class="tiles">'
+        )
         body.append(_tile_html(row.source, out_dir))
         body.extend(_tile_html(t, out_dir, row.source.thumb) for t in row.variants)
         body.append("</div></section>")
     filters = (
-        '<fieldset><legend>Augmentation</legend>' + _checkboxes("aug", aug_counts, sorted(aug_counts))
+        "<fieldset><legend>Augmentation</legend>"
+        + _checkboxes("aug", aug_counts, sorted(aug_counts))
         + '<button type="button" data-group="aug" data-set="all">all</button>'
         + '<button type="button" data-group="aug" data-set="none">none</button></fieldset>'
-        + '<fieldset><legend>Status</legend>' + _checkboxes("status", status_counts, status_order)
+        + "<fieldset><legend>Status</legend>"
+        + _checkboxes("status", status_counts, status_order)
         + '<button type="button" data-group="status" data-set="all">all</button>'
         + '<button type="button" data-group="status" data-set="none">none</button></fieldset>'
+        + "<fieldset><legend>Review</legend>"
+        + _checkboxes("review", review_counts, ["undecided", "keep", "reject"])
+        + "</fieldset>"
+        + '<label>QC risk ≥ <input id="risk-min" type="range" min="0" max="4" step="0.1" value="0"> '
+        + '<span id="risk-min-value">0.0</span></label>'
         + '<label>sort <select id="sort"><option value="risk">QC risk first</option>'
         + '<option value="id">image id</option></select></label>'
         + '<label>tile size <input id="tile-size" type="range" min="140" max="480" step="10" value="230"></label>'
@@ -563,24 +729,35 @@ def render_html(rows: list[Row], out_dir: Path, *, title: str, manifest_csv: Pat
     )
     generated = time.strftime("%Y-%m-%d %H:%M:%S")
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
-        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{CSS}</style></head>"
+        f'<body data-dir="{_e(out_dir.resolve())}">'
         f"<header><h1>{_e(title)}</h1>"
         f'<div class="meta">{len(rows)} source images, {len(tiles)} outputs ({_e(summary)}) · '
         f"manifest {_e(manifest_csv)} · generated {_e(generated)} · "
         f'<a href="contact_sheet.png" target="_blank">contact sheet</a> ({_e(contact_note)}) · '
         "click a thumbnail for the full-size image</div>"
-        f'<div class="filters">{filters}</div></header>'
-        f'<main>{"".join(body) or "<p>The manifest has no rows.</p>"}'
+        f'<div class="filters">{filters}</div>'
+        '<div class="reviewbar">review: focus a tile (click it, or <kbd>j</kbd>/<kbd>k</kbd> to move), '
+        "<kbd>y</kbd> keep, <kbd>n</kbd> reject, <kbd>u</kbd> undecided · "
+        '<button type="button" id="export" title="download the decisions as review.json">export decisions</button>'
+        '<span id="review-status"></span></div></header>'
+        f"<main>{''.join(body) or '<p>The manifest has no rows.</p>'}"
         '<pre id="selftest-result" hidden></pre></main>'
         f"<script>{JS}</script></body></html>\n"
     )
 
 
 # ---------------------------------------------------------------- contact sheet
-_RGB = {"success": (46, 125, 50), "rejected": (230, 81, 0), "failed": (198, 40, 40),
-        "missing": (117, 117, 117), "source": (21, 101, 192), "other": (106, 27, 154)}
+_RGB = {
+    "success": (46, 125, 50),
+    "rejected": (230, 81, 0),
+    "failed": (198, 40, 40),
+    "missing": (117, 117, 117),
+    "source": (21, 101, 192),
+    "other": (106, 27, 154),
+}
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, width: int) -> str:
@@ -591,14 +768,16 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, width: int) -> str:
     return text + "…"
 
 
-def make_contact_sheet(rows: list[Row], thumbs_dir: Path, dest: Path, *, max_rows: int = CONTACT_MAX_ROWS,
-                       cell_w: int = CONTACT_CELL_W) -> Path:
+def make_contact_sheet(
+    rows: list[Row], thumbs_dir: Path, dest: Path, *, max_rows: int = CONTACT_MAX_ROWS, cell_w: int = CONTACT_CELL_W
+) -> Path:
     """PNG grid from the thumbnails: rows = source images (first max_rows), columns =
     source + every (aug_name, variant) seen in those rows."""
     rows = rows[:max_rows]
     columns = sorted({(t.aug_name, t.variant_idx) for r in rows for t in r.variants})
-    aspects = [t.thumb_size[0] / t.thumb_size[1] for r in rows for t in [r.source, *r.variants]
-               if t.thumb and t.thumb_size[1]]
+    aspects = [
+        t.thumb_size[0] / t.thumb_size[1] for r in rows for t in [r.source, *r.variants] if t.thumb and t.thumb_size[1]
+    ]
     aspect = min(4.0, max(0.5, statistics.median(aspects))) if aspects else 2.0
     pad, label_h, head_h = 3, 13, 16
     img_h = round(cell_w / aspect)
@@ -649,8 +828,15 @@ def make_contact_sheet(rows: list[Row], thumbs_dir: Path, dest: Path, *, max_row
 
 
 # ---------------------------------------------------------------- entry points
-def build_gallery_stats(manifest_csv, data_root, out_dir, *, thumb_width: int = 320,
-                        contact_max_rows: int = CONTACT_MAX_ROWS, title: str | None = None) -> GalleryStats:
+def build_gallery_stats(
+    manifest_csv,
+    data_root,
+    out_dir,
+    *,
+    thumb_width: int = 320,
+    contact_max_rows: int = CONTACT_MAX_ROWS,
+    title: str | None = None,
+) -> GalleryStats:
     started = time.monotonic()
     manifest_csv, data_root, out_dir = Path(manifest_csv), Path(data_root), Path(out_dir)
     rows = read_rows(manifest_csv, data_root)
@@ -660,17 +846,27 @@ def build_gallery_stats(manifest_csv, data_root, out_dir, *, thumb_width: int = 
     counts = make_thumbnails(all_tiles, thumbs_dir, thumb_width)
     t_thumbs = time.monotonic() - started
     shown = min(len(rows), contact_max_rows)
-    note = (f"first {shown} of {len(rows)} source images" if len(rows) > contact_max_rows
-            else f"all {len(rows)} source images")
+    note = (
+        f"first {shown} of {len(rows)} source images"
+        if len(rows) > contact_max_rows
+        else f"all {len(rows)} source images"
+    )
     t0 = time.monotonic()
     make_contact_sheet(rows, thumbs_dir, out_dir / "contact_sheet.png", max_rows=contact_max_rows)
     t_contact = time.monotonic() - t0
     index = out_dir / "index.html"
     title = title or f"Augmentation review: {manifest_csv.parent.name}"
     atomic_write_text(index, render_html(rows, out_dir, title=title, manifest_csv=manifest_csv, contact_note=note))
-    return GalleryStats(index=index, rows=len(rows), tiles=sum(len(r.variants) for r in rows),
-                        thumbs_made=counts["made"], thumbs_reused=counts["reused"], seconds_thumbs=t_thumbs,
-                        seconds_contact=t_contact, seconds_total=time.monotonic() - started)
+    return GalleryStats(
+        index=index,
+        rows=len(rows),
+        tiles=sum(len(r.variants) for r in rows),
+        thumbs_made=counts["made"],
+        thumbs_reused=counts["reused"],
+        seconds_thumbs=t_thumbs,
+        seconds_contact=t_contact,
+        seconds_total=time.monotonic() - started,
+    )
 
 
 def build_gallery(manifest_csv, data_root, out_dir, *, thumb_width: int = 320) -> Path:
@@ -685,8 +881,10 @@ def main(snakemake) -> None:
     def work():
         cfg = snakemake.config
         stats = build_gallery_stats(snakemake.input[0], cfg["data"]["data_root"], Path(snakemake.output[0]).parent)
-        return (f"gallery: {stats.index} ({stats.rows} source images, {stats.tiles} outputs; thumbnails "
-                f"{stats.thumbs_made} made, {stats.thumbs_reused} reused in {stats.seconds_thumbs:.1f}s; "
-                f"contact sheet {stats.seconds_contact:.1f}s) in {stats.seconds_total:.1f}s")
+        return (
+            f"gallery: {stats.index} ({stats.rows} source images, {stats.tiles} outputs; thumbnails "
+            f"{stats.thumbs_made} made, {stats.thumbs_reused} reused in {stats.seconds_thumbs:.1f}s; "
+            f"contact sheet {stats.seconds_contact:.1f}s) in {stats.seconds_total:.1f}s"
+        )
 
     job_main(snakemake, work, name="report_gallery")

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from . import answers as answers_mod
 from . import config as config_mod
-from . import layout, sidecar
+from . import layout, review, sidecar
 from .fileio import atomic_write_text
 from .sidecar import Record
 from .targets import BAD_ID_PROBLEM, read_targets
@@ -98,6 +98,7 @@ def resolve_output(image_path: str, data_root, manifest_dir=None) -> Path:
 
 # ---------------------------------------------------------------- one target
 
+
 class Rows:
     """Builds the rows of one output directory for a config."""
 
@@ -148,16 +149,30 @@ class Rows:
             answer = answers_mod.try_read(self.out, stem, versions[-1][0])
             if answer is None:
                 return None
-            rec = Record(*key, src_image_path=target.image_path if target else "", status="failed",
-                         error=answer.message, error_reason=answer.reason, ts=answer.ts, attempts=answer.calls,
-                         est_cost_usd=answer.est_cost_usd, cost_usd=answer.cost_usd, answer_id=answer.answer_id,
-                         answer_source=answer.source)
+            rec = Record(
+                *key,
+                src_image_path=target.image_path if target else "",
+                status="failed",
+                error=answer.message,
+                error_reason=answer.reason,
+                ts=answer.ts,
+                attempts=answer.calls,
+                est_cost_usd=answer.est_cost_usd,
+                cost_usd=answer.cost_usd,
+                answer_id=answer.answer_id,
+                answer_source=answer.source,
+            )
             self._attempts(rec, stem, versions)
             return rec
         if target is not None and target.problem:
             reason = "BAD_IMAGE_ID" if target.problem.startswith(BAD_ID_PROBLEM) else "BAD_SOURCE"
-            return Record(*key, src_image_path=target.image_path, status="failed", error_reason=reason,
-                          error=f"train.csv line {target.row}, image {target.image_id}: {target.problem}")
+            return Record(
+                *key,
+                src_image_path=target.image_path,
+                status="failed",
+                error_reason=reason,
+                error=f"train.csv line {target.row}, image {target.image_id}: {target.problem}",
+            )
         return None
 
     def _attempts(self, rec: Record, stem: str, versions) -> None:
@@ -170,14 +185,19 @@ class Rows:
         rec.attempts_total = total
         if total >= self.max_total:
             rec.status, rec.error_reason = "blocked", rec.error_reason or "BLOCKED"
-            rec.error = (f"blocked after {total} failed attempts (api.max_total_attempts={self.max_total}); "
-                         f"raise it to try again. Last: {rec.error}")
+            rec.error = (
+                f"blocked after {total} failed attempts (api.max_total_attempts={self.max_total}); "
+                f"raise it to try again. Last: {rec.error}"
+            )
 
     def _mark(self, rec: Record) -> None:
         aug = self.augs.get(rec.aug_name)
         if aug is None or not 0 <= int(rec.variant_idx) < int(aug.get("num_images", 1)):
-            what = (f"augmentation '{rec.aug_name}' is no longer in the config" if aug is None
-                    else f"variant v{rec.variant_idx} is beyond num_images={aug.get('num_images', 1)}")
+            what = (
+                f"augmentation '{rec.aug_name}' is no longer in the config"
+                if aug is None
+                else f"variant v{rec.variant_idx} is beyond num_images={aug.get('num_images', 1)}"
+            )
             rec.error = f"orphaned: {what} (was {rec.status})" + (f"; {rec.error}" if rec.error else "")
             rec.status = "orphaned"
             return
@@ -193,6 +213,7 @@ def _version(answer_id) -> int:
 
 
 # ---------------------------------------------------------------- shards and the whole
+
 
 def shard_rows(cfg: dict, targets, shard: int) -> list[Record]:
     """Rows of every target of one shard, and of sidecars of that shard no target names (orphans)."""
@@ -250,16 +271,22 @@ def write_part(cfg: dict, targets, shard: int, dest) -> list[Record]:
     return records
 
 
-def concatenate(parts, dest) -> int:
-    """manifest.csv from its parts (each with a header; the qc_* columns are the union)."""
+def concatenate(parts, dest, decisions: dict) -> int:
+    """manifest.csv from its parts (each with a header; the qc_* columns are the union), with
+    the review decisions (``review.json``) in its review columns."""
     rows = []
     for p in parts:
         rows.extend(read_csv_rows(p))
+    return _write_rows(rows, dest, decisions)
+
+
+def _write_rows(rows: list[dict], dest, decisions: dict) -> int:
+    review.apply_to_rows(rows, decisions)
     rows.sort(key=lambda r: (r.get("image_id", ""), r.get("aug_name", ""), _int(r.get("variant_idx"))))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns(rows), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
     atomic_write_text(dest, buf.getvalue())
     return len(rows)
 
@@ -272,21 +299,26 @@ def rebuild(cfg: dict, targets) -> Path:
     shards |= {layout.shard_of(k[0]) for k in map(layout.parse_stem, _listdir(layout.sidecar_dir(out))) if k}
     shards |= {layout.shard_of(k[0]) for k in _legacy_rows(out / cfg["data"]["manifest"])}
     records = [r for s in sorted(shards) for r in shard_rows(cfg, targets, s)]
-    records.sort(key=lambda r: (r.image_id, r.aug_name, int(r.variant_idx)))
     dest = out / cfg["data"]["manifest"]
-    atomic_write_text(dest, to_csv(records))
+    _write_rows([r.to_row() for r in records], dest, review.load(out))
     return dest
 
 
 # ---------------------------------------------------------------- legacy directories
 
+
 def record_from_row(row: dict) -> Record:
     """A legacy (or our own) manifest row -> Record, defaults for missing columns."""
     rec = Record(
-        image_id=str(row.get("image_id", "")), aug_name=str(row.get("aug_name", "")),
-        variant_idx=_int(row.get("variant_idx")), src_image_path=row.get("src_image_path") or "",
-        image_path=row.get("image_path") or "", status=row.get("status") or "", error=row.get("error") or "",
-        ts=_float(row.get("ts"), 0.0), area_scale=_float(row.get("area_scale"), 1.0),
+        image_id=str(row.get("image_id", "")),
+        aug_name=str(row.get("aug_name", "")),
+        variant_idx=_int(row.get("variant_idx")),
+        src_image_path=row.get("src_image_path") or "",
+        image_path=row.get("image_path") or "",
+        status=row.get("status") or "",
+        error=row.get("error") or "",
+        ts=_float(row.get("ts"), 0.0),
+        area_scale=_float(row.get("area_scale"), 1.0),
     )
     for name in ("orig_w", "orig_h", "aspect_w", "aspect_h", "out_w", "out_h", "pad_area_px"):
         setattr(rec, name, _int(row.get(name)))
@@ -359,11 +391,25 @@ def _qc_adopted(rec: Record, output: Path, data_root, qc_cfg: dict) -> None:
     except OSError:
         return
     reference = source
-    if rec.orig_w and rec.orig_h and rec.aspect_w and rec.aspect_h and (rec.aspect_w, rec.aspect_h) != (rec.orig_w, rec.orig_h):
+    if (
+        rec.orig_w
+        and rec.orig_h
+        and rec.aspect_w
+        and rec.aspect_h
+        and (rec.aspect_w, rec.aspect_h) != (rec.orig_w, rec.orig_h)
+    ):
         mode = "pad" if rec.aspect_w * rec.aspect_h > rec.orig_w * rec.orig_h else "crop"
-        geo = postprocess.Geometry(rec.orig_w, rec.orig_h, rec.aspect_w, rec.aspect_h,
-                                   abs(rec.aspect_w - rec.orig_w) // 2, abs(rec.aspect_h - rec.orig_h) // 2, mode,
-                                   out.width, out.height)
+        geo = postprocess.Geometry(
+            rec.orig_w,
+            rec.orig_h,
+            rec.aspect_w,
+            rec.aspect_h,
+            abs(rec.aspect_w - rec.orig_w) // 2,
+            abs(rec.aspect_h - rec.orig_h) // 2,
+            mode,
+            out.width,
+            out.height,
+        )
         reference = postprocess.apply(source.resize((rec.orig_w, rec.orig_h)), geo, {"pad_mode": "reflect"})
     scores, passed, reasons = qc.check(reference, out, qc_cfg)
     rec.qc = {**scores.to_columns(), "qc_passed": passed, "qc_reasons": "; ".join(reasons)}
@@ -380,8 +426,13 @@ def _record_from_file(key, path: Path, data_root) -> Record:
         with Image.open(path) as im:
             w, h = im.size
     except OSError as exc:
-        return Record(*key, status="failed", error=f"adopted output is not a readable image: {exc}",
-                      ts=st.st_mtime, origin="adopted")
+        return Record(
+            *key,
+            status="failed",
+            error=f"adopted output is not a readable image: {exc}",
+            ts=st.st_mtime,
+            origin="adopted",
+        )
     return Record(*key, status="success", ts=st.st_mtime, out_w=w, out_h=h, output_bytes=st.st_size, origin="adopted")
 
 
@@ -402,16 +453,20 @@ def count_by_status(rows) -> dict[str, int]:
 
 # ---------------------------------------------------------------- Snakemake scripts
 
+
 def part_main(snakemake) -> None:
     """Entry point of rule ``manifest_part``."""
     from .jobs import job_main
 
     def work():
         started = time.monotonic()
-        records = write_part(snakemake.config, read_targets(snakemake.input.table), int(snakemake.wildcards.shard),
-                             snakemake.output[0])
-        print(f"manifest part {snakemake.wildcards.shard}: {len(records)} rows in {time.monotonic() - started:.1f}s",
-              file=sys.stderr)
+        records = write_part(
+            snakemake.config, read_targets(snakemake.input.table), int(snakemake.wildcards.shard), snakemake.output[0]
+        )
+        print(
+            f"manifest part {snakemake.wildcards.shard}: {len(records)} rows in {time.monotonic() - started:.1f}s",
+            file=sys.stderr,
+        )
 
     job_main(snakemake, work, name=f"manifest part {snakemake.wildcards.shard}")
 
@@ -421,8 +476,8 @@ def main(snakemake) -> None:
     from .jobs import job_main
 
     def work():
-        n = concatenate(snakemake.input.parts, snakemake.output[0])
+        decisions = review.load(config_mod.output_dir(snakemake.config))
+        n = concatenate(snakemake.input.parts, snakemake.output[0], decisions)
         print(f"manifest: {snakemake.output[0]} ({n} rows)", file=sys.stderr)
 
     job_main(snakemake, work, name="manifest")
-

@@ -40,7 +40,7 @@ import os
 from dataclasses import dataclass, field
 
 from . import answers as answers_mod
-from . import layout
+from . import layout, review
 
 BUY, BUILD, DONE, BLOCKED, ADOPTED, DEFERRED = "buy", "build", "done", "blocked", "adopted", "deferred"
 
@@ -105,10 +105,12 @@ class Ask:
     @classmethod
     def from_config(cls, cfg: dict) -> "Ask":
         asked = cfg.get("_asked") or {}
-        return cls(regenerate=set(cfg.get("regenerate") or ()),
-                   max_total_attempts=int(cfg["api"].get("max_total_attempts", 6)),
-                   retry_blocked=bool(asked.get("retry_blocked")),
-                   auto_regenerate=int((cfg.get("qc") or {}).get("auto_regenerate", 0) or 0))
+        return cls(
+            regenerate=set(cfg.get("regenerate") or ()),
+            max_total_attempts=int(cfg["api"].get("max_total_attempts", 6)),
+            retry_blocked=bool(asked.get("retry_blocked")),
+            auto_regenerate=int((cfg.get("qc") or {}).get("auto_regenerate", 0) or 0),
+        )
 
 
 class Planner:
@@ -124,6 +126,7 @@ class Planner:
         self.scope = scope or {}
         self._rounds: dict = {}
         self._answers: dict = {}
+        self._review: dict | None = None
 
     def answer(self, stem: str, version: int):
         key = (stem, version)
@@ -152,8 +155,9 @@ class Planner:
             return Decision(DONE, newest, "a regeneration failed; the output of an older answer is kept")
         failed = self.failed_calls(stem, obs)
         if failed >= self.ask.max_total_attempts and not self.ask.retry_blocked:
-            return Decision(BLOCKED, newest, f"{failed} failed attempts (api.max_total_attempts="
-                                             f"{self.ask.max_total_attempts})")
+            return Decision(
+                BLOCKED, newest, f"{failed} failed attempts (api.max_total_attempts={self.ask.max_total_attempts})"
+            )
         return Decision(BUY, newest + 1, why or "retry after a refused answer")
 
     def failed_calls(self, stem: str, obs: Observed) -> int:
@@ -171,7 +175,7 @@ class Planner:
         regen = self.ask.regenerate
         if aug in regen:
             return f"regenerate={aug}"
-        if "rejected" in regen and self._sidecar_status(stem) == "rejected":
+        if "rejected" in regen and self._rejected(stem, None):
             return "regenerate=rejected"
         return ""
 
@@ -183,17 +187,19 @@ class Planner:
         image = self.answer(stem, obs.newest_image)
         if "stale" in regen and image is not None and image.request_key != self.request_keys.get(aug):
             return "regenerate=stale"
-        if "rejected" in regen:
-            side = self._sidecar(stem)
-            if side is not None and side.status == "rejected" and _version(side.answer_id) >= obs.newest_image:
-                return "regenerate=rejected"
+        if "rejected" in regen and self._rejected(stem, obs):
+            return "regenerate=rejected"
         if aug in regen and self._behind(stem, aug, obs):
             return f"regenerate={aug}"
         if self.ask.auto_regenerate:
             side = self._sidecar(stem)
             images = sum(1 for _v, img in obs.versions if img)
-            if side is not None and side.status == "rejected" and _version(side.answer_id) >= obs.newest_image \
-                    and images <= self.ask.auto_regenerate:
+            if (
+                side is not None
+                and side.status == "rejected"
+                and _version(side.answer_id) >= obs.newest_image
+                and images <= self.ask.auto_regenerate
+            ):
                 return "qc.auto_regenerate"
         return ""
 
@@ -244,9 +250,18 @@ class Planner:
         except (OSError, ValueError, TypeError):
             return None
 
-    def _sidecar_status(self, stem: str) -> str:
+    def _rejected(self, stem: str, obs: Observed | None) -> bool:
+        """The output was rejected -- by the QC gate or by a person (review.json) -- and is made
+        from the newest image answer (``obs`` None: an adopted output, made from no answer)."""
         side = self._sidecar(stem)
-        return side.status if side is not None else ""
+        made_from = side.answer_id if side is not None else ""
+        if obs is not None and _version(made_from) < obs.newest_image:
+            return False  # a newer image answer has come since: the rejection is answered
+        if side is not None and side.status == "rejected":
+            return True
+        if self._review is None:
+            self._review = review.load(self.out)
+        return review.rejected(self._review, stem, made_from)
 
 
 def _version(answer_id: str) -> int:

@@ -16,8 +16,22 @@ from .fileio import atomic_write_text
 ERROR_MAX_CHARS = 500  # as the original tool
 
 SEED_COLUMNS = [
-    "image_id", "aug_name", "variant_idx", "src_image_path", "image_path", "status", "error", "ts",
-    "orig_w", "orig_h", "aspect_w", "aspect_h", "out_w", "out_h", "pad_area_px", "area_scale",
+    "image_id",
+    "aug_name",
+    "variant_idx",
+    "src_image_path",
+    "image_path",
+    "status",
+    "error",
+    "ts",
+    "orig_w",
+    "orig_h",
+    "aspect_w",
+    "aspect_h",
+    "out_w",
+    "out_h",
+    "pad_area_px",
+    "area_scale",
 ]
 
 
@@ -70,6 +84,9 @@ class Record:
     stale: str = ""  # manifest only: "model/prompt" when the answer was asked otherwise than the config says now
     host: str = ""  # where the job ran
     slurm_job_id: str = ""  # set when it ran inside a SLURM job
+    review: str = ""  # manifest only: keep | reject | "" -- a person's decision (review.json, nano_banana_aug.review)
+    review_by: str = ""  # manifest only: who decided
+    review_ts: float | None = None  # manifest only: when
     qc: dict = field(default_factory=dict)  # qc_* scores (flattened into columns)
 
     def __post_init__(self):

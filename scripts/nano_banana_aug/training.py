@@ -19,7 +19,10 @@ under the first reason that applies; see :class:`AigcJoin.skipped`):
    ``rejected`` (failed the label-safety QC), ``orphaned`` (its augmentation or
    variant is no longer in the workflow's config) and any other status never do;
    ``stale`` -- a row whose ``stale`` column says ``model/prompt`` (made by another
-   provider, model or prompt than the config now asks for) does not either.
+   provider, model or prompt than the config now asks for) does not either;
+   ``review:reject`` -- an output a person rejected (manifest column ``review``,
+   or ``review.json`` beside the manifest when there is one: the decisions of the
+   review page count at once, before the next run rewrites the manifest).
 3. ``type_filtered`` -- ``aug_name`` not in ``types`` (null/empty = all).
 4. ``not_in_train`` -- ``image_id`` is not an image of ``train_df``
    (validation images, images dropped from the table).
@@ -68,6 +71,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from . import review
 from .errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -235,7 +239,25 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     else:
         df["area_scale"] = 1.0
     df["manifest_line"] = np.arange(2, len(df) + 2)
+    _apply_review(df, path.parent)
     return df
+
+
+def _apply_review(df: pd.DataFrame, output_dir: Path) -> None:
+    """The ``review`` column from ``review.json`` beside the manifest when there is one (a person's
+    decisions count before the next run rewrites the manifest); else as the manifest says."""
+    if "review" not in df.columns:
+        df["review"] = ""
+    decisions = review.load(output_dir)
+    if not decisions:
+        return
+    answer_ids = df["answer_id"] if "answer_id" in df.columns else pd.Series("", index=df.index)
+    df["review"] = [
+        decisions[stem]["decision"] if review.applies(decisions.get(stem), aid) else ""
+        for stem, aid in zip(
+            df["image_id"] + "__" + df["aug_name"] + "__v" + df["variant_idx"].astype(str), answer_ids, strict=True
+        )
+    ]
 
 
 def _to_int(text: pd.Series) -> pd.Series:
@@ -322,6 +344,11 @@ def select_manifest_rows(
         current = (rows["stale"].fillna("").astype(str) != "model/prompt").to_numpy()
         skipped["stale"] = int((~current).sum())
         rows = rows[current]
+    # 2c. rejected by a person (the review page)
+    if "review" in rows.columns:
+        kept = (rows["review"] != "reject").to_numpy()
+        skipped["review:reject"] = int((~kept).sum())
+        rows = rows[kept]
     # 3. types
     if types is not None:
         unknown = sorted(set(types) - set(manifest["aug_name"]))
@@ -458,9 +485,7 @@ def join_aigc(
     image_ids = image_ids_of(train_df)
     selected, skipped = select_manifest_rows(manifest, image_ids, cfg.types)
     _check_usable(selected, manifest_path)
-    selected = selected.assign(
-        image_path=[normalise_image_path(p, data_root) for p in selected["image_path"]]
-    )
+    selected = selected.assign(image_path=[normalise_image_path(p, data_root) for p in selected["image_path"]])
     located = [_locate(p, data_root, manifest_path.parent) for p in selected["image_path"]]
     selected = selected.assign(image_path=[p for p, _ in located])
     state = [reason for _, reason in located]
