@@ -177,7 +177,11 @@ def _tar_read(tar: tarfile.TarFile, member: str) -> bytes:
         if not info.issym():
             return tar.extractfile(info).read()
         link = info.linkname
-        member = link.lstrip("/") if link.startswith("/") else posixpath.normpath(posixpath.join(posixpath.dirname(member), link))
+        member = (
+            link.lstrip("/")
+            if link.startswith("/")
+            else posixpath.normpath(posixpath.join(posixpath.dirname(member), link))
+        )
     raise ValueError(f"too many links at {member}")
 
 

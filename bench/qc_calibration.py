@@ -87,7 +87,7 @@ def make_pasture(seed: int, size: tuple[int, int] = (2000, 1000), timestamp: boo
     ys = rng.integers(0, h, n_blades * 3)
     keep = density[ys, xs] > thresh
     xs, ys = xs[keep][:n_blades], ys[keep][:n_blades]
-    for x, y in zip(xs.tolist(), ys.tolist()):
+    for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
         length = rng.uniform(15, 70)
         angle = rng.uniform(0, 2 * math.pi)
         x2, y2 = x + length * math.cos(angle), y + length * math.sin(angle)
@@ -280,8 +280,18 @@ SINGLE_OPS = {
 COMBOS = {
     "combo: warm +0.5EV noise q30": {"white_balance": 4000, "exposure": 0.5, "poisson_noise": 40, "jpeg_quality": 30},
     "combo: cool -1EV blur2 q20": {"white_balance": 10000, "exposure": -1.0, "gaussian_blur": 2.0, "jpeg_quality": 20},
-    "combo: gamma1.4 sat0.7 vignette0.5 poisson30": {"gamma": 1.4, "saturation": 0.7, "vignette": 0.5, "poisson_noise": 30},
-    "combo: contrast0.7 sat1.4 blur1 q40": {"contrast": 0.7, "saturation": 1.4, "gaussian_blur": 1.0, "jpeg_quality": 40},
+    "combo: gamma1.4 sat0.7 vignette0.5 poisson30": {
+        "gamma": 1.4,
+        "saturation": 0.7,
+        "vignette": 0.5,
+        "poisson_noise": 30,
+    },
+    "combo: contrast0.7 sat1.4 blur1 q40": {
+        "contrast": 0.7,
+        "saturation": 1.4,
+        "gaussian_blur": 1.0,
+        "jpeg_quality": 40,
+    },
 }
 
 
@@ -304,7 +314,11 @@ def positive_controls() -> dict:
         "resize 16:9": lambda im, s: to_169(im),
         "resize 16:9 and back": lambda im, s: to_169_and_back(im),
         "re-render jitter: smooth warp 3 px": lambda im, s: smooth_warp(im, 3.0, s),
-        "re-render jitter: warp 6 px, 16:9, low light": lambda im, s: to_169(photometric(config_recipes().get("low_light_noise", {"exposure": -1.0, "poisson_noise": 50}))(smooth_warp(im, 6.0, s), s)),
+        "re-render jitter: warp 6 px, 16:9, low light": lambda im, s: to_169(
+            photometric(config_recipes().get("low_light_noise", {"exposure": -1.0, "poisson_noise": 50}))(
+                smooth_warp(im, 6.0, s), s
+            )
+        ),
     }
     for name, recipe in {**SINGLE_OPS, **COMBOS}.items():
         c[name] = photometric(recipe)
@@ -456,7 +470,9 @@ def negative_controls(other_for) -> dict:
     for name, f in list(c.items()):
         if "portrait" in name:
             continue
-        c[f"{name} | 16:9 warm q40"] = lambda im, s, f=f: _then(f(im, s), lambda o: jpeg(white_balance(to_169(o), (1.1, 1.0, 0.85)), 40))
+        c[f"{name} | 16:9 warm q40"] = lambda im, s, f=f: _then(
+            f(im, s), lambda o: jpeg(white_balance(to_169(o), (1.1, 1.0, 0.85)), 40)
+        )
     return c
 
 
@@ -619,18 +635,38 @@ def edit_kind_controls(other_for) -> dict:
         add("JPEG", True, f"jpeg q{q}", lambda im, s, q=q: jpeg(im, q))
     for v in (0.4, 0.7):
         add("vignetting", True, f"vignette {v}", lambda im, s, v=v: vignette(im, v))
-    add("relighting", True, "relight: ramp 0.55 -> 1.35", lambda im, s: relight_gradient(im, 0.55, 1.35, 30 + 70 * (s % 5)))
-    add("relighting", True, "relight: warm ramp 0.7 -> 1.2", lambda im, s: relight_gradient(im, 0.7, 1.2, 200 + 50 * (s % 3), tint=(1.15, 1.0, 0.8)))
+    add(
+        "relighting",
+        True,
+        "relight: ramp 0.55 -> 1.35",
+        lambda im, s: relight_gradient(im, 0.55, 1.35, 30 + 70 * (s % 5)),
+    )
+    add(
+        "relighting",
+        True,
+        "relight: warm ramp 0.7 -> 1.2",
+        lambda im, s: relight_gradient(im, 0.7, 1.2, 200 + 50 * (s % 3), tint=(1.15, 1.0, 0.8)),
+    )
     add("relighting", True, "relight: soft shadow x0.45", lambda im, s: relight_shadow(im, 0.45, s))
     add("relighting", True, "relight: cloud field +-35%", lambda im, s: relight_field(im, 0.35, s))
     add("contrast / saturation", True, "contrast 0.7", lambda im, s: contrast(im, 0.7))
     add("contrast / saturation", True, "contrast 1.4", lambda im, s: contrast(im, 1.4))
     add("contrast / saturation", True, "saturation 0.6", lambda im, s: saturation(im, 0.6))
     add("contrast / saturation", True, "saturation 1.5", lambda im, s: saturation(im, 1.5))
-    add("combination", True, "combo: warm -1EV noise blur1 q30",
-        lambda im, s: jpeg(blur(gaussian_noise(exposure(white_balance(im, kelvin_gains(3500)), -1.0), 0.02, s), 1.0), 30))
-    add("combination", True, "combo: gamma1.3 vignette0.5 shadow",
-        lambda im, s: relight_shadow(vignette(gamma(im, 1.3), 0.5), 0.6, s + 1))
+    add(
+        "combination",
+        True,
+        "combo: warm -1EV noise blur1 q30",
+        lambda im, s: jpeg(
+            blur(gaussian_noise(exposure(white_balance(im, kelvin_gains(3500)), -1.0), 0.02, s), 1.0), 30
+        ),
+    )
+    add(
+        "combination",
+        True,
+        "combo: gamma1.3 vignette0.5 shadow",
+        lambda im, s: relight_shadow(vignette(gamma(im, 1.3), 0.5), 0.6, s + 1),
+    )
 
     # ---- geometry / content edits (must be rejected)
     for pct in (1, 2, 3):
@@ -651,7 +687,12 @@ def edit_kind_controls(other_for) -> dict:
     for pct in (15, 20):
         a = pct / 100
         add("repainted region", False, f"repaint {pct}% flat colour", lambda im, s, a=a: repaint_flat(im, a, s))
-        add("repainted region", False, f"repaint {pct}% other photo", lambda im, s, a=a: repaint_texture(im, other_for(s), a, s))
+        add(
+            "repainted region",
+            False,
+            f"repaint {pct}% other photo",
+            lambda im, s, a=a: repaint_texture(im, other_for(s), a, s),
+        )
         add("repainted region", False, f"repaint {pct}% clone stamp", lambda im, s, a=a: clone_patch(im, a, s))
     for sg in (8, 15, 30):
         add("smeared region", False, f"smear 20% smooth region sigma {sg}", lambda im, s, sg=sg: smear(im, 0.2, sg))
@@ -739,7 +780,16 @@ def time_decode_and_qc(images, repeats: int, thresholds) -> float:
 #: Bump when an edit-kind control changes, so cached model answers are regenerated.
 EDIT_CACHE_VERSION = 2  # (v1 had colliding file names for +/- controls)
 #: score fields reported per failure in the edit-kind section.
-DETAIL_FIELDS = ("ssim", "changed_frac", "shift_frac", "warp_frac", "detail_changed_frac", "veg_cover_delta", "veg_changed_frac", "mirror_score")
+DETAIL_FIELDS = (
+    "ssim",
+    "changed_frac",
+    "shift_frac",
+    "warp_frac",
+    "detail_changed_frac",
+    "veg_cover_delta",
+    "veg_changed_frac",
+    "mirror_score",
+)
 #: every score field kept per row (so a row can be judged again under other thresholds: see ``rejudge``).
 SCORE_FIELDS = tuple(f for f in qc.QCScores.__dataclass_fields__ if f != "work_size")
 
@@ -753,7 +803,9 @@ def _slug(text: str) -> str:
 
 def _suite_image(i: int) -> list:
     """Score every edit-kind control on image ``i`` (both variants); rows of plain data."""
-    images, names, controls, thresholds, cache = (_SUITE[k] for k in ("images", "names", "controls", "thresholds", "cache"))
+    images, names, controls, thresholds, cache = (
+        _SUITE[k] for k in ("images", "names", "controls", "thresholds", "cache")
+    )
     src = images[i]
     rows = []
     for cname, (kind, safe, make) in controls.items():
@@ -773,18 +825,34 @@ def _suite_image(i: int) -> list:
         for variant, img in variants(data, src.size).items():
             scores, passed, reasons = qc.check(src, img, thresholds)
             values = {f: getattr(scores, f) for f in SCORE_FIELDS}
-            rows.append(dict(image=names[i], control=cname, kind=kind, safe=safe, variant=variant,
-                             passed=passed, reasons=reasons, values=values))
+            rows.append(
+                dict(
+                    image=names[i],
+                    control=cname,
+                    kind=kind,
+                    safe=safe,
+                    variant=variant,
+                    passed=passed,
+                    reasons=reasons,
+                    values=values,
+                )
+            )
     return rows
 
 
 def run_edit_kinds(images, names, thresholds, cache=None, jobs=1) -> list:
     """All edit-kind controls on all images, as raw and final variants; list of row dicts."""
+
     def other_for(i):
         return images[(i + 1) % len(images)]
 
-    _SUITE.update(images=images, names=names, controls=edit_kind_controls(other_for), thresholds=thresholds,
-                  cache=Path(cache) if cache else None)
+    _SUITE.update(
+        images=images,
+        names=names,
+        controls=edit_kind_controls(other_for),
+        thresholds=thresholds,
+        cache=Path(cache) if cache else None,
+    )
     if jobs > 1:
         import multiprocessing as mp
 
@@ -818,7 +886,9 @@ def edit_kind_report(rows, title: str, source_desc: str) -> list:
             parts.append(f"{variant} **{good}/{n} ({good / max(n, 1):.1%})**")
         md.append(f"- {label}: " + ", ".join(parts))
     md.append("")
-    md.append("| edit kind | must | raw: accepted | raw: rejected | final: accepted | final: rejected | goal met |\n|---|---|---|---|---|---|---|")
+    md.append(
+        "| edit kind | must | raw: accepted | raw: rejected | final: accepted | final: rejected | goal met |\n|---|---|---|---|---|---|---|"
+    )
     for kind, safe in kinds:
         cells = []
         ok = True
@@ -826,10 +896,17 @@ def edit_kind_report(rows, title: str, source_desc: str) -> list:
             acc, rej = counts([r for r in rows if r["kind"] == kind and r["safe"] == safe and r["variant"] == variant])
             cells += [str(acc), str(rej)]
             ok &= (rej == 0) if safe else (rej >= 0.98 * (acc + rej))
-        md.append(f"| {kind} | {'pass' if safe else 'reject'} | " + " | ".join(cells) + f" | {'yes' if ok else '**no**'} |")
+        md.append(
+            f"| {kind} | {'pass' if safe else 'reject'} | " + " | ".join(cells) + f" | {'yes' if ok else '**no**'} |"
+        )
     md.append("")
     md.append("Per control (n images; accepted raw / final; worst value of the deciding metrics over both variants):\n")
-    md.append("| control | kind | must | n | raw acc | final acc | " + " | ".join(DETAIL_FIELDS) + " |\n|---|---|---|---|---|---|" + "---|" * len(DETAIL_FIELDS))
+    md.append(
+        "| control | kind | must | n | raw acc | final acc | "
+        + " | ".join(DETAIL_FIELDS)
+        + " |\n|---|---|---|---|---|---|"
+        + "---|" * len(DETAIL_FIELDS)
+    )
     for cname in dict.fromkeys(r["control"] for r in rows):
         sel = [r for r in rows if r["control"] == cname]
         kind, safe = sel[0]["kind"], sel[0]["safe"]
@@ -845,13 +922,20 @@ def edit_kind_report(rows, title: str, source_desc: str) -> list:
             # safe: the value closest to rejection; unsafe: the value closest to acceptance
             pick = (max if worse_high else min)(vals) if safe else (min if worse_high else max)(vals)
             cells.append(f"{pick:.3f}")
-        md.append(f"| {cname} | {kind} | {'pass' if safe else 'reject'} | {n} | {acc['raw']} | {acc['final']} | " + " | ".join(cells) + " |")
+        md.append(
+            f"| {cname} | {kind} | {'pass' if safe else 'reject'} | {n} | {acc['raw']} | {acc['final']} | "
+            + " | ".join(cells)
+            + " |"
+        )
     md.append("")
     wrong = [r for r in rows if r["passed"] != r["safe"]]
     md.append(f"Wrong decisions: {len(wrong)}" + (" (image, control, variant: scores; reasons)\n" if wrong else "\n"))
     for r in wrong[:80]:
         vals = ", ".join(f"{k} {r['values'][k]:.3f}" for k in DETAIL_FIELDS)
-        md.append(f"- {r['image']}, {r['control']}, {r['variant']}: {vals}" + (f"; {'; '.join(r['reasons'])}" if r["reasons"] else ""))
+        md.append(
+            f"- {r['image']}, {r['control']}, {r['variant']}: {vals}"
+            + (f"; {'; '.join(r['reasons'])}" if r["reasons"] else "")
+        )
     if len(wrong) > 80:
         md.append(f"- ... {len(wrong) - 80} more")
     md.append("")
@@ -896,21 +980,25 @@ def heldout_report(rows, thresholds) -> list:
     rows_a = [r for r in rows if r["image"] in half_a]
     rows_b = [r for r in rows if r["image"] not in half_a]
     fitted = fit_thresholds(rows_a)
-    md = ["## Held-out check: thresholds fitted on half the photographs\n",
-          f"The photographs sorted by name are split alternately: half A ({len(half_a)}: {', '.join(sorted(half_a))}) "
-          f"and half B ({len(names) - len(half_a)}).  Thresholds are fitted on half A's safe edits only, by a fixed rule "
-          "(`FIT_SPEC` in this script: 1.5 x the worst safe value + the metric's resolution of two blocks; `min_ssim` = "
-          "1 - 1.5 x (1 - worst safe value)), and half B is judged with them -- B plays no part in the fit.  For "
-          "comparison, both halves are also judged with the shipped defaults.\n",
-          "| key | default | fitted on A | worst safe value A | worst safe value B |\n|---|---|---|---|---|"]
+    md = [
+        "## Held-out check: thresholds fitted on half the photographs\n",
+        f"The photographs sorted by name are split alternately: half A ({len(half_a)}: {', '.join(sorted(half_a))}) "
+        f"and half B ({len(names) - len(half_a)}).  Thresholds are fitted on half A's safe edits only, by a fixed rule "
+        "(`FIT_SPEC` in this script: 1.5 x the worst safe value + the metric's resolution of two blocks; `min_ssim` = "
+        "1 - 1.5 x (1 - worst safe value)), and half B is judged with them -- B plays no part in the fit.  For "
+        "comparison, both halves are also judged with the shipped defaults.\n",
+        "| key | default | fitted on A | worst safe value A | worst safe value B |\n|---|---|---|---|---|",
+    ]
     for key, (field, _) in FIT_SPEC.items():
         pick = min if key == "min_ssim" else max
         wa = pick(abs(r["values"][field]) if key != "min_ssim" else r["values"][field] for r in rows_a if r["safe"])
         wb = pick(abs(r["values"][field]) if key != "min_ssim" else r["values"][field] for r in rows_b if r["safe"])
         md.append(f"| `{key}` | {thresholds[key]} | {fitted[key]} | {wa:.4f} | {wb:.4f} |")
     md.append("")
-    md.append("| half | thresholds | safe accepted raw | safe accepted final | unsafe rejected raw | unsafe rejected final | unsafe kinds below 98 % |\n"
-              "|---|---|---|---|---|---|---|")
+    md.append(
+        "| half | thresholds | safe accepted raw | safe accepted final | unsafe rejected raw | unsafe rejected final | unsafe kinds below 98 % |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     for label, sel in (("A (calibration)", rows_a), ("B (held out)", rows_b)):
         for tname, t in (("fitted on A", fitted), ("defaults", thresholds)):
             cells = []
@@ -936,7 +1024,10 @@ def summarise(results, kind):
         n = len(rows)
         passed = sum(p for _, p, _ in rows)
         rate = passed / n if kind == "positive" else (n - passed) / n
-        stats = {m: (min(r[0][m] for r in rows), statistics.median(r[0][m] for r in rows), max(r[0][m] for r in rows)) for m in METRICS}
+        stats = {
+            m: (min(r[0][m] for r in rows), statistics.median(r[0][m] for r in rows), max(r[0][m] for r in rows))
+            for m in METRICS
+        }
         reasons = sorted({reason.split(":")[0] for _, _, rs in rows for reason in rs})
         lines.append((name, n, rate, stats, reasons))
     return lines
@@ -970,36 +1061,58 @@ EDIT_KINDS_MARKER = "<!-- edit kinds: written by --real; kept when the bench run
 REAL_PHOTOS = "bench/out/real_photos/*.jpg"
 
 
+def load_images(args):
+    """The --images (at most --limit), or --synthetic generated ones: (images, names, description)."""
+    paths = sorted(glob.glob(args.images))[: args.limit] if not args.synthetic else []
+    if paths:
+        images = [Image.open(p).convert("RGB") for p in paths]
+        return images, [Path(p).stem for p in paths], f"{len(images)} images from `{args.images}`"
+    n = args.synthetic or 6
+    if not args.synthetic:
+        print(f"no images match {args.images!r}; using {n} synthetic pasture images", file=sys.stderr)
+    images = [make_pasture(1000 + i, timestamp=(i % 3 == 0)) for i in range(n)]
+    names = [f"synthetic{i}" for i in range(n)]
+    return images, names, f"{n} synthetic pasture-like images (bench/qc_calibration.py make_pasture)"
+
+
+def photo_sources(paths) -> str:
+    """'source: count; ...' from the MANIFEST.tsv beside the fetched real photographs ('' without one)."""
+    sources = {}
+    manifest = Path(paths[0]).parent / "MANIFEST.tsv"
+    if manifest.exists():
+        for line in manifest.read_text().splitlines()[1:]:
+            name, source, _ = line.split("\t")
+            sources.setdefault(source, []).append(name)
+    return "; ".join(f"{src}: {len(v)}" for src, v in sources.items())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", default="data/sample/train/*.jpg", help="glob of source images (default: %(default)s)")
     ap.add_argument("--limit", type=int, default=8, help="use at most this many images (default: %(default)s)")
     ap.add_argument("--synthetic", type=int, default=0, help="use N generated pasture-like images instead of --images")
     ap.add_argument("--repeats", type=int, default=15, help="timing repeats (default: %(default)s)")
-    ap.add_argument("--real", action="store_true",
-                    help="also run the edit-kind suite (raw and final variants) on the real photographs "
-                         "(bench/fetch_real_photos.py) and on the --images")
+    ap.add_argument(
+        "--real",
+        action="store_true",
+        help="also run the edit-kind suite (raw and final variants) on the real photographs "
+        "(bench/fetch_real_photos.py) and on the --images",
+    )
     ap.add_argument("--real-images", default=REAL_PHOTOS, help="glob of the real photographs (default: %(default)s)")
     ap.add_argument("--real-limit", type=int, default=0, help="use at most this many real photographs (0 = all)")
     ap.add_argument("--only-real", action="store_true", help="with --real: skip the per-operation controls on --images")
-    ap.add_argument("--jobs", type=int, default=2, help="worker processes for the edit-kind suite (default: %(default)s)")
-    ap.add_argument("--cache", default="bench/out/qc_cache",
-                    help="cache of the edit-kind suite's model-answer JPEGs ('' = none; default: %(default)s)")
+    ap.add_argument(
+        "--jobs", type=int, default=2, help="worker processes for the edit-kind suite (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--cache",
+        default="bench/out/qc_cache",
+        help="cache of the edit-kind suite's model-answer JPEGs ('' = none; default: %(default)s)",
+    )
     ap.add_argument("--out", default="bench/QC_RESULTS.md", help="markdown report (default: %(default)s; '' = none)")
     args = ap.parse_args(argv)
 
-    paths = sorted(glob.glob(args.images))[: args.limit] if not args.synthetic else []
-    if paths:
-        images = [Image.open(p).convert("RGB") for p in paths]
-        names = [Path(p).stem for p in paths]
-        source_desc = f"{len(images)} images from `{args.images}`"
-    else:
-        n = args.synthetic or 6
-        if not args.synthetic:
-            print(f"no images match {args.images!r}; using {n} synthetic pasture images", file=sys.stderr)
-        images = [make_pasture(1000 + i, timestamp=(i % 3 == 0)) for i in range(n)]
-        names = [f"synthetic{i}" for i in range(n)]
-        source_desc = f"{n} synthetic pasture-like images (bench/qc_calibration.py make_pasture)"
+    images, names, source_desc = load_images(args)
     if len(images) < 2:
         ap.error("need at least 2 images (one serves as 'other scene' for another)")
 
@@ -1026,19 +1139,25 @@ def main(argv=None) -> int:
         marg = margins(pos, neg, thresholds)
 
         md.append("# QC gate calibration\n")
-        md.append(f"Generated by `python bench/qc_calibration.py{' --real' if args.real else ''}` on {source_desc}; "
-                  f"local_ops engine: {'used' if local_ops else 'not available (inline photometrics)'}.  "
-                  "The edit-kind suite on real photographs (raw and final variants) is further down.\n")
-        md.append("Positive controls are the `local` provider's photometric operations (single extremes, combinations, and the "
-                  "shipped config's recipes), the model's anisotropic 16:9 resize, and a smooth local warp of 3-6 px that mimics "
-                  "generative re-rendering.  Every negative control is scored twice: as is, and as the model would return it "
-                  "(16:9, mild warm cast, JPEG q40).  `n` below the image count means the control did not apply to some images "
-                  "(recolouring needs at least 5 % of the image to be green, or brown, to repaint).\n")
+        md.append(
+            f"Generated by `python bench/qc_calibration.py{' --real' if args.real else ''}` on {source_desc}; "
+            f"local_ops engine: {'used' if local_ops else 'not available (inline photometrics)'}.  "
+            "The edit-kind suite on real photographs (raw and final variants) is further down.\n"
+        )
+        md.append(
+            "Positive controls are the `local` provider's photometric operations (single extremes, combinations, and the "
+            "shipped config's recipes), the model's anisotropic 16:9 resize, and a smooth local warp of 3-6 px that mimics "
+            "generative re-rendering.  Every negative control is scored twice: as is, and as the model would return it "
+            "(16:9, mild warm cast, JPEG q40).  `n` below the image count means the control did not apply to some images "
+            "(recolouring needs at least 5 % of the image to be green, or brown, to repaint).\n"
+        )
         md.append("## Result\n")
         md.append(f"- positives passed: **{pos_ok}/{n_pos} ({pos_ok / n_pos:.1%})**")
         md.append(f"- negatives rejected: **{neg_ok}/{n_neg} ({neg_ok / n_neg:.1%})**")
-        md.append(f"- QC time per 2000x1000 source vs 1376x768 output (decoded images, median of {args.repeats}): **{qc_s * 1000:.0f} ms** wall, {qc_cpu * 1000:.0f} ms CPU; "
-                  f"including JPEG+PNG decoding: {qc_dec_s * 1000:.0f} ms")
+        md.append(
+            f"- QC time per 2000x1000 source vs 1376x768 output (decoded images, median of {args.repeats}): **{qc_s * 1000:.0f} ms** wall, {qc_cpu * 1000:.0f} ms CPU; "
+            f"including JPEG+PNG decoding: {qc_dec_s * 1000:.0f} ms"
+        )
         md.append("")
         md.append("## Thresholds (`qc:` defaults)\n")
         md.append("| key | value |\n|---|---|")
@@ -1046,17 +1165,26 @@ def main(argv=None) -> int:
             md.append(f"| `{k}` | {v} |")
         md.append("")
         md.append("## Margins per metric\n")
-        md.append("Worst positive over all positive controls, the threshold, and how many negatives that metric alone rejects "
-                  "(every negative must be rejected by at least one metric).\n")
-        md.append("| metric | threshold key | threshold | worst positive | negatives rejected by this metric alone |\n|---|---|---|---|---|")
+        md.append(
+            "Worst positive over all positive controls, the threshold, and how many negatives that metric alone rejects "
+            "(every negative must be rejected by at least one metric).\n"
+        )
+        md.append(
+            "| metric | threshold key | threshold | worst positive | negatives rejected by this metric alone |\n|---|---|---|---|---|"
+        )
         for m, key, thr, worst, caught, total in marg:
             md.append(f"| {m} | `{key}` | {thr} | {fmt(worst)} | {caught}/{total} |")
         md.append("")
-        for title, lines, kind in (("Positive controls (must pass)", pos_lines, "positive"), ("Negative controls (must be rejected)", neg_lines, "negative")):
+        for title, lines, kind in (
+            ("Positive controls (must pass)", pos_lines, "positive"),
+            ("Negative controls (must be rejected)", neg_lines, "negative"),
+        ):
             md.append(f"## {title}\n")
             md.append("min / median / max per metric; `|veg Δ|` is the absolute vegetation-cover change.\n")
             rate_col = "pass" if kind == "positive" else "reject"
-            md.append(f"| control | n | {rate_col} | ssim | changed_frac | shift_frac | mirror_score | \\|veg Δ\\| | reasons |\n|---|---|---|---|---|---|---|---|---|")
+            md.append(
+                f"| control | n | {rate_col} | ssim | changed_frac | shift_frac | mirror_score | \\|veg Δ\\| | reasons |\n|---|---|---|---|---|---|---|---|---|"
+            )
             for name, n, rate, stats, reasons in lines:
                 cells = [" / ".join(fmt(v) for v in stats[m]) for m in METRICS]
                 md.append(f"| {name} | {n} | {rate:.0%} | " + " | ".join(cells) + f" | {'; '.join(reasons)} |")
@@ -1065,40 +1193,41 @@ def main(argv=None) -> int:
 
     previous = Path(args.out).read_text() if args.out and Path(args.out).exists() else ""
     if args.real:
-        real_paths = sorted(glob.glob(args.real_images))
-        if args.real_limit:
-            real_paths = real_paths[: args.real_limit]
+        real_paths = sorted(glob.glob(args.real_images))[: args.real_limit or None]
         if len(real_paths) < 2:
-            ap.error(f"--real: fewer than 2 photographs match {args.real_images!r}; run python bench/fetch_real_photos.py first")
+            ap.error(
+                f"--real: fewer than 2 photographs match {args.real_images!r}; run python bench/fetch_real_photos.py first"
+            )
         real = [Image.open(p).convert("RGB") for p in real_paths]
         real_names = [Path(p).stem for p in real_paths]
-        sources = {}
-        manifest = Path(real_paths[0]).parent / "MANIFEST.tsv"
-        if manifest.exists():
-            for line in manifest.read_text().splitlines()[1:]:
-                name, source, _ = line.split("\t")
-                sources.setdefault(source, []).append(name)
-        where = "; ".join(f"{src}: {len(v)}" for src, v in sources.items()) or args.real_images
+        where = photo_sources(real_paths) or args.real_images
         t0 = time.perf_counter()
         rows_real = run_edit_kinds(real, real_names, thresholds, args.cache, args.jobs)
         rows_sample = run_edit_kinds(images, names, thresholds, args.cache, args.jobs)
         elapsed = time.perf_counter() - t0
         ek = [EDIT_KINDS_MARKER, ""]
         ek.append("# Edit kinds: real photographs, raw and final variants\n")
-        ek.append("Generated by `python bench/qc_calibration.py --real` (photographs fetched by `python bench/fetch_real_photos.py`). "
-                  "Each control is an edit of the source (2000x1000) scored in two variants: **raw** = as the model returns it "
-                  "(resized to 16:9 1376x768, a mild colour cast, JPEG q60-90) and **final** = that answer resized back to the "
-                  "source's size by the pipeline's geometry step.  Safe (imaging-condition) edits must be accepted; geometry / "
-                  "content edits must be rejected (goal: 100 % / >= 98 %).  Controls that do not apply to a photo (green -> brown "
-                  "needs >= 5 % of the frame to be vegetation by the gate's own definition, excess green > qc.VEG_EXG_MIN; "
-                  "brown -> green >= 5 % non-green pixels) are left out.  Known limit: a smear (or flat repaint) of a region "
-                  "with no measurable detail -- a clear sky or fog, below qc.DETAIL_FLOOR grey levels of texture after the "
-                  "model's own JPEG -- changes nothing the gate (or a viewer) can see; those photos' smear controls are "
-                  "accepted and listed under 'Wrong decisions'.\n")
-        ek += edit_kind_report(rows_real, f"Real photographs ({len(real)})",
-                               f"{len(real)} photographs, 2000x1000, from {where}: {', '.join(real_names)}.")
+        ek.append(
+            "Generated by `python bench/qc_calibration.py --real` (photographs fetched by `python bench/fetch_real_photos.py`). "
+            "Each control is an edit of the source (2000x1000) scored in two variants: **raw** = as the model returns it "
+            "(resized to 16:9 1376x768, a mild colour cast, JPEG q60-90) and **final** = that answer resized back to the "
+            "source's size by the pipeline's geometry step.  Safe (imaging-condition) edits must be accepted; geometry / "
+            "content edits must be rejected (goal: 100 % / >= 98 %).  Controls that do not apply to a photo (green -> brown "
+            "needs >= 5 % of the frame to be vegetation by the gate's own definition, excess green > qc.VEG_EXG_MIN; "
+            "brown -> green >= 5 % non-green pixels) are left out.  Known limit: a smear (or flat repaint) of a region "
+            "with no measurable detail -- a clear sky or fog, below qc.DETAIL_FLOOR grey levels of texture after the "
+            "model's own JPEG -- changes nothing the gate (or a viewer) can see; those photos' smear controls are "
+            "accepted and listed under 'Wrong decisions'.\n"
+        )
+        ek += edit_kind_report(
+            rows_real,
+            f"Real photographs ({len(real)})",
+            f"{len(real)} photographs, 2000x1000, from {where}: {', '.join(real_names)}.",
+        )
         ek += heldout_report(rows_real, thresholds)
-        ek += edit_kind_report(rows_sample, f"Sample pasture images ({len(images)})", f"The same suite on {source_desc}.")
+        ek += edit_kind_report(
+            rows_sample, f"Sample pasture images ({len(images)})", f"The same suite on {source_desc}."
+        )
         print(f"(edit-kind suite: {len(rows_real) + len(rows_sample)} pairs in {elapsed:.1f} s)", file=sys.stderr)
         for rows in (rows_real, rows_sample):
             safe_bad = sum(1 for r in rows if r["safe"] and not r["passed"])
@@ -1106,7 +1235,7 @@ def main(argv=None) -> int:
             ok &= safe_bad == 0 and sum(not r["passed"] for r in unsafe) >= 0.98 * len(unsafe)
         tail = "\n".join(ek)
     else:
-        tail = previous[previous.index(EDIT_KINDS_MARKER):].rstrip("\n") if EDIT_KINDS_MARKER in previous else ""
+        tail = previous[previous.index(EDIT_KINDS_MARKER) :].rstrip("\n") if EDIT_KINDS_MARKER in previous else ""
     if args.only_real and EDIT_KINDS_MARKER in previous:
         md = [previous[: previous.index(EDIT_KINDS_MARKER)].rstrip("\n"), ""]
     text = "\n".join(md) + ("\n" + tail if tail else "")

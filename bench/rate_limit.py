@@ -42,9 +42,16 @@ def one_run(work: Path, server: StandinServer, n: int, quota: int, concurrency: 
     wf = copy_workflow(work / "wf")
     make_dataset(wf / "data", n=n, size=(400, 200))
     cfg = {
-        "api": {"provider": "gemini", "base_url": server.gemini_base_url, "concurrency": concurrency,
-                "max_retries": 8, "retry_backoff_s": 1.0, "timeout_s": 60, "max_requests_per_minute": limit,
-                "match_aspect": False},
+        "api": {
+            "provider": "gemini",
+            "base_url": server.gemini_base_url,
+            "concurrency": concurrency,
+            "max_retries": 8,
+            "retry_backoff_s": 1.0,
+            "timeout_s": 60,
+            "max_requests_per_minute": limit,
+            "match_aspect": False,
+        },
         "data": {"data_root": "data", "output_dir": "data/aug"},
         "postprocess": {"enforce_aspect_ratio": 2.0, "mode": "pad", "png_compress_level": 1},
         "augmentations": [{"name": "overcast", "prompt": "Overcast.", "num_images": 1}],
@@ -54,13 +61,22 @@ def one_run(work: Path, server: StandinServer, n: int, quota: int, concurrency: 
     server.reset()
     server.set_quota(per_minute=quota)
     t0 = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "snakemake", "-j", str(2 * concurrency), "--configfile", "run.yaml",
-                          "--quiet", "all"], cwd=wf, capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-j", str(2 * concurrency), "--configfile", "run.yaml", "--quiet", "all"],
+        cwd=wf,
+        capture_output=True,
+        text=True,
+    )
     wall = time.monotonic() - t0
     reqs = server.requests
-    return {"ok": res.returncode == 0, "wall": wall, "requests": len(reqs),
-            "answers": sum(1 for r in reqs if r.status == 200), "r429": sum(1 for r in reqs if r.status == 429),
-            "tail": res.stderr[-1500:] if res.returncode else ""}
+    return {
+        "ok": res.returncode == 0,
+        "wall": wall,
+        "requests": len(reqs),
+        "answers": sum(1 for r in reqs if r.status == 200),
+        "r429": sum(1 for r in reqs if r.status == 429),
+        "tail": res.stderr[-1500:] if res.returncode else "",
+    }
 
 
 def main(argv=None) -> int:
@@ -82,22 +98,35 @@ def main(argv=None) -> int:
             with tempfile.TemporaryDirectory(prefix=f"nbaug-rate-{name}-") as tmp:
                 r = one_run(Path(tmp), server, args.n, args.quota, args.concurrency, limit)
             results[name] = r
-            print(f"{name:9s} ok={r['ok']} wall={r['wall']:.1f}s ({r['wall'] / ideal:.2f}x the {ideal:.0f} s ideal) "
-                  f"requests={r['requests']} answers={r['answers']} 429s={r['r429']}", flush=True)
+            print(
+                f"{name:9s} ok={r['ok']} wall={r['wall']:.1f}s ({r['wall'] / ideal:.2f}x the {ideal:.0f} s ideal) "
+                f"requests={r['requests']} answers={r['answers']} 429s={r['r429']}",
+                flush=True,
+            )
             if r["tail"]:
                 print(r["tail"])
     finally:
         server.stop()
     if args.write_results:
-        lines = [f"{args.n} targets, stand-in quota {args.quota} requests/min (429 + QuotaFailure + RetryInfo past it), "
-                 f"api.concurrency {args.concurrency}, answer latency {args.latency:g} s; ideal {ideal:.0f} s. "
-                 f"Machine: {machine()}.", "",
-                 "| run | api.max_requests_per_minute | wall | / ideal | requests | 429 answers |", "|---|---|---|---|---|---|"]
+        lines = [
+            f"{args.n} targets, stand-in quota {args.quota} requests/min (429 + QuotaFailure + RetryInfo past it), "
+            f"api.concurrency {args.concurrency}, answer latency {args.latency:g} s; ideal {ideal:.0f} s. "
+            f"Machine: {machine()}.",
+            "",
+            "| run | api.max_requests_per_minute | wall | / ideal | requests | 429 answers |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, r in results.items():
-            lines.append(f"| {name} | {args.quota if name == 'limited' else 'null'} | {r['wall']:.1f} s | "
-                         f"{r['wall'] / ideal:.2f} | {r['requests']} | {r['r429']} |")
-        write_section(ROOT / "bench" / "RESULTS.md", "## Rate limit (per-minute quota)", "\n".join(lines),
-                      "python bench/rate_limit.py --write-results")
+            lines.append(
+                f"| {name} | {args.quota if name == 'limited' else 'null'} | {r['wall']:.1f} s | "
+                f"{r['wall'] / ideal:.2f} | {r['requests']} | {r['r429']} |"
+            )
+        write_section(
+            ROOT / "bench" / "RESULTS.md",
+            "## Rate limit (per-minute quota)",
+            "\n".join(lines),
+            "python bench/rate_limit.py --write-results",
+        )
     return 0 if all(r["ok"] for r in results.values()) else 1
 
 

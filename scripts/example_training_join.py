@@ -47,10 +47,24 @@ def grouped_split(df: pd.DataFrame, val_fraction: float, seed: int) -> tuple[pd.
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=REPO / "configs" / "train.yaml", help="training config (default: %(default)s)")
-    p.add_argument("--data-root", type=Path, default=REPO / "data" / "sample", help="data root with train.csv (default: %(default)s)")
-    p.add_argument("--manifest-dir", type=Path, default=None, help="directory holding the manifest (default: <data-root>/<data.aigc_aug.subdir>)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--config", type=Path, default=REPO / "configs" / "train.yaml", help="training config (default: %(default)s)"
+    )
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=REPO / "data" / "sample",
+        help="data root with train.csv (default: %(default)s)",
+    )
+    p.add_argument(
+        "--manifest-dir",
+        type=Path,
+        default=None,
+        help="directory holding the manifest (default: <data-root>/<data.aigc_aug.subdir>)",
+    )
     p.add_argument("--types", nargs="*", default=None, help="only these aug_names (default: data.aigc_aug.types)")
     p.add_argument("--val-fraction", type=float, default=None, help="default: training.val_fraction")
     p.add_argument("--seed", type=int, default=None, help="default: training.seed")
@@ -99,16 +113,22 @@ def run(args: argparse.Namespace) -> int:
 
     train_ids, val_ids = set(image_ids_of(train_df)), set(image_ids_of(val_df))
     print(f"train.csv: {train_csv} ({len(df)} rows, {len(train_ids | val_ids)} images)")
-    print(f"split (val_fraction={val_fraction}, seed={seed}): "
-          f"train {len(train_df)} rows / {len(train_ids)} images, val {len(val_df)} rows / {len(val_ids)} images")
+    print(
+        f"split (val_fraction={val_fraction}, seed={seed}): "
+        f"train {len(train_df)} rows / {len(train_ids)} images, val {len(val_df)} rows / {len(val_ids)} images"
+    )
     print(f"manifest: {join.manifest_path}")
-    print(f"train rows: {len(train_df)} before, {len(out)} after "
-          f"(+{join.added_rows} rows from {join.added_files} augmented images)")
+    print(
+        f"train rows: {len(train_df)} before, {len(out)} after "
+        f"(+{join.added_rows} rows from {join.added_files} augmented images)"
+    )
     print("added per aug_name:")
     aigc = out[out["is_aigc"]]
     for aug, rows in aigc.groupby("aug_name", sort=True):
-        print(f"  {aug}: {join.per_aug[aug]} augmented images of {rows['src_image_path'].nunique()} "
-              f"source images, {len(rows)} rows")
+        print(
+            f"  {aug}: {join.per_aug[aug]} augmented images of {rows['src_image_path'].nunique()} "
+            f"source images, {len(rows)} rows"
+        )
     if aigc.empty:
         print("  (none)")
     print("skipped manifest rows:", ", ".join(f"{k}={v}" for k, v in join.skipped.items()) or "none")

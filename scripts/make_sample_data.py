@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Thin entry point: (re)generate the synthetic sample data set (see nano_banana_aug.sample_data).
 
-    python scripts/make_sample_data.py                  # writes data/sample/train.csv + data/sample/train/*.jpg
-    python scripts/make_sample_data.py --out /tmp/s -n 4
+python scripts/make_sample_data.py                  # writes data/sample/train.csv + data/sample/train/*.jpg
+python scripts/make_sample_data.py --out /tmp/s -n 4
 """
 
 from __future__ import annotations

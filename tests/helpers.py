@@ -93,19 +93,38 @@ def make_run(tmp_path: Path, n_images=3, augs=None, size=(200, 100), **extra) ->
     return wf
 
 
-def make_paid_run(tmp_path: Path, standin, provider="gemini", n_images=2, augs=None, write_key=True,
-                  size=(200, 100), extra=None, **api) -> Path:
+def make_paid_run(
+    tmp_path: Path,
+    standin,
+    provider="gemini",
+    n_images=2,
+    augs=None,
+    write_key=True,
+    size=(200, 100),
+    extra=None,
+    **api,
+) -> Path:
     """A workflow copy with a tiny data set whose paid provider is the stand-in."""
     wf = copy_workflow(tmp_path / "wf")
     make_dataset(wf / "data", n=n_images, size=size)
     base = standin.gemini_base_url if provider == "gemini" else standin.openrouter_url
     cfg = {
-        "api": {"provider": provider, "model": None, "base_url": base, "max_retries": 3, "retry_backoff_s": 0.05,
-                "timeout_s": 10, "concurrency": 2, "match_aspect": False, **api},
+        "api": {
+            "provider": provider,
+            "model": None,
+            "base_url": base,
+            "max_retries": 3,
+            "retry_backoff_s": 0.05,
+            "timeout_s": 10,
+            "concurrency": 2,
+            "match_aspect": False,
+            **api,
+        },
         "data": {"data_root": "data", "output_dir": "data/aug"},
         "postprocess": {"enforce_aspect_ratio": 2.0, "mode": "pad", "png_compress_level": 1},
         "prompt_prefix": "Change only imaging conditions.",
-        "augmentations": augs or [
+        "augmentations": augs
+        or [
             {"name": "overcast", "prompt": "Make it overcast.", "num_images": 1},
             {"name": "noise", "prompt": "Add sensor noise.", "num_images": 1},
         ],
@@ -126,8 +145,9 @@ def snakemake(workdir: Path, *args, timeout=300, env=None) -> subprocess.Complet
 def run(wf: Path, *args, check=True, jobs="8", config="run.yaml", target=None, profile=True, timeout=300, env=None):
     """``snakemake [target] -j N --configfile run.yaml *args`` in a workflow copy."""
     extra = () if profile else ("--workflow-profile", "none")
-    res = snakemake(wf, *([target] if target else []), *extra, "-j", jobs, "--configfile", config, *args,
-                    timeout=timeout, env=env)
+    res = snakemake(
+        wf, *([target] if target else []), *extra, "-j", jobs, "--configfile", config, *args, timeout=timeout, env=env
+    )
     if check and res.returncode != 0:
         raise AssertionError(f"snakemake failed ({res.returncode}):\n{res.stderr[-4000:]}")
     return res
@@ -136,8 +156,14 @@ def run(wf: Path, *args, check=True, jobs="8", config="run.yaml", target=None, p
 def start(wf: Path, *args, log_name="bg.log", jobs="8", env=None) -> subprocess.Popen:
     """A run in the background (its own process group), stderr into a file."""
     log = open(wf / log_name, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "-j", jobs, "--configfile", "run.yaml", *args],
-                            cwd=wf, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "-j", jobs, "--configfile", "run.yaml", *args],
+        cwd=wf,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        start_new_session=True,
+        env=env,
+    )
     proc.log_path = wf / log_name
     return proc
 

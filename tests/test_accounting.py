@@ -5,13 +5,19 @@ import pytest
 from nano_banana_aug.accounting import estimate_cost_usd, output_split
 from nano_banana_aug.providers.base import Usage
 
-PRICING = {"input_usd_per_mtok": 2.0, "output_text_usd_per_mtok": 12.0, "output_image_usd_per_mtok": 120.0,
-           "image_usd_per_call": 0.1345}
+PRICING = {
+    "input_usd_per_mtok": 2.0,
+    "output_text_usd_per_mtok": 12.0,
+    "output_image_usd_per_mtok": 120.0,
+    "image_usd_per_call": 0.1345,
+}
 
 
 def test_gemini_with_image_breakdown():
     # 560 image + 40 text prompt tokens, 1120 image tokens out, 200 thought tokens
-    u = Usage(prompt_tokens=600, candidates_tokens=1120, thoughts_tokens=200, output_image_tokens=1120, total_tokens=1920)
+    u = Usage(
+        prompt_tokens=600, candidates_tokens=1120, thoughts_tokens=200, output_image_tokens=1120, total_tokens=1920
+    )
     assert output_split(u) == (1120, 200)
     assert estimate_cost_usd(u, PRICING, "gemini") == pytest.approx((600 * 2 + 200 * 12 + 1120 * 120) / 1e6)
 

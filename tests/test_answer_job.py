@@ -10,8 +10,10 @@ from nano_banana_aug.answers import Answer
 
 
 def purchase(stem="ID1__a__v0"):
-    return SimpleNamespace(answer=Answer(stem=stem, version=1, status="image", calls=1, est_cost_usd=0.13),
-                           data=b"\x89PNG\r\n\x1a\n" + b"x" * 100)
+    return SimpleNamespace(
+        answer=Answer(stem=stem, version=1, status="image", calls=1, est_cost_usd=0.13),
+        data=b"\x89PNG\r\n\x1a\n" + b"x" * 100,
+    )
 
 
 def test_a_paid_answer_waits_in_memory_for_disk_space(tmp_path, monkeypatch):

@@ -31,33 +31,66 @@ def test_original_defaults_filled():
     cfg = checked({"augmentations": [{"name": "a", "prompt": "p"}]})
     api, data = cfg["api"], cfg["data"]
     assert (api["provider"], api["model"], api["concurrency"]) == ("gemini", "gemini-3-pro-image-preview", 1)
-    assert (api["timeout_s"], api["max_retries"], api["retry_backoff_s"], api["modalities"]) == (120, 3, 5.0, ["image", "text"])
+    assert (api["timeout_s"], api["max_retries"], api["retry_backoff_s"], api["modalities"]) == (
+        120,
+        3,
+        5.0,
+        ["image", "text"],
+    )
     assert api["base_url"] == "https://generativelanguage.googleapis.com/v1beta"
     assert (data["data_root"], data["train_csv"], data["primary_targets"]) == ("data", "train.csv", ["Dry_Total_g"])
-    assert (data["output_dir"], data["output_ext"], data["manifest"], data["log_file"]) == ("data/nano_banana_pro/train", "png", "manifest.csv", "augment.log")
+    assert (data["output_dir"], data["output_ext"], data["manifest"], data["log_file"]) == (
+        "data/nano_banana_pro/train",
+        "png",
+        "manifest.csv",
+        "augment.log",
+    )
     pp = cfg["postprocess"]
     assert (pp["resample"], pp["png_compress_level"], pp["jpeg_quality"], pp["webp_quality"]) == ("bicubic", 6, 95, 90)
     assert cfg["augmentations"][0]["num_images"] == 1
 
 
 def test_openrouter_defaults():
-    cfg = checked({"api": {"provider": "openrouter", "model": "gemini-2.5-flash-image"}, "augmentations": [{"name": "a", "prompt": "p"}]})
+    cfg = checked(
+        {
+            "api": {"provider": "openrouter", "model": "gemini-2.5-flash-image"},
+            "augmentations": [{"name": "a", "prompt": "p"}],
+        }
+    )
     assert cfg["api"]["model"] == "google/gemini-2.5-flash-image"
     assert cfg["api"]["base_url"] == "https://openrouter.ai/api/v1/chat/completions"
 
 
-@pytest.mark.parametrize("patch, expected", [
-    ({"api": {"provder": "gemini"}}, "unknown config key 'api.provder'; did you mean 'api.provider'? (allowed keys here: api_key_file"),
-    ({"api": {"concurency": 2}}, "unknown config key 'api.concurency'; did you mean 'api.concurrency'?"),
-    ({"api": {"provider": "gemni"}}, "config key 'api.provider' = 'gemni' is not allowed; allowed values: gemini, openrouter, local"),
-    ({"postprocess": {"mode": "stretch"}}, "'postprocess.mode' = 'stretch' is not allowed; allowed values: pad, crop"),
-    ({"api": {"concurrency": 0}}, "config key 'api.concurrency': 0 is less than the minimum of 1"),
-    ({"data": {"output_ext": "gif"}}, "allowed values: png, jpg, jpeg, webp"),
-    ({"augmentations": [{"name": "a__b", "prompt": "p"}]}, "'augmentations[0].name' = 'a__b' is not allowed: letters, digits"),
-    ({"augmentations": [{"name": "a", "prompt": "p", "local": {"blurr": 1}}]}, "unknown config key 'augmentations[0].local.blurr'"),
-    ({"augmentations": [{"name": "a", "prompt": "p"}, {"name": "a", "prompt": "q"}]}, "duplicate name(s) a"),
-    ({"limit": "ten"}, "config key 'limit' = 'ten' has the wrong type; expected integer"),
-])
+@pytest.mark.parametrize(
+    "patch, expected",
+    [
+        (
+            {"api": {"provder": "gemini"}},
+            "unknown config key 'api.provder'; did you mean 'api.provider'? (allowed keys here: api_key_file",
+        ),
+        ({"api": {"concurency": 2}}, "unknown config key 'api.concurency'; did you mean 'api.concurrency'?"),
+        (
+            {"api": {"provider": "gemni"}},
+            "config key 'api.provider' = 'gemni' is not allowed; allowed values: gemini, openrouter, local",
+        ),
+        (
+            {"postprocess": {"mode": "stretch"}},
+            "'postprocess.mode' = 'stretch' is not allowed; allowed values: pad, crop",
+        ),
+        ({"api": {"concurrency": 0}}, "config key 'api.concurrency': 0 is less than the minimum of 1"),
+        ({"data": {"output_ext": "gif"}}, "allowed values: png, jpg, jpeg, webp"),
+        (
+            {"augmentations": [{"name": "a__b", "prompt": "p"}]},
+            "'augmentations[0].name' = 'a__b' is not allowed: letters, digits",
+        ),
+        (
+            {"augmentations": [{"name": "a", "prompt": "p", "local": {"blurr": 1}}]},
+            "unknown config key 'augmentations[0].local.blurr'",
+        ),
+        ({"augmentations": [{"name": "a", "prompt": "p"}, {"name": "a", "prompt": "q"}]}, "duplicate name(s) a"),
+        ({"limit": "ten"}, "config key 'limit' = 'ten' has the wrong type; expected integer"),
+    ],
+)
 def test_bad_values_one_line(patch, expected):
     cfg = {"augmentations": [{"name": "a", "prompt": "p"}]}
     cfg.update(patch)
@@ -88,23 +121,36 @@ def test_schema_qc_defaults_are_the_qc_modules():
 def test_label_safe_geometry_is_the_one_default():
     """The schema is the one source of defaults: the label-safe geometry without a config saying otherwise."""
     cfg = checked({"augmentations": [{"name": "a", "prompt": "p"}]})
-    assert (cfg["api"]["match_aspect"], cfg["postprocess"]["mode"], cfg["postprocess"]["enforce_aspect_ratio"]) == (True, "resize", None)
+    assert (cfg["api"]["match_aspect"], cfg["postprocess"]["mode"], cfg["postprocess"]["enforce_aspect_ratio"]) == (
+        True,
+        "resize",
+        None,
+    )
     shipped = yaml.safe_load((ROOT / "configs" / "nano_banana_pro_augment.yaml").read_text())
     assert (shipped["api"]["match_aspect"], shipped["postprocess"]["mode"]) == (True, "resize")
     assert "enforce_aspect_ratio" not in shipped["postprocess"]
 
 
-@pytest.mark.parametrize("old, asked", [
-    ({"plan_only": True}, {"plan": True}), ({"redo_rejected": "true"}, {"rejected": True}),
-    ({"retry_blocked": True}, {"retry_blocked": True}), ({"batch_cancel": True}, {"cancel_batches": True}),
-    ({"rederive": True}, {}), ({"prune_mode": "used"}, {}), ({"api": {"concurrency_scope": "global"}}, {}),
-    ({"api": {"batch": {"max_file_bytes": 10**9, "lock_timeout_s": 60}}}, {}),
-])
+@pytest.mark.parametrize(
+    "old, asked",
+    [
+        ({"plan_only": True}, {"plan": True}),
+        ({"redo_rejected": "true"}, {"rejected": True}),
+        ({"retry_blocked": True}, {"retry_blocked": True}),
+        ({"batch_cancel": True}, {"cancel_batches": True}),
+        ({"rederive": True}, {}),
+        ({"prune_mode": "used"}, {}),
+        ({"api": {"concurrency_scope": "global"}}, {}),
+        ({"api": {"batch": {"max_file_bytes": 10**9, "lock_timeout_s": 60}}}, {}),
+    ],
+)
 def test_keys_of_earlier_releases_still_work_with_one_line_each(old, asked):
     said = []
     cfg = checked({"augmentations": [{"name": "a", "prompt": "p"}], **copy.deepcopy(old)}, say=said.append)
     assert cfg["_asked"] == asked
-    assert said and all(line.startswith("note: config key '") and "deprecated" in line and "\n" not in line for line in said)
+    assert said and all(
+        line.startswith("note: config key '") and "deprecated" in line and "\n" not in line for line in said
+    )
     if "redo_rejected" in old:
         assert cfg["regenerate"] == ["rejected"]
 

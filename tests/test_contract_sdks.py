@@ -48,8 +48,9 @@ def _jpeg(w=2000, h=1000) -> bytes:
 
 
 JPEG = _jpeg()
-REQUEST = Request(image_bytes=JPEG, mime_type="image/jpeg", prompt=PROMPT, image_id="ID1", aug_name="overcast",
-                  variant_idx=0)
+REQUEST = Request(
+    image_bytes=JPEG, mime_type="image/jpeg", prompt=PROMPT, image_id="ID1", aug_name="overcast", variant_idx=0
+)
 
 
 def size_of(data: bytes) -> tuple[int, int]:
@@ -73,10 +74,12 @@ def sdk_contents():
 
 # ---------------------------------------------------------------- 1. google-genai
 
+
 def test_genai_answer_with_thought_images(standin, gclient):
     standin.script("gemini", B("ok", thoughts=2, text="Done."))
-    r = gclient.models.generate_content(model=MODEL, contents=sdk_contents(),
-                                        config=types.GenerateContentConfig(response_modalities=["IMAGE"]))
+    r = gclient.models.generate_content(
+        model=MODEL, contents=sdk_contents(), config=types.GenerateContentConfig(response_modalities=["IMAGE"])
+    )
     assert isinstance(r, types.GenerateContentResponse)
     cand = r.candidates[0]
     assert cand.finish_reason == types.FinishReason.STOP
@@ -96,8 +99,9 @@ def test_genai_answer_with_thought_images(standin, gclient):
 
 
 def test_genai_image_config_is_honoured(standin, gclient):
-    cfg = types.GenerateContentConfig(response_modalities=["IMAGE"],
-                                      image_config=types.ImageConfig(aspect_ratio="16:9", image_size="2K"))
+    cfg = types.GenerateContentConfig(
+        response_modalities=["IMAGE"], image_config=types.ImageConfig(aspect_ratio="16:9", image_size="2K")
+    )
     r = gclient.models.generate_content(model=MODEL, contents=sdk_contents(), config=cfg)
     assert size_of(r.candidates[0].content.parts[-1].inline_data.data) == (2752, 1536)
     assert standin.requests[0].json["generationConfig"]["imageConfig"] == {"aspectRatio": "16:9", "imageSize": "2K"}
@@ -113,10 +117,15 @@ def test_genai_blocks_and_text_only(standin, gclient):
     assert r.candidates[0].finish_reason == types.FinishReason.STOP and "can't edit" in r.text
 
 
-@pytest.mark.parametrize("kind, status, exc", [
-    ("rate_limit", 429, genai_errors.ClientError), ("overloaded", 503, genai_errors.ServerError),
-    ("server_error", 500, genai_errors.ServerError), ("not_found", 404, genai_errors.ClientError),
-])
+@pytest.mark.parametrize(
+    "kind, status, exc",
+    [
+        ("rate_limit", 429, genai_errors.ClientError),
+        ("overloaded", 503, genai_errors.ServerError),
+        ("server_error", 500, genai_errors.ServerError),
+        ("not_found", 404, genai_errors.ClientError),
+    ],
+)
 def test_genai_error_statuses(standin, gclient, kind, status, exc):
     standin.script("gemini", kind)
     with pytest.raises(exc) as err:
@@ -130,7 +139,9 @@ def test_genai_error_statuses(standin, gclient, kind, status, exc):
 
 
 def test_genai_wrong_key(standin):
-    client = genai.Client(api_key="AIza-wrong", http_options=types.HttpOptions(base_url=standin.url, api_version="v1beta"))
+    client = genai.Client(
+        api_key="AIza-wrong", http_options=types.HttpOptions(base_url=standin.url, api_version="v1beta")
+    )
     with pytest.raises(genai_errors.ClientError) as err:
         client.models.generate_content(model=MODEL, contents=["hi"])
     assert err.value.code == 400 and err.value.status == "INVALID_ARGUMENT"
@@ -147,8 +158,12 @@ def test_every_standin_gemini_answer_validates_against_sdk_types(standin, kind):
     right enums); each error body must have the google.rpc.Status shape."""
     standin.script("gemini", kind)
     body = GeminiProvider(api_key=KEY, base_url=standin.gemini_base_url).build_body(REQUEST)
-    r = requests.post(f"{standin.gemini_base_url}/models/{MODEL}:generateContent", json=body,
-                      headers={"x-goog-api-key": KEY}, timeout=10)
+    r = requests.post(
+        f"{standin.gemini_base_url}/models/{MODEL}:generateContent",
+        json=body,
+        headers={"x-goog-api-key": KEY},
+        timeout=10,
+    )
     payload = r.json()
     if r.status_code == 200 and "error" not in payload:
         parsed = types.GenerateContentResponse.model_validate(payload)
@@ -164,8 +179,12 @@ def test_every_standin_gemini_answer_validates_against_sdk_types(standin, kind):
 def test_garbage_base64_is_the_only_invalid_field(standin):
     standin.script("gemini", "garbage_base64")
     body = GeminiProvider(api_key=KEY, base_url=standin.gemini_base_url).build_body(REQUEST)
-    payload = requests.post(f"{standin.gemini_base_url}/models/{MODEL}:generateContent", json=body,
-                            headers={"x-goog-api-key": KEY}, timeout=10).json()
+    payload = requests.post(
+        f"{standin.gemini_base_url}/models/{MODEL}:generateContent",
+        json=body,
+        headers={"x-goog-api-key": KEY},
+        timeout=10,
+    ).json()
     with pytest.raises(ValueError) as err:
         types.GenerateContentResponse.model_validate(payload)
     assert [e["loc"] for e in err.value.errors()] == [("candidates", 0, "content", "parts", 0, "inlineData", "data")]
@@ -173,16 +192,22 @@ def test_garbage_base64_is_the_only_invalid_field(standin):
 
 # ---------------------------------------------------------------- 2. openai (OpenRouter)
 
+
 def sdk_messages():
     url = "data:image/jpeg;base64," + base64.b64encode(JPEG).decode()
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                         {"type": "text", "text": PROMPT}]}]
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": PROMPT}],
+        }
+    ]
 
 
 def test_openai_answer_has_images(standin, oclient):
     standin.script("openrouter", B("ok", thoughts=1))
-    r = oclient.chat.completions.create(model="google/gemini-3-pro-image-preview", messages=sdk_messages(),
-                                        extra_body={"modalities": ["image", "text"]})
+    r = oclient.chat.completions.create(
+        model="google/gemini-3-pro-image-preview", messages=sdk_messages(), extra_body={"modalities": ["image", "text"]}
+    )
     assert isinstance(r, ChatCompletion) and r.id.startswith("gen-") and r.model == "google/gemini-3-pro-image-preview"
     choice = r.choices[0]
     assert choice.finish_reason == "stop" and choice.native_finish_reason == "STOP"
@@ -198,16 +223,24 @@ def test_openai_answer_has_images(standin, oclient):
 
 def standin_last_json(standin, oclient):
     resp = oclient.chat.completions.with_raw_response.create(
-        model="google/gemini-3-pro-image-preview", messages=sdk_messages(), extra_body={"modalities": ["image", "text"]})
+        model="google/gemini-3-pro-image-preview", messages=sdk_messages(), extra_body={"modalities": ["image", "text"]}
+    )
     return resp.http_response.json()
 
 
 def test_openai_http200_error_gives_no_choices(standin, oclient):
     standin.script("openrouter", "http200_error", "finish_error", "image_safety")
-    create = lambda: oclient.chat.completions.create(model="google/gemini-3-pro-image-preview",  # noqa: E731
-                                                     messages=sdk_messages(), extra_body={"modalities": ["image", "text"]})
+    create = lambda: oclient.chat.completions.create(
+        model="google/gemini-3-pro-image-preview",  # noqa: E731
+        messages=sdk_messages(),
+        extra_body={"modalities": ["image", "text"]},
+    )
     r = create()
-    assert r.choices is None and r.error["message"] == "Provider returned error" and "IMAGE_SAFETY" in r.error["metadata"]["raw"]
+    assert (
+        r.choices is None
+        and r.error["message"] == "Provider returned error"
+        and "IMAGE_SAFETY" in r.error["metadata"]["raw"]
+    )
     r = create()
     assert r.choices[0].finish_reason == "error" and r.choices[0].error["code"] == 502
     r = create()
@@ -215,16 +248,24 @@ def test_openai_http200_error_gives_no_choices(standin, oclient):
     assert not getattr(r.choices[0].message, "images", None)
 
 
-@pytest.mark.parametrize("kind, status, exc", [
-    ("no_credits", 402, openai.APIStatusError), ("rate_limit", 429, openai.RateLimitError),
-    ("unauthorized", 401, openai.AuthenticationError), ("forbidden", 403, openai.PermissionDeniedError),
-    ("overloaded", 503, openai.InternalServerError),
-])
+@pytest.mark.parametrize(
+    "kind, status, exc",
+    [
+        ("no_credits", 402, openai.APIStatusError),
+        ("rate_limit", 429, openai.RateLimitError),
+        ("unauthorized", 401, openai.AuthenticationError),
+        ("forbidden", 403, openai.PermissionDeniedError),
+        ("overloaded", 503, openai.InternalServerError),
+    ],
+)
 def test_openai_error_statuses(standin, oclient, kind, status, exc):
     standin.script("openrouter", B(kind, retry_after="4") if status in (429, 503) else kind)
     with pytest.raises(exc) as err:
-        oclient.chat.completions.create(model="google/gemini-3-pro-image-preview", messages=sdk_messages(),
-                                        extra_body={"modalities": ["image", "text"]})
+        oclient.chat.completions.create(
+            model="google/gemini-3-pro-image-preview",
+            messages=sdk_messages(),
+            extra_body={"modalities": ["image", "text"]},
+        )
     assert err.value.status_code == status
     assert isinstance(err.value.body, dict) and err.value.body["code"] == status
     if status in (429, 503):
@@ -238,11 +279,17 @@ def test_openai_without_image_modality_gets_text(standin, oclient):
 
 # ---------------------------------------------------------------- 3. our request bodies
 
+
 def test_our_gemini_body_validates_and_matches_the_sdk(standin, gclient):
     image_config = {"aspectRatio": "16:9", "imageSize": "2K"}
     GeminiProvider(api_key=KEY, base_url=standin.gemini_base_url, image_config=image_config).attempt(REQUEST)
-    gclient.models.generate_content(model=MODEL, contents=sdk_contents(), config=types.GenerateContentConfig(
-        response_modalities=["IMAGE"], image_config=types.ImageConfig(aspect_ratio="16:9", image_size="2K")))
+    gclient.models.generate_content(
+        model=MODEL,
+        contents=sdk_contents(),
+        config=types.GenerateContentConfig(
+            response_modalities=["IMAGE"], image_config=types.ImageConfig(aspect_ratio="16:9", image_size="2K")
+        ),
+    )
     ours, sdk = (r.json for r in standin.requests)
     assert set(ours) == {"contents", "generationConfig"}
     (content,) = ours["contents"]
@@ -280,8 +327,12 @@ def _td_keys(td) -> set:
 def test_our_openrouter_body_validates_and_matches_the_sdk(standin, oclient):
     prov = OpenRouterProvider(api_key=KEY, base_url=standin.openrouter_url, image_config={"aspect_ratio": "16:9"})
     prov.attempt(REQUEST)
-    oclient.chat.completions.create(model="google/gemini-3-pro-image-preview", messages=sdk_messages(), stream=False,
-                                    extra_body={"modalities": ["image", "text"], "image_config": {"aspect_ratio": "16:9"}})
+    oclient.chat.completions.create(
+        model="google/gemini-3-pro-image-preview",
+        messages=sdk_messages(),
+        stream=False,
+        extra_body={"modalities": ["image", "text"], "image_config": {"aspect_ratio": "16:9"}},
+    )
     ours, sdk = (r.json for r in standin.requests)
     openrouter_extras = {"modalities", "image_config"}
     assert set(ours) <= _td_keys(completion_create_params.CompletionCreateParamsNonStreaming) | openrouter_extras

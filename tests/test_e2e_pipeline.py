@@ -15,10 +15,24 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from .helpers import (ROOT, clone, copy_workflow, edit_config, jobs_run, local_hold_env, log_text, make_run,
-                      outputs, rows, run, said, start, textured, wait_for)
+from .helpers import (
+    ROOT,
+    clone,
+    copy_workflow,
+    edit_config,
+    jobs_run,
+    local_hold_env,
+    log_text,
+    make_run,
+    outputs,
+    rows,
+    run,
+    said,
+    start,
+    textured,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +55,13 @@ def test_full_run_then_nothing_to_do(local_finished, tmp_path):
     row = next(r for r in got if r["image_id"] == "ID1001" and r["aug_name"] == "blur")
     assert row["src_image_path"] == "train/ID1001.jpg"
     assert row["image_path"] == "aug/ID1001__blur__v0.png"  # relative to data_root
-    assert (row["orig_w"], row["aspect_w"], row["out_w"], row["pad_area_px"], row["area_scale"]) == ("200", "200", "200", "0", "1.0")
+    assert (row["orig_w"], row["aspect_w"], row["out_w"], row["pad_area_px"], row["area_scale"]) == (
+        "200",
+        "200",
+        "200",
+        "0",
+        "1.0",
+    )
     assert (row["answer_id"], row["answer_source"]) == ("v1", "local")
     assert (wf / "data" / "aug" / "sidecars" / "ID1001__blur__v0.json").is_file()
     log = log_text(wf)
@@ -175,7 +195,10 @@ def test_config_typo_stops_before_anything(tmp_path):
     edit_config(wf, lambda cfg: cfg["postprocess"].update(mdoe="pad"))
     res = run(wf, check=False)
     assert res.returncode != 0
-    assert "ERROR: unknown config key 'postprocess.mdoe'; did you mean 'postprocess.mode'? (allowed keys here:" in res.stderr
+    assert (
+        "ERROR: unknown config key 'postprocess.mdoe'; did you mean 'postprocess.mode'? (allowed keys here:"
+        in res.stderr
+    )
     assert "Traceback" not in res.stderr
     assert not (wf / "data" / "aug").exists()
 
@@ -247,7 +270,9 @@ def test_legacy_output_dir_adopted(tmp_path):
     assert answers_bought(wf) == 1  # ID1001 only
     assert outputs(wf)["ID1000__sun__v0.png"] == before["ID1000__sun__v0.png"]
     got = {r["image_id"]: r for r in rows(wf)}
-    assert got["ID1000"]["ts"] == "200.0" and got["ID1000"]["origin"] == "adopted" and got["ID1000"]["area_scale"] == "1.0"
+    assert (
+        got["ID1000"]["ts"] == "200.0" and got["ID1000"]["origin"] == "adopted" and got["ID1000"]["area_scale"] == "1.0"
+    )
     assert got["ID1001"]["status"] == "success" and got["ID1001"]["origin"] == "generated"
     assert "Nothing to be done" in said(run(wf))
 
@@ -285,11 +310,17 @@ def test_image_ids_that_cannot_name_a_file_are_recorded_as_bad_rows(tmp_path):
     assert {r["status"] for r in got if r["error_reason"] != "BAD_IMAGE_ID"} <= {"success", "rejected"}
 
 
-@pytest.mark.parametrize("content, says", [
-    ("sample_id,image_path,target_name,target\n", "has a header and no rows"),
-    ("sample_id,image,target_name,target\nID1__Dry_Total_g,train/a.jpg,Dry_Total_g,1\n", "missing column(s) image_path"),
-    ("a,b\n\"unterminated\n", "cannot be read as CSV"),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ("sample_id,image_path,target_name,target\n", "has a header and no rows"),
+        (
+            "sample_id,image,target_name,target\nID1__Dry_Total_g,train/a.jpg,Dry_Total_g,1\n",
+            "missing column(s) image_path",
+        ),
+        ('a,b\n"unterminated\n', "cannot be read as CSV"),
+    ],
+)
 def test_bad_train_csv_is_one_clear_line(tmp_path, content, says):
     wf = make_run(tmp_path, n_images=1)
     (wf / "data" / "train.csv").write_text(content)
@@ -315,8 +346,9 @@ def test_a_path_with_spaces_and_snakemake_from_a_venv_that_is_not_activated(tmp_
     wf = make_run(tmp_path / "dir with spaces", n_images=2)
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env["PATH"] = "/usr/bin:/bin"  # no venv on PATH
-    res = subprocess.run([str(exe), "-j", "2", "--configfile", "run.yaml"], cwd=wf, capture_output=True, text=True,
-                         env=env, timeout=300)
+    res = subprocess.run(
+        [str(exe), "-j", "2", "--configfile", "run.yaml"], cwd=wf, capture_output=True, text=True, env=env, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     got = rows(wf)
     assert len(got) == 6 and {r["status"] for r in got} <= {"success", "rejected"}

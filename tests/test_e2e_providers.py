@@ -187,7 +187,7 @@ def test_plan_calls_nothing(tmp_path, standin):
 def test_budget_plans_what_fits_and_the_guard_holds_under_retries(tmp_path, standin):
     augs = [{"name": "overcast", "prompt": "Overcast.", "num_images": 3}]
     wf = make_run(tmp_path, standin, n_images=2, augs=augs, concurrency=2, max_calls=4)
-    dry = run(wf, "--until", "targets")
+    run(wf, "--until", "targets")
     res = run(wf)  # the plan buys what the budget allows; the rest waits for the next run
     assert "plan: 4 answers to buy" in res.stderr and "2 answers left for the next run" in res.stderr
     assert len(standin.requests) == 4  # never more than api.max_calls, across parallel jobs
@@ -234,9 +234,12 @@ def _mirrored_answer(source: Path) -> dict:
     buf = io.BytesIO()
     ImageOps.mirror(Image.open(source).convert("RGB").resize((1376, 768))).save(buf, "PNG")
     part = {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(buf.getvalue()).decode()}}
-    return {"candidates": [{"content": {"role": "model", "parts": [part]}, "finishReason": "STOP", "index": 0}],
-            "usageMetadata": {"promptTokenCount": 600, "candidatesTokenCount": 1120, "totalTokenCount": 1720},
-            "modelVersion": "gemini-3-pro-image-preview", "responseId": "mirrored"}
+    return {
+        "candidates": [{"content": {"role": "model", "parts": [part]}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 600, "candidatesTokenCount": 1120, "totalTokenCount": 1720},
+        "modelVersion": "gemini-3-pro-image-preview",
+        "responseId": "mirrored",
+    }
 
 
 def test_qc_rejects_mirrored_answer_and_training_never_sees_it(tmp_path, standin):
@@ -244,8 +247,9 @@ def test_qc_rejects_mirrored_answer_and_training_never_sees_it(tmp_path, standin
 
     augs = [{"name": "overcast", "prompt": "Make it overcast.", "num_images": 1}]
     wf = make_run(tmp_path, standin, n_images=2, augs=augs)
-    standin.script("gemini", B("raw", status=200, body=_mirrored_answer(wf / "data" / "train" / "ID1000.jpg")),
-                   match="overcast")
+    standin.script(
+        "gemini", B("raw", status=200, body=_mirrored_answer(wf / "data" / "train" / "ID1000.jpg")), match="overcast"
+    )
     res = run(wf)  # a rejected output is not a failed job
     got = {r["image_id"]: r for r in rows(wf)}
     statuses = sorted(r["status"] for r in got.values())
@@ -278,8 +282,12 @@ def test_qc_auto_regenerate(tmp_path, standin):
     cfg = yaml.safe_load((wf / "run.yaml").read_text())
     cfg["qc"] = {"auto_regenerate": 1}
     (wf / "run.yaml").write_text(yaml.safe_dump(cfg))
-    standin.script("gemini", B("raw", status=200, body=_mirrored_answer(wf / "data" / "train" / "ID1000.jpg")),
-                   B("raw", status=200, body=_mirrored_answer(wf / "data" / "train" / "ID1000.jpg")), B("ok"))
+    standin.script(
+        "gemini",
+        B("raw", status=200, body=_mirrored_answer(wf / "data" / "train" / "ID1000.jpg")),
+        B("raw", status=200, body=_mirrored_answer(wf / "data" / "train" / "ID1000.jpg")),
+        B("ok"),
+    )
     run(wf)
     assert rows(wf)[0]["status"] == "rejected" and len(standin.requests) == 1
     res = run(wf)  # the rejected output gets a new answer by itself (qc.auto_regenerate: 1) ...

@@ -48,15 +48,25 @@ def aligned(wf, row):
     a = np.asarray(src.convert("L"), dtype=float)
     b = np.asarray(out.convert("L"), dtype=float)
     edge = max(2, a.shape[1] * 8 // 100)
-    corr = min(np.corrcoef(a[:, :edge].ravel(), b[:, :edge].ravel())[0, 1],
-               np.corrcoef(a[:, -edge:].ravel(), b[:, -edge:].ravel())[0, 1])
+    corr = min(
+        np.corrcoef(a[:, :edge].ravel(), b[:, :edge].ravel())[0, 1],
+        np.corrcoef(a[:, -edge:].ravel(), b[:, -edge:].ravel())[0, 1],
+    )
     return scores.shift_frac, corr
 
 
 @pytest.mark.parametrize("provider", ["gemini", "openrouter"])
 def test_match_aspect_writes_an_output_aligned_with_the_source(tmp_path, standin, provider):
-    wf = make_paid_run(tmp_path, standin, provider=provider, n_images=2, augs=ONE, size=SIZE, match_aspect=True,
-                       extra={"postprocess": {"mode": "resize", "png_compress_level": 1}})
+    wf = make_paid_run(
+        tmp_path,
+        standin,
+        provider=provider,
+        n_images=2,
+        augs=ONE,
+        size=SIZE,
+        match_aspect=True,
+        extra={"postprocess": {"mode": "resize", "png_compress_level": 1}},
+    )
     run(wf)
     req = standin.requests[0]
     if provider == "gemini":
@@ -80,8 +90,14 @@ def test_match_aspect_writes_an_output_aligned_with_the_source(tmp_path, standin
 
 
 def test_resize_maps_the_16_9_answer_back_onto_the_source(tmp_path, standin):
-    wf = make_paid_run(tmp_path, standin, n_images=2, augs=ONE, size=SIZE,
-                       extra={"postprocess": {"mode": "resize", "png_compress_level": 1}})
+    wf = make_paid_run(
+        tmp_path,
+        standin,
+        n_images=2,
+        augs=ONE,
+        size=SIZE,
+        extra={"postprocess": {"mode": "resize", "png_compress_level": 1}},
+    )
     run(wf)
     assert "imageConfig" not in standin.requests[0].json["generationConfig"]
     for r in rows(wf):
@@ -103,8 +119,15 @@ def test_the_original_pad_geometry_stays_exact_for_configs_that_ask_for_it(tmp_p
 
 @pytest.mark.parametrize("edit", ["mirror", "shift"])
 def test_qc_judges_the_final_image(tmp_path, standin, edit):
-    wf = make_paid_run(tmp_path, standin, n_images=1, augs=ONE, size=SIZE, match_aspect=True,
-                       extra={"postprocess": {"mode": "resize", "png_compress_level": 1}})
+    wf = make_paid_run(
+        tmp_path,
+        standin,
+        n_images=1,
+        augs=ONE,
+        size=SIZE,
+        match_aspect=True,
+        extra={"postprocess": {"mode": "resize", "png_compress_level": 1}},
+    )
     standin.set_default("gemini", B("ok", edit=edit))
     run(wf, check=False)
     (r,) = rows(wf)
@@ -128,8 +151,13 @@ def test_removed_augmentations_are_orphaned_and_never_joined(tmp_path, standin):
 
 
 def test_stale_outputs_are_counted_and_regenerate_stale_pays_only_for_them(tmp_path, standin):
-    wf = make_paid_run(tmp_path, standin, n_images=2, augs=ONE + [{"name": "noise", "prompt": "Add noise.",
-                                                                   "num_images": 1}], size=(400, 200))
+    wf = make_paid_run(
+        tmp_path,
+        standin,
+        n_images=2,
+        augs=ONE + [{"name": "noise", "prompt": "Add noise.", "num_images": 1}],
+        size=(400, 200),
+    )
     run(wf)
     assert len(standin.requests) == 4
     cfg = yaml.safe_load((wf / "run.yaml").read_text())
@@ -177,7 +205,8 @@ def test_legacy_outputs_are_qc_checked_at_adoption(tmp_path, standin):
     (out / "manifest.csv").write_text(
         "image_id,aug_name,variant_idx,src_image_path,image_path,status,error,ts,orig_w,orig_h,aspect_w,aspect_h\n"
         "ID1000,overcast,0,train/ID1000.jpg,aug/ID1000__overcast__v0.png,success,,100,344,192,384,192\n"
-        "ID1001,overcast,0,train/ID1001.jpg,aug/ID1001__overcast__v0.png,success,,100,344,192,384,192\n")
+        "ID1001,overcast,0,train/ID1001.jpg,aug/ID1001__overcast__v0.png,success,,100,344,192,384,192\n"
+    )
     run(wf, check=False)
     got = {r["image_id"]: r for r in rows(wf)}
     assert got["ID1000"]["status"] == "success" and got["ID1000"]["origin"] == "adopted"

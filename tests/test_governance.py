@@ -37,31 +37,55 @@ def rows(wf):
 
 # ---------------------------------------------------------------- classification (unit)
 
+
 def err(status, message="", retry_after=None, quota=None, reason=""):
     e = AttemptError(message, retryable=True, status=status, retry_after=retry_after, reason=reason)
     e.quota = quota or []
     return e
 
 
-@pytest.mark.parametrize("e, provider, action, reason", [
-    (err(429, retry_after=20, quota=[{"quotaId": "GenerateRequestsPerMinutePerProjectPerModel", "quotaValue": "20"}]),
-     "gemini", "cooldown", "QUOTA_MINUTE"),
-    (err(429, quota=[{"quotaId": "GenerateRequestsPerDayPerProjectPerModel", "quotaValue": "250"}]),
-     "gemini", "stop", "QUOTA_DAY"),
-    (err(429, retry_after=20, quota=[{"quotaId": "GenerateRequestsPerMinutePerProjectPerModel", "quotaValue": "0"}]),
-     "gemini", "stop", "QUOTA_ZERO"),
-    (err(429, retry_after=3600), "gemini", "stop", "QUOTA_WAIT"),
-    (err(429), "gemini", "retry", ""),
-    (err(400, "HTTP 400 INVALID_ARGUMENT: API key not valid. (API_KEY_INVALID)"), "gemini", "stop", "BAD_KEY"),
-    (err(400, "HTTP 400 INVALID_ARGUMENT: Request contains an invalid argument."), "gemini", "retry", ""),
-    (err(401), "openrouter", "stop", "BAD_KEY"),
-    (err(402), "openrouter", "stop", "NO_CREDITS"),
-    (err(403), "gemini", "stop", "PERMISSION_DENIED"),
-    (err(403), "openrouter", "retry", ""),  # OpenRouter 403 = this input was flagged by moderation
-    (err(404), "gemini", "stop", "NO_MODEL"),
-    (err(302, "HTTP 302 redirect"), "gemini", "stop", "REDIRECT"),
-    (err(503), "gemini", "retry", ""),
-])
+@pytest.mark.parametrize(
+    "e, provider, action, reason",
+    [
+        (
+            err(
+                429,
+                retry_after=20,
+                quota=[{"quotaId": "GenerateRequestsPerMinutePerProjectPerModel", "quotaValue": "20"}],
+            ),
+            "gemini",
+            "cooldown",
+            "QUOTA_MINUTE",
+        ),
+        (
+            err(429, quota=[{"quotaId": "GenerateRequestsPerDayPerProjectPerModel", "quotaValue": "250"}]),
+            "gemini",
+            "stop",
+            "QUOTA_DAY",
+        ),
+        (
+            err(
+                429,
+                retry_after=20,
+                quota=[{"quotaId": "GenerateRequestsPerMinutePerProjectPerModel", "quotaValue": "0"}],
+            ),
+            "gemini",
+            "stop",
+            "QUOTA_ZERO",
+        ),
+        (err(429, retry_after=3600), "gemini", "stop", "QUOTA_WAIT"),
+        (err(429), "gemini", "retry", ""),
+        (err(400, "HTTP 400 INVALID_ARGUMENT: API key not valid. (API_KEY_INVALID)"), "gemini", "stop", "BAD_KEY"),
+        (err(400, "HTTP 400 INVALID_ARGUMENT: Request contains an invalid argument."), "gemini", "retry", ""),
+        (err(401), "openrouter", "stop", "BAD_KEY"),
+        (err(402), "openrouter", "stop", "NO_CREDITS"),
+        (err(403), "gemini", "stop", "PERMISSION_DENIED"),
+        (err(403), "openrouter", "retry", ""),  # OpenRouter 403 = this input was flagged by moderation
+        (err(404), "gemini", "stop", "NO_MODEL"),
+        (err(302, "HTTP 302 redirect"), "gemini", "stop", "REDIRECT"),
+        (err(503), "gemini", "retry", ""),
+    ],
+)
 def test_classify(e, provider, action, reason):
     v = governor.classify(e, provider, max_retry_wait_s=120)
     assert (v.action, v.reason) == (action, reason)
@@ -70,8 +94,9 @@ def test_classify(e, provider, action, reason):
 
 
 def test_daily_quota_names_the_reset_time():
-    v = governor.classify(err(429, quota=[{"quotaId": "GenerateRequestsPerDayPerProjectPerModel"}]), "gemini", 120,
-                          now=1_800_000_000)
+    v = governor.classify(
+        err(429, quota=[{"quotaId": "GenerateRequestsPerDayPerProjectPerModel"}]), "gemini", 120, now=1_800_000_000
+    )
     assert v.until > 1_800_000_000 and "midnight Pacific" in v.message
 
 
@@ -114,7 +139,7 @@ def test_rate_limit_ticks_are_unique_across_processes(tmp_path):
     ticks = sorted(round(t / interval) for t in got)
     assert len(set(ticks)) == 60  # no start time handed out twice
     # so no 60 s window can hold more than 600 starts: consecutive starts are >= one interval apart
-    assert all(b - a >= 1 for a, b in zip(ticks, ticks[1:]))
+    assert all(b - a >= 1 for a, b in zip(ticks, ticks[1:], strict=False))
 
 
 # ---------------------------------------------------------------- where locks hold (unit)
@@ -129,10 +154,17 @@ MOUNTS = """\
 """
 
 
-@pytest.mark.parametrize("path, node_local", [
-    ("/data/x", False), ("/lustre/proj/out", True), ("/nfs/out", False), ("/nfs3/out", True),
-    ("/beegfs/out", True), ("/lustre2/out", False),
-])
+@pytest.mark.parametrize(
+    "path, node_local",
+    [
+        ("/data/x", False),
+        ("/lustre/proj/out", True),
+        ("/nfs/out", False),
+        ("/nfs3/out", True),
+        ("/beegfs/out", True),
+        ("/lustre2/out", False),
+    ],
+)
 def test_node_local_locks_are_recognised(tmp_path, path, node_local):
     reason = locks.node_local_reason(path, mountinfo=MOUNTS, beegfs_conf=str(tmp_path / "missing.conf"))
     assert bool(reason) == node_local, reason
@@ -150,14 +182,18 @@ def test_probe_passes_where_flock_works(tmp_path):
 
 # ---------------------------------------------------------------- end to end
 
+
 @pytest.mark.e2e
 @pytest.mark.slow
-@pytest.mark.parametrize("provider, kind, cause", [
-    ("gemini", "bad_key", "API key is not valid"),
-    ("gemini", "not_found", "model does not exist"),
-    ("openrouter", "unauthorized", "API key is not valid"),
-    ("openrouter", "no_credits", "add credits or raise the key's limit"),
-])
+@pytest.mark.parametrize(
+    "provider, kind, cause",
+    [
+        ("gemini", "bad_key", "API key is not valid"),
+        ("gemini", "not_found", "model does not exist"),
+        ("openrouter", "unauthorized", "API key is not valid"),
+        ("openrouter", "no_credits", "add credits or raise the key's limit"),
+    ],
+)
 def test_a_fatal_error_stops_the_run_after_the_calls_in_flight(tmp_path, standin, provider, kind, cause):
     wf = make_paid_run(tmp_path, standin, provider=provider, n_images=30, augs=ONE, concurrency=3)
     standin.set_default(provider, kind)
@@ -205,8 +241,10 @@ def test_a_daily_quota_stops_dispatching(tmp_path, standin):
 @pytest.mark.slow
 def test_a_429_pauses_every_job(tmp_path, standin):
     wf = make_paid_run(tmp_path, standin, n_images=8, augs=ONE, concurrency=3, retry_backoff_s=0)
-    standin.script("gemini", B("rate_limit", retry_delay="3s",
-                               quota_id="GenerateRequestsPerMinutePerProjectPerModel", quota_value="20"))
+    standin.script(
+        "gemini",
+        B("rate_limit", retry_delay="3s", quota_id="GenerateRequestsPerMinutePerProjectPerModel", quota_value="20"),
+    )
     res = run(wf)
     assert res.returncode == 0, res.stderr[-3000:]
     limited = next(r for r in standin.requests if r.status == 429)
@@ -240,8 +278,16 @@ def test_per_minute_quota_with_the_run_wide_rate_limit(tmp_path, standin):
     """40 targets, C = 8, a quota of 30 requests in any 15 s (the stand-in's minute shortened: the point
     is the spacing, not the wall time) and api.max_requests_per_minute: 120 (one start every 0.5 s):
     the quota is (almost) never hit."""
-    wf = make_paid_run(tmp_path, standin, n_images=40, augs=ONE, concurrency=8, max_requests_per_minute=120,
-                       retry_backoff_s=1, max_retries=5)
+    wf = make_paid_run(
+        tmp_path,
+        standin,
+        n_images=40,
+        augs=ONE,
+        concurrency=8,
+        max_requests_per_minute=120,
+        retry_backoff_s=1,
+        max_retries=5,
+    )
     standin.set_quota(per_minute=30, window_s=15.0)
     res = snakemake(wf, "-j", "16", "--configfile", "run.yaml", timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -35,7 +35,10 @@ def test_key_file_is_read_and_stripped(tmp_path):
 def test_env_fallback_order_when_file_missing(tmp_path):
     env = {"GOOGLE_API_KEY": "google-key", "GEMINI_API_KEY": "gemini-key"}
     assert keys.load_api_key(cfg(), tmp_path, environ=env) == "gemini-key"
-    assert keys.load_api_key(cfg(), tmp_path, environ={"GOOGLE_API_KEY": "google-key", "GEMINI_API_KEY": ""}) == "google-key"
+    assert (
+        keys.load_api_key(cfg(), tmp_path, environ={"GOOGLE_API_KEY": "google-key", "GEMINI_API_KEY": ""})
+        == "google-key"
+    )
     assert keys.load_api_key(cfg("openrouter"), tmp_path, environ={"OPENROUTER_API_KEY": "sk-or-1"}) == "sk-or-1"
 
 
@@ -69,19 +72,33 @@ def test_key_file_that_is_a_directory(tmp_path):
         keys.load_api_key(cfg(), tmp_path, environ={"GEMINI_API_KEY": SECRET})
 
 
-@pytest.mark.parametrize("url", [
-    "https://generativelanguage.googleapis.com/v1beta", "https://openrouter.ai/api/v1/chat/completions",
-    "http://127.0.0.1:8080/v1beta", "http://127.5.6.7/x", "http://localhost:1234/api/v1/chat/completions",
-    "http://[::1]:9000/v1beta",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://generativelanguage.googleapis.com/v1beta",
+        "https://openrouter.ai/api/v1/chat/completions",
+        "http://127.0.0.1:8080/v1beta",
+        "http://127.5.6.7/x",
+        "http://localhost:1234/api/v1/chat/completions",
+        "http://[::1]:9000/v1beta",
+    ],
+)
 def test_base_url_accepted(url):
     assert keys.check_base_url(url) == url
 
 
-@pytest.mark.parametrize("url", [
-    "http://example.com/v1beta", "http://10.0.0.1/v1beta", "http://[::2]/x", "ftp://127.0.0.1/x", "127.0.0.1:80",
-    "https://user:pw@example.com/x", "http://localhost.evil.com/x",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/v1beta",
+        "http://10.0.0.1/v1beta",
+        "http://[::2]/x",
+        "ftp://127.0.0.1/x",
+        "127.0.0.1:80",
+        "https://user:pw@example.com/x",
+        "http://localhost.evil.com/x",
+    ],
+)
 def test_base_url_refused(url):
     with pytest.raises(ConfigError, match="api.base_url"):
         keys.check_base_url(url)

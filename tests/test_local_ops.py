@@ -65,7 +65,10 @@ def shift_of(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
     fa, fb = np.fft.fft2(ga - ga.mean()), np.fft.fft2(gb - gb.mean())
     r = np.fft.ifft2(fb * np.conj(fa) / (np.abs(fb * np.conj(fa)) + 1e-12)).real
     dy, dx = np.unravel_index(np.argmax(r), r.shape)
-    return (int(dy if dy <= r.shape[0] // 2 else dy - r.shape[0]), int(dx if dx <= r.shape[1] // 2 else dx - r.shape[1]))
+    return (
+        int(dy if dy <= r.shape[0] // 2 else dy - r.shape[0]),
+        int(dx if dx <= r.shape[1] // 2 else dx - r.shape[1]),
+    )
 
 
 # ---------------------------------------------------------------- sampling
@@ -106,7 +109,13 @@ def test_sample_params_stable_across_processes():
         "print(json.dumps(L.sample_params({'exposure': [-2, 2], 'jpeg_quality': [10, 90]}, 'ID1', 'a', 2, 7)), L.noise_seed('ID1', 'a', 2, 7))"
     )
     outs = {
-        subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": s}, capture_output=True, text=True, check=True).stdout
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": s},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         for s in ("1", "2")
     }
     assert len(outs) == 1  # sha256, not the salted hash()
@@ -114,7 +123,12 @@ def test_sample_params_stable_across_processes():
 
 @pytest.mark.parametrize(
     "recipe, word",
-    [({"exposure": 5}, "exposure"), ({"poisson_noise": 0}, "poisson_noise"), ({"jpeg_quality": [0, 50]}, "jpeg_quality"), ({"vignette": "x"}, "vignette")],
+    [
+        ({"exposure": 5}, "exposure"),
+        ({"poisson_noise": 0}, "poisson_noise"),
+        ({"jpeg_quality": [0, 50]}, "jpeg_quality"),
+        ({"vignette": "x"}, "vignette"),
+    ],
 )
 def test_bad_recipe_values_are_named(recipe, word):
     with pytest.raises(L.RecipeError, match=word):
@@ -128,7 +142,17 @@ def test_identity_returns_the_same_pixels():
     img = textured()
     src = np.asarray(img)
     assert np.array_equal(np.asarray(L.apply_recipe(img, {}, 5)), src)
-    neutral = {"white_balance": 6500.0, "exposure": 0.0, "brightness": 0.0, "contrast": 1.0, "gamma": 1.0, "saturation": 1.0, "vignette": 0.0, "gaussian_blur": 0.0, "gaussian_noise": 0.0}
+    neutral = {
+        "white_balance": 6500.0,
+        "exposure": 0.0,
+        "brightness": 0.0,
+        "contrast": 1.0,
+        "gamma": 1.0,
+        "saturation": 1.0,
+        "vignette": 0.0,
+        "gaussian_blur": 0.0,
+        "gaussian_noise": 0.0,
+    }
     assert np.array_equal(np.asarray(L.apply_recipe(img, neutral, 5)), src)
     # a lossless linear round trip
     assert np.array_equal(L.to_uint8(L.linear_to_srgb(L.srgb_to_linear(L.to_float(src)))), src)
@@ -234,7 +258,9 @@ def test_blur_lowers_high_frequencies_and_scales_with_width():
     # the blur is a Gaussian of the stated sigma: an impulse spreads with variance sigma**2
     dot = np.zeros((201, 201, 3), np.uint8)
     dot[95:106, 95:106] = 255
-    spread = L.to_float(L.apply_recipe(Image.fromarray(dot), {"gaussian_blur": 4.0 * 2000 / 201}, 0))[..., 0].astype(np.float64)
+    spread = L.to_float(L.apply_recipe(Image.fromarray(dot), {"gaussian_blur": 4.0 * 2000 / 201}, 0))[..., 0].astype(
+        np.float64
+    )
     ys = np.arange(201)
     var = (spread.sum(axis=1) * (ys - 100) ** 2).sum() / spread.sum() - (11**2 - 1) / 12  # minus the 11 px square's own
     assert np.sqrt(var) == pytest.approx(4.0, rel=0.1)
@@ -283,13 +309,30 @@ def jpeg_bytes(img) -> bytes:
 
 
 def request(data: bytes, recipe, k=0) -> Request:
-    return Request(image_bytes=data, mime_type="image/jpeg", prompt="p", image_id="ID1011485656", aug_name="harsh_sun", variant_idx=k, seed=0, recipe=recipe)
+    return Request(
+        image_bytes=data,
+        mime_type="image/jpeg",
+        prompt="p",
+        image_id="ID1011485656",
+        aug_name="harsh_sun",
+        variant_idx=k,
+        seed=0,
+        recipe=recipe,
+    )
 
 
 def test_provider_applies_the_sampled_recipe():
-    cfg = {"api": {"provider": "local", "model": None}, "augmentations": [{"name": "harsh_sun", "prompt": "p", "local": {"exposure": [0.2, 0.5]}}]}
+    cfg = {
+        "api": {"provider": "local", "model": None},
+        "augmentations": [{"name": "harsh_sun", "prompt": "p", "local": {"exposure": [0.2, 0.5]}}],
+    }
     provider = make_provider(cfg, None)
-    assert isinstance(provider, LocalProvider) and provider.name == "local" and provider.paid is False and provider.model == "recipes-v1"
+    assert (
+        isinstance(provider, LocalProvider)
+        and provider.name == "local"
+        and provider.paid is False
+        and provider.model == "recipes-v1"
+    )
     data = jpeg_bytes(textured())
     gen = provider.attempt(request(data, {"exposure": [0.2, 0.5]}))
     params = json.loads(gen.text)

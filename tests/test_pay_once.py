@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import (edit_config, log_text, make_paid_run, rows, run, said, snakemake, start, wait_for)
+from .helpers import edit_config, log_text, make_paid_run, rows, run, said, start, wait_for
 from .standin.server import B
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # CI: pytest -m slow
@@ -62,12 +62,19 @@ def answer_jobs(res) -> int:
 
 # ---------------------------------------------------------------- 1. locks and other invocations
 
+
 def test_other_invocations_never_disturb_a_live_run(tmp_path, standin):
     wf = make_paid_run(tmp_path, standin, n_images=8, augs=ONE, concurrency=8, timeout_s=600)
     standin.set_default("gemini", B("hold"))
     a = start(wf, log_name="a.log")
     standin.wait_until(lambda s: held(s) == 8)
-    for args in (["-n"], ["--summary"], ["--dag"], ["--lint"], ["-n", "--config", "prompt_prefix=Repaint every plant."]):
+    for args in (
+        ["-n"],
+        ["--summary"],
+        ["--dag"],
+        ["--lint"],
+        ["-n", "--config", "prompt_prefix=Repaint every plant."],
+    ):
         run(wf, *args, check=False)
     second = run(wf, check=False)  # a second real run: Snakemake's lock stops it
     assert second.returncode != 0 and "cannot be locked" in second.stderr
@@ -98,11 +105,12 @@ def test_a_dry_run_with_another_budget_changes_nothing_of_a_live_run(tmp_path, s
     assert len(standin.requests) == 4 and all(r.prompt.startswith(PREFIX) for r in standin.requests)
     assert "4 answers left for the next run" in a.log_path.read_text()
     assert sorted(r["status"] for r in rows(wf)) == ["success"] * 4
-    res = run(wf)  # the next run buys the rest, within its own budget
+    run(wf)  # the next run buys the rest, within its own budget
     assert len(standin.requests) == 8 and set(per_target(standin).values()) == {1}
 
 
 # ---------------------------------------------------------------- 2. regeneration
+
 
 def test_unfinished_regeneration_keeps_old_outputs_and_resumes_without_paying_twice(tmp_path, standin):
     wf = make_paid_run(tmp_path, standin, n_images=6, augs=ONE)
@@ -128,7 +136,11 @@ def test_unfinished_regeneration_keeps_old_outputs_and_resumes_without_paying_tw
     assert len(standin.answers()) == 18 and {r["answer_id"] for r in rows(wf)} == {"v3"}
     # files follow the umask (here 022): readable by a training job of another user; answers read-only
     out = wf / "data" / "aug"
-    for p in [next(out.glob("*.png")), next((out / "sidecars").glob("*.json")), next((out / "answers").rglob("*.json"))]:
+    for p in [
+        next(out.glob("*.png")),
+        next((out / "sidecars").glob("*.json")),
+        next((out / "answers").rglob("*.json")),
+    ]:
         assert p.stat().st_mode & 0o777 == 0o644, p
     assert next((out / "answers").rglob("v1.png")).stat().st_mode & 0o777 == 0o444
 
@@ -148,6 +160,7 @@ def test_interrupted_full_regeneration_resumes_and_forcerun_generate_is_free(tmp
 
 
 # ---------------------------------------------------------------- 3. kill -9
+
 
 def test_next_run_after_killing_snakemake_never_repeats_the_orphans_calls(tmp_path, standin):
     wf = make_paid_run(tmp_path, standin, n_images=4, augs=ONE, concurrency=4, timeout_s=600)
@@ -183,6 +196,7 @@ def test_answers_that_arrived_before_a_kill_are_not_bought_again(tmp_path, stand
 
 # ---------------------------------------------------------------- 4. nothing sent that cannot be used
 
+
 def test_truncated_source_is_never_sent(tmp_path, standin):
     wf = make_paid_run(tmp_path, standin, n_images=2, augs=ONE, size=(400, 200))
     src = wf / "data" / "train" / "ID1001.jpg"
@@ -196,6 +210,7 @@ def test_truncated_source_is_never_sent(tmp_path, standin):
 
 
 # ---------------------------------------------------------------- 5. protection without the profile
+
 
 def test_edited_rules_and_all_rerun_triggers_never_pay_again(tmp_path, standin):
     wf = make_paid_run(tmp_path, standin, n_images=2)
@@ -212,6 +227,7 @@ def test_edited_rules_and_all_rerun_triggers_never_pay_again(tmp_path, standin):
 
 # ---------------------------------------------------------------- 6. the plan is the truth
 
+
 def test_a_dry_run_lists_exactly_the_answers_the_run_buys(tmp_path, standin):
     wf = make_paid_run(tmp_path, standin, n_images=3)
     run(wf, "--until", "targets")
@@ -220,8 +236,12 @@ def test_a_dry_run_lists_exactly_the_answers_the_run_buys(tmp_path, standin):
     res = run(wf)
     assert to_buy(res) == 6 == len(standin.requests)
     assert "Nothing to be done" in said(run(wf, "-n"))
-    cases = ((["--config", "regenerate=noise"], 3), (["--forcerun", "generate"], 0),
-             (["-f", "data/aug/ID1000__noise__v0.png"], 0), ([], 0))
+    cases = (
+        (["--config", "regenerate=noise"], 3),
+        (["--forcerun", "generate"], 0),
+        (["-f", "data/aug/ID1000__noise__v0.png"], 0),
+        ([], 0),
+    )
     for args, expected in cases:
         dry = run(wf, "-n", *args)
         assert answer_jobs(dry) == to_buy(dry) == expected, (args, said(dry)[-2000:])
@@ -241,6 +261,7 @@ def test_a_dry_run_lists_exactly_the_answers_the_run_buys(tmp_path, standin):
 
 
 # ---------------------------------------------------------------- 7. answers are the store
+
 
 def test_free_rebuilds_never_call_and_keep_the_answers_fingerprint(tmp_path, standin):
     """Defect: a free rebuild stamped the current config's generation key onto outputs bought with an
@@ -270,8 +291,8 @@ def test_a_deleted_output_is_rebuilt_from_its_answer_for_free(tmp_path, standin)
     (out / "ID1000__overcast__v0.png").unlink()
     cut = out / "ID1001__noise__v0.png"
     cut.write_bytes(cut.read_bytes()[:1000])  # damaged by hand: -f rebuilds it, free
-    res = run(wf, "-f", str(cut.relative_to(wf)))
-    res = run(wf)
+    run(wf, "-f", str(cut.relative_to(wf)))
+    run(wf)
     assert len(standin.requests) == calls
     from PIL import Image
 
@@ -285,8 +306,10 @@ def test_undecodable_answer_is_a_failed_attempt_retried_in_the_same_job(tmp_path
     wf = make_paid_run(tmp_path, standin, n_images=1, augs=ONE)
     broken = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64  # a PNG signature with nothing decodable behind it
     part = {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(broken).decode()}}
-    body = {"candidates": [{"content": {"role": "model", "parts": [part]}, "finishReason": "STOP"}],
-            "usageMetadata": {"promptTokenCount": 600, "candidatesTokenCount": 1120, "totalTokenCount": 1720}}
+    body = {
+        "candidates": [{"content": {"role": "model", "parts": [part]}, "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": 600, "candidatesTokenCount": 1120, "totalTokenCount": 1720},
+    }
     standin.script("gemini", B("raw", status=200, body=body), "ok")
     run(wf)
     (r,) = rows(wf)
@@ -320,7 +343,8 @@ def test_a_failure_after_the_paid_call_leaves_the_answer_for_a_free_rebuild(tmp_
     wf = make_paid_run(tmp_path, standin, n_images=1, augs=ONE)
     (wf / "scripts" / "nano_banana_aug" / "postprocess.py").write_text(
         (wf / "scripts" / "nano_banana_aug" / "postprocess.py").read_text()
-        + "\n\ndef apply(*args, **kwargs):\n    raise RuntimeError('simulated bug after the call')\n")
+        + "\n\ndef apply(*args, **kwargs):\n    raise RuntimeError('simulated bug after the call')\n"
+    )
     res = run(wf, check=False)
     assert res.returncode != 0 and "simulated bug after the call" in res.stderr
     # one line of the job on the terminal; the traceback is in the job's log (which the rich logger
@@ -331,7 +355,8 @@ def test_a_failure_after_the_paid_call_leaves_the_answer_for_a_free_rebuild(tmp_
     assert "Traceback" in log.read_text() and "simulated bug after the call" in log.read_text()
     assert len(standin.requests) == 1 and not (wf / "data" / "aug" / "ID1000__overcast__v0.png").exists()
     (wf / "scripts" / "nano_banana_aug" / "postprocess.py").write_text(
-        (Path(__file__).resolve().parents[1] / "scripts" / "nano_banana_aug" / "postprocess.py").read_text())
+        (Path(__file__).resolve().parents[1] / "scripts" / "nano_banana_aug" / "postprocess.py").read_text()
+    )
     run(wf)
     (r,) = rows(wf)
     assert r["status"] == "success" and r["answer_id"] == "v1" and len(standin.requests) == 1
@@ -346,7 +371,10 @@ def test_prune_answers_never_deletes_an_answer_an_output_needs(tmp_path, standin
     res = run(wf, target="prune_answers")
     assert "answers: 2 images deleted" in said(res)
     for stem in ("ID1000__overcast__v0", "ID1001__overcast__v0"):
-        assert sorted(p.name for p in (out / "answers" / stem).iterdir() if not p.name.startswith(".")) == \
-            ["v1.json", "v2.json", "v2.png"]
+        assert sorted(p.name for p in (out / "answers" / stem).iterdir() if not p.name.startswith(".")) == [
+            "v1.json",
+            "v2.json",
+            "v2.png",
+        ]
     run(wf, "--forcerun", "generate")  # every output can still be rebuilt from its own answer
     assert len(standin.requests) == calls and {r["answer_id"] for r in rows(wf)} == {"v2"}

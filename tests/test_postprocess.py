@@ -6,13 +6,28 @@ from PIL import Image
 
 from nano_banana_aug.postprocess import apply, plan
 
-PAD = {"enforce_aspect_ratio": 2.0, "mode": "pad", "pad_mode": "reflect", "pad_color": [0, 0, 0], "target_size": None, "resample": "bicubic"}
+PAD = {
+    "enforce_aspect_ratio": 2.0,
+    "mode": "pad",
+    "pad_mode": "reflect",
+    "pad_color": [0, 0, 0],
+    "target_size": None,
+    "resample": "bicubic",
+}
 CROP = dict(PAD, mode="crop")
 
 
 def test_no_enforcement_keeps_everything():
     g = plan(1376, 768, {"enforce_aspect_ratio": None, "target_size": None})
-    assert (g.aspect_w, g.aspect_h, g.out_w, g.out_h, g.pad_area_px, g.area_scale, g.mode) == (1376, 768, 1376, 768, 0, 1.0, "none")
+    assert (g.aspect_w, g.aspect_h, g.out_w, g.out_h, g.pad_area_px, g.area_scale, g.mode) == (
+        1376,
+        768,
+        1376,
+        768,
+        0,
+        1.0,
+        "none",
+    )
 
 
 def test_pad_too_tall_model_output_16_9_to_2_1():
@@ -43,7 +58,7 @@ def test_pad_odd_split_goes_bottom_right():
     arr = np.asarray(out)
     assert out.size == (1536, 768)
     assert (arr[:, :79] == [0, 255, 0]).all() and (arr[:, 79] == [200, 10, 10]).all()
-    assert (arr[:, 79 + 1377:] == [0, 255, 0]).all() and arr[:, 79 + 1377:].shape[1] == 80
+    assert (arr[:, 79 + 1377 :] == [0, 255, 0]).all() and arr[:, 79 + 1377 :].shape[1] == 80
 
 
 def test_crop_mirror_of_pad():

@@ -44,16 +44,35 @@ JPEG = source_jpeg()
 
 
 def make_request(data: bytes = JPEG) -> Request:
-    return Request(image_bytes=data, mime_type="image/jpeg", prompt=PROMPT, image_id="ID1011485656",
-                   aug_name="overcast", variant_idx=0, source_path="train/ID1011485656.jpg")
+    return Request(
+        image_bytes=data,
+        mime_type="image/jpeg",
+        prompt=PROMPT,
+        image_id="ID1011485656",
+        aug_name="overcast",
+        variant_idx=0,
+        source_path="train/ID1011485656.jpg",
+    )
 
 
 def api_cfg(provider: str, standin, **api) -> dict:
     base = standin.gemini_base_url if provider == "gemini" else standin.openrouter_url
-    defaults = {"provider": provider, "model": None, "api_key_file": None, "base_url": base, "http_referer": None,
-                "x_title": None, "extra_headers": {}, "modalities": ["image", "text"], "concurrency": 1,
-                "timeout_s": 10, "max_retries": 3, "retry_backoff_s": 1.0, "max_retry_wait_s": 30,
-                "image_config": None}
+    defaults = {
+        "provider": provider,
+        "model": None,
+        "api_key_file": None,
+        "base_url": base,
+        "http_referer": None,
+        "x_title": None,
+        "extra_headers": {},
+        "modalities": ["image", "text"],
+        "concurrency": 1,
+        "timeout_s": 10,
+        "max_retries": 3,
+        "retry_backoff_s": 1.0,
+        "max_retry_wait_s": 30,
+        "image_config": None,
+    }
     return {"api": {**defaults, **api}}
 
 
@@ -66,6 +85,7 @@ def provider_name(request):
 def make(standin):
     def build(provider: str, key: str = KEY, **api):
         return make_provider(api_cfg(provider, standin, **api), key)
+
     return build
 
 
@@ -77,6 +97,7 @@ def attempt_error(provider, request=None) -> AttemptError:
 
 
 # ---------------------------------------------------------------- normal answers
+
 
 def test_gemini_request_wire_format(standin, make):
     gen = make("gemini").attempt(make_request())
@@ -95,8 +116,14 @@ def test_gemini_request_wire_format(standin, make):
 
 
 def test_openrouter_request_wire_format(standin, make):
-    prov = make("openrouter", model="gemini-2.5-flash-image", http_referer="https://example.org/app",
-                x_title="pasture-aug", extra_headers={"X-Extra": "1"}, image_config={"aspect_ratio": "16:9"})
+    prov = make(
+        "openrouter",
+        model="gemini-2.5-flash-image",
+        http_referer="https://example.org/app",
+        x_title="pasture-aug",
+        extra_headers={"X-Extra": "1"},
+        image_config={"aspect_ratio": "16:9"},
+    )
     gen = prov.attempt(make_request())
     (rec,) = standin.requests
     assert rec.path == "/api/v1/chat/completions"
@@ -109,8 +136,10 @@ def test_openrouter_request_wire_format(standin, make):
     assert body["image_config"] == {"aspect_ratio": "16:9"}
     (msg,) = body["messages"]
     assert msg["role"] == "user"
-    assert msg["content"][0] == {"type": "image_url",
-                                 "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(JPEG).decode()}}
+    assert msg["content"][0] == {
+        "type": "image_url",
+        "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(JPEG).decode()},
+    }
     assert msg["content"][1] == {"type": "text", "text": PROMPT}
     assert gen.model_version == "google/gemini-2.5-flash-image" and gen.response_id.startswith("gen-")
 
@@ -129,7 +158,11 @@ def test_answer_is_derived_image_with_usage(standin, make, provider_name):
 
 
 def test_image_config_passthrough_changes_size(standin, make, provider_name):
-    cfg = {"aspectRatio": "21:9", "imageSize": "2K"} if provider_name == "gemini" else {"aspect_ratio": "21:9", "image_size": "2K"}
+    cfg = (
+        {"aspectRatio": "21:9", "imageSize": "2K"}
+        if provider_name == "gemini"
+        else {"aspect_ratio": "21:9", "image_size": "2K"}
+    )
     gen = make(provider_name, image_config=cfg).attempt(make_request())
     assert decode(gen.data, max_pixels=50_000_000).size == (3168, 1344)
     if provider_name == "gemini":
@@ -176,17 +209,21 @@ def test_mime_type_of_request_comes_from_bytes(standin, make, provider_name):
 
 # ---------------------------------------------------------------- failed attempts
 
-@pytest.mark.parametrize("kind, gemini_reason, openrouter_reason", [
-    ("prompt_blocked", "PROHIBITED_CONTENT", "PROHIBITED_CONTENT"),
-    ("image_safety", "IMAGE_SAFETY", "IMAGE_SAFETY"),
-    ("text_only", "NO_IMAGE", "NO_IMAGE"),
-    ("only_thoughts", "NO_IMAGE", "NO_IMAGE"),
-    ("no_candidates", "NO_CANDIDATES", "NO_CHOICES"),
-    ("garbage_base64", "BAD_IMAGE_DATA", "BAD_IMAGE_DATA"),
-    ("not_an_image", "BAD_IMAGE_DATA", "BAD_IMAGE_DATA"),
-    ("http200_error", "UNAVAILABLE", "IMAGE_SAFETY"),
-    ("finish_error", "OTHER", "OTHER"),
-])
+
+@pytest.mark.parametrize(
+    "kind, gemini_reason, openrouter_reason",
+    [
+        ("prompt_blocked", "PROHIBITED_CONTENT", "PROHIBITED_CONTENT"),
+        ("image_safety", "IMAGE_SAFETY", "IMAGE_SAFETY"),
+        ("text_only", "NO_IMAGE", "NO_IMAGE"),
+        ("only_thoughts", "NO_IMAGE", "NO_IMAGE"),
+        ("no_candidates", "NO_CANDIDATES", "NO_CHOICES"),
+        ("garbage_base64", "BAD_IMAGE_DATA", "BAD_IMAGE_DATA"),
+        ("not_an_image", "BAD_IMAGE_DATA", "BAD_IMAGE_DATA"),
+        ("http200_error", "UNAVAILABLE", "IMAGE_SAFETY"),
+        ("finish_error", "OTHER", "OTHER"),
+    ],
+)
 def test_image_less_answers_are_retryable(standin, make, provider_name, kind, gemini_reason, openrouter_reason):
     standin.script(provider_name, kind)
     err = attempt_error(make(provider_name))
@@ -211,8 +248,13 @@ def test_block_messages_name_reason_and_quote_model_text(standin, make):
 
 
 def test_openrouter_http200_error_carries_message_and_raw_reason(standin, make):
-    standin.script("openrouter", "http200_error", B("http200_error", code=402, message="Insufficient credits"),
-                   B("finish_error", reason="IMAGE_SAFETY"), B("image_safety", text="No."))
+    standin.script(
+        "openrouter",
+        "http200_error",
+        B("http200_error", code=402, message="Insufficient credits"),
+        B("finish_error", reason="IMAGE_SAFETY"),
+        B("image_safety", text="No."),
+    )
     prov = make("openrouter")
     err = attempt_error(prov)
     assert "Provider returned error" in err.message and "IMAGE_SAFETY" in err.message and err.retryable
@@ -234,19 +276,37 @@ def test_openrouter_error_code_as_text_is_final(standin, make):
 
 def test_openrouter_hosted_image_url_is_not_retried(standin, make):
     """A model that answers with a hosted URL does so every time: a deterministic failure."""
-    body = {"id": "gen-1", "model": "google/gemini-3-pro-image-preview", "choices": [{
-        "finish_reason": "stop", "native_finish_reason": "STOP",
-        "message": {"role": "assistant", "content": "",
-                    "images": [{"type": "image_url", "image_url": {"url": "https://cdn.example/img.png"}}]}}]}
+    body = {
+        "id": "gen-1",
+        "model": "google/gemini-3-pro-image-preview",
+        "choices": [
+            {
+                "finish_reason": "stop",
+                "native_finish_reason": "STOP",
+                "message": {
+                    "role": "assistant",
+                    "content": "",
+                    "images": [{"type": "image_url", "image_url": {"url": "https://cdn.example/img.png"}}],
+                },
+            }
+        ],
+    }
     standin.script("openrouter", B("raw", status=200, body=body))
     err = attempt_error(make("openrouter"))
     assert err.retryable is False and err.reason == "IMAGE_URL" and "data URL" in err.message
 
 
-@pytest.mark.parametrize("kind, status", [
-    ("rate_limit", 429), ("server_error", 500), ("bad_gateway", 502), ("overloaded", 503),
-    ("gateway_timeout", 504), ("request_timeout", 408),
-])
+@pytest.mark.parametrize(
+    "kind, status",
+    [
+        ("rate_limit", 429),
+        ("server_error", 500),
+        ("bad_gateway", 502),
+        ("overloaded", 503),
+        ("gateway_timeout", 504),
+        ("request_timeout", 408),
+    ],
+)
 def test_retryable_statuses(standin, make, provider_name, kind, status):
     standin.script(provider_name, kind)
     err = attempt_error(make(provider_name))
@@ -256,10 +316,17 @@ def test_retryable_statuses(standin, make, provider_name, kind, status):
         assert "overloaded" in err.message
 
 
-@pytest.mark.parametrize("kind, status", [
-    ("bad_request", 400), ("unauthorized", 401), ("no_credits", 402), ("forbidden", 403), ("not_found", 404),
-    ("too_large", 413),
-])
+@pytest.mark.parametrize(
+    "kind, status",
+    [
+        ("bad_request", 400),
+        ("unauthorized", 401),
+        ("no_credits", 402),
+        ("forbidden", 403),
+        ("not_found", 404),
+        ("too_large", 413),
+    ],
+)
 def test_final_statuses(standin, make, provider_name, kind, status):
     standin.script(provider_name, kind)
     err = attempt_error(make(provider_name))
@@ -267,8 +334,13 @@ def test_final_statuses(standin, make, provider_name, kind, status):
 
 
 def test_gemini_retry_info_and_retry_after(standin, make):
-    standin.script("gemini", "rate_limit", B("rate_limit", retry_delay="1.5s"), B("overloaded", retry_after="7"),
-                   B("rate_limit", retry_delay=None))
+    standin.script(
+        "gemini",
+        "rate_limit",
+        B("rate_limit", retry_delay="1.5s"),
+        B("overloaded", retry_after="7"),
+        B("rate_limit", retry_delay=None),
+    )
     prov = make("gemini")
     assert attempt_error(prov).retry_after == 53.0
     assert attempt_error(prov).retry_after == 1.5
@@ -331,6 +403,7 @@ def socket_port():
 
         def __exit__(self, *exc):
             sock.close()
+
     return Ctx()
 
 
@@ -341,6 +414,7 @@ def test_undecodable_source_is_final(standin, make, provider_name):
 
 
 # ---------------------------------------------------------------- retries
+
 
 def run_with_retries(provider, policy):
     waits = []
@@ -362,7 +436,9 @@ def test_retries_honour_server_waits(standin, make, provider_name):
 
 def test_server_wait_is_capped(standin, make):
     standin.script("gemini", B("rate_limit", retry_delay="3600s"), "ok")
-    gen, waits = run_with_retries(make("gemini"), RetryPolicy(max_attempts=3, backoff_s=1.0, max_wait_s=30.0, jitter=0.0))
+    gen, waits = run_with_retries(
+        make("gemini"), RetryPolicy(max_attempts=3, backoff_s=1.0, max_wait_s=30.0, jitter=0.0)
+    )
     assert waits == [30.0] and gen.attempts == 2
 
 
@@ -376,8 +452,9 @@ def test_final_errors_are_not_retried(standin, make, provider_name, kind):
 
 def test_timeouts_drops_and_blocks_are_retried(standin, make, provider_name):
     standin.script(provider_name, B("slow", delay=2), "drop", "image_safety", "text_only", "ok")
-    gen, waits = run_with_retries(make(provider_name, timeout_s=0.4),
-                                  RetryPolicy(max_attempts=5, backoff_s=0.5, jitter=0.0))
+    gen, waits = run_with_retries(
+        make(provider_name, timeout_s=0.4), RetryPolicy(max_attempts=5, backoff_s=0.5, jitter=0.0)
+    )
     assert gen.attempts == 5 and waits == [0.5, 1.0, 1.5, 2.0]
 
 
@@ -389,6 +466,7 @@ def test_all_attempts_failing(standin, make):
 
 # ---------------------------------------------------------------- the key
 
+
 def test_key_only_in_auth_header(standin, make, provider_name):
     prov = make(provider_name, timeout_s=0.4)
     standin.script(provider_name, "ok", "rate_limit", "drop", "bad_request", "image_safety", B("slow", delay=2))
@@ -399,8 +477,11 @@ def test_key_only_in_auth_header(standin, make, provider_name):
             assert KEY not in str(err) and KEY not in repr(err) and KEY not in err.message
     assert KEY not in repr(prov) and KEY not in str(vars(prov).get("url", "")) + getattr(prov, "base_url", "")
     assert standin.key_leaks(KEY) == []
-    assert all((r.header("x-goog-api-key") if provider_name == "gemini" else r.header("Authorization")) in (KEY, f"Bearer {KEY}")
-               for r in standin.requests)
+    assert all(
+        (r.header("x-goog-api-key") if provider_name == "gemini" else r.header("Authorization"))
+        in (KEY, f"Bearer {KEY}")
+        for r in standin.requests
+    )
 
 
 def test_key_echoed_by_service_is_redacted(standin, make, provider_name):
@@ -436,13 +517,16 @@ def test_defaults_from_config():
 
 # ---------------------------------------------------------------- helpers and the stand-in itself
 
+
 def test_http_helpers():
     assert parse_duration("53s") == 53.0 and parse_duration("1.5s") == 1.5 and parse_duration("0.250s") == 0.25
     assert parse_duration({"seconds": 2, "nanos": 500_000_000}) == 2.5 and parse_duration("soon") is None
     assert parse_retry_after("12") == 12.0 and parse_retry_after("") is None and parse_retry_after("-3") is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
-    details = [{"@type": "type.googleapis.com/google.rpc.Help"},
-               {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "9s"}]
+    details = [
+        {"@type": "type.googleapis.com/google.rpc.Help"},
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "9s"},
+    ]
     assert retry_delay_from_details(details) == 9.0 and retry_delay_from_details(None) is None
     q = quote("a\n  b" + "x" * 500)
     assert q.startswith('"a b') and len(q) <= 202 and q.endswith('…"')
@@ -450,8 +534,10 @@ def test_http_helpers():
 
 def test_standin_rejects_misplaced_aspect_ratio_and_tracks_concurrency(standin):
     url = f"{standin.gemini_base_url}/models/gemini-3-pro-image-preview:generateContent"
-    body = {"contents": [{"role": "user", "parts": [{"text": "x"}]}],
-            "generationConfig": {"responseModalities": ["IMAGE"], "aspectRatio": "16:9"}}
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": "x"}]}],
+        "generationConfig": {"responseModalities": ["IMAGE"], "aspectRatio": "16:9"},
+    }
     r = requests.post(url, json=body, headers={"x-goog-api-key": KEY}, timeout=5)
     assert r.status_code == 400 and "aspectRatio" in r.json()["error"]["message"]
     r = requests.post(url, json=body, timeout=5)
@@ -479,17 +565,34 @@ def test_standin_match_rules(standin, make):
 def test_standin_cli_subprocess(tmp_path):
     ready = tmp_path / "url"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts")])}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.standin.server", "--port", "0", "--latency", "0.05",
-                             "--api-key", KEY, "--ready-file", str(ready)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.standin.server",
+            "--port",
+            "0",
+            "--latency",
+            "0.05",
+            "--api-key",
+            KEY,
+            "--ready-file",
+            str(ready),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 20
         while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         url = ready.read_text().strip()
         assert requests.get(f"{url}/_standin/health", timeout=5).json() == {"ok": True}
-        requests.post(f"{url}/_standin/script", json={"protocol": "openrouter", "behaviours": [{"kind": "no_credits"}]},
-                      timeout=5).raise_for_status()
+        requests.post(
+            f"{url}/_standin/script", json={"protocol": "openrouter", "behaviours": [{"kind": "no_credits"}]}, timeout=5
+        ).raise_for_status()
         prov = OpenRouterProvider(api_key=KEY, base_url=f"{url}/api/v1/chat/completions", timeout_s=5)
         assert attempt_error(prov).status == 402
         assert prov.attempt(make_request()).data

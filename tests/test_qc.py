@@ -72,7 +72,10 @@ PHOTOMETRIC = {
     "vignette 0.6": lambda im: bench.vignette(im, 0.6),
     "resize to 16:9 (1376x768)": bench.to_169,
     "16:9 + warm + -1EV + noise + q30": lambda im: bench.jpeg(
-        bench.gaussian_noise(bench.exposure(bench.white_balance(bench.to_169(im), bench.kelvin_gains(3500)), -1.0), 0.03, 2), 30
+        bench.gaussian_noise(
+            bench.exposure(bench.white_balance(bench.to_169(im), bench.kelvin_gains(3500)), -1.0), 0.03, 2
+        ),
+        30,
     ),
 }
 
@@ -87,7 +90,13 @@ def test_photometric_edits_pass(pasture, name):
 
 @pytest.mark.parametrize(
     ("fx", "fy", "fill", "as_169"),
-    [(0.05, 0, "reflect", False), (-0.05, 0, "edge", False), (0, 0.05, "edge", False), (0, -0.05, "reflect", True), (0.05, 0, "edge", True)],
+    [
+        (0.05, 0, "reflect", False),
+        (-0.05, 0, "edge", False),
+        (0, 0.05, "edge", False),
+        (0, -0.05, "reflect", True),
+        (0.05, 0, "edge", True),
+    ],
 )
 def test_shift_is_measured_with_magnitude_and_sign(pasture, fx, fy, fill, as_169):
     out = bench.shift(pasture, fx, fy, fill)
@@ -102,7 +111,9 @@ def test_shift_is_measured_with_magnitude_and_sign(pasture, fx, fy, fill, as_169
     assert not passed and any("shifted" in r for r in reasons)
 
 
-@pytest.mark.parametrize("transpose", [Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180])
+@pytest.mark.parametrize(
+    "transpose", [Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180]
+)
 def test_mirror_and_rotation_detected(pasture, transpose):
     s, passed, reasons = check(pasture, bench.to_169(pasture.transpose(transpose)))
     assert s.mirror and s.mirror_score > 5
@@ -157,7 +168,9 @@ def test_vegetation_cover_delta_measured():
     rgb = _half_green()
     src = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
     dead = rgb.copy()
-    dead[:250, :250] = dead[:250, :250, 1:2] * np.array([1.0, 0.8, 0.5], np.float32)  # a quarter of the green half turns straw
+    dead[:250, :250] = dead[:250, :250, 1:2] * np.array(
+        [1.0, 0.8, 0.5], np.float32
+    )  # a quarter of the green half turns straw
     out = Image.fromarray(np.clip(dead, 0, 255).astype(np.uint8))
     s, passed, reasons = check(src, out)
     assert s.veg_cover_src == pytest.approx(0.5, abs=0.02)
@@ -180,16 +193,35 @@ def test_judge_disabled_and_overrides(pasture):
     s = qc.score(pasture, bench.shift(pasture, 0.03, 0, "reflect"))
     assert qc.judge(s, {"enabled": False}) == (True, [])
     assert not qc.judge(s, {})[0]
-    lenient = {"min_ssim": -1, "max_shift_frac": 0.5, "max_changed_frac": 1, "max_veg_cover_delta": 1,
-               "max_warp_frac": 0.5, "max_detail_changed_frac": 1, "max_veg_changed_frac": 1}
+    lenient = {
+        "min_ssim": -1,
+        "max_shift_frac": 0.5,
+        "max_changed_frac": 1,
+        "max_veg_cover_delta": 1,
+        "max_warp_frac": 0.5,
+        "max_detail_changed_frac": 1,
+        "max_veg_changed_frac": 1,
+    }
     assert qc.judge(s, lenient) == (True, [])
 
 
 def test_to_columns_are_prefixed_and_json_ready(pasture):
     cols = qc.score(pasture, bench.to_169(pasture)).to_columns()
     assert cols and all(k.startswith("qc_") for k in cols)
-    assert {"qc_ssim", "qc_shift_px", "qc_shift_x_px", "qc_shift_y_px", "qc_mirror", "qc_veg_cover_src", "qc_veg_cover_out", "qc_veg_cover_delta",
-            "qc_warp_px", "qc_warp_frac", "qc_detail_changed_frac", "qc_veg_changed_frac"} <= set(cols)
+    assert {
+        "qc_ssim",
+        "qc_shift_px",
+        "qc_shift_x_px",
+        "qc_shift_y_px",
+        "qc_mirror",
+        "qc_veg_cover_src",
+        "qc_veg_cover_out",
+        "qc_veg_cover_delta",
+        "qc_warp_px",
+        "qc_warp_frac",
+        "qc_detail_changed_frac",
+        "qc_veg_changed_frac",
+    } <= set(cols)
     json.dumps(cols)
     assert isinstance(cols["qc_mirror"], bool)
 
@@ -242,7 +274,16 @@ FINAL_VARIANT = {"jpeg q20", "blur sigma 2", "gamma 0.6", "soft shadow"}
 
 @pytest.mark.parametrize(
     "name",
-    ["jpeg q20", "gaussian noise 0.05", "blur sigma 2", "exposure -1 EV", "gamma 0.6", "relight ramp", "soft shadow", "vignette 0.6"],
+    [
+        "jpeg q20",
+        "gaussian noise 0.05",
+        "blur sigma 2",
+        "exposure -1 EV",
+        "gamma 0.6",
+        "relight ramp",
+        "soft shadow",
+        "vignette 0.6",
+    ],
 )
 def test_photometric_edits_of_smooth_photo_pass(sky_pasture, name):
     edit = {
@@ -329,16 +370,27 @@ def test_one_saturated_channel_keeps_the_detail_check(vivid_flowers):
         s, passed, reasons = check(vivid_flowers, bench.jpeg(bench.to_169(out), 85))
         assert s.detail_changed_frac > qc.DEFAULT_THRESHOLDS["max_detail_changed_frac"], (edit, s)
         assert not passed
-    for name, f in (("jpeg q30", lambda im: bench.jpeg(im, 30)), ("exposure -0.7 EV", lambda im: bench.exposure(im, -0.7)),
-                    ("blur sigma 2", lambda im: bench.blur(im, 2.0))):
+    for name, f in (
+        ("jpeg q30", lambda im: bench.jpeg(im, 30)),
+        ("exposure -0.7 EV", lambda im: bench.exposure(im, -0.7)),
+        ("blur sigma 2", lambda im: bench.blur(im, 2.0)),
+    ):
         s, passed, reasons = check(vivid_flowers, bench.jpeg(bench.to_169(f(vivid_flowers)), 85))
         assert passed, (name, reasons)
 
 
 def test_old_threshold_keys_still_accepted(pasture):
-    old = {"enabled": True, "min_ssim": 0.45, "max_shift_frac": 0.01, "max_changed_frac": 0.06,
-           "max_veg_cover_delta": 0.05, "reject_mirror": True, "max_aspect_change": 0.35, "auto_regenerate": 0,
-           "work_size": [512, 256]}
+    old = {
+        "enabled": True,
+        "min_ssim": 0.45,
+        "max_shift_frac": 0.01,
+        "max_changed_frac": 0.06,
+        "max_veg_cover_delta": 0.05,
+        "reject_mirror": True,
+        "max_aspect_change": 0.35,
+        "auto_regenerate": 0,
+        "work_size": [512, 256],
+    }
     s, passed, reasons = qc.check(pasture, bench.to_169(bench.exposure(pasture, -0.5)), old)
     assert passed, reasons
     s, passed, reasons = qc.check(pasture, bench.rotate_fill(pasture, 3), old)

@@ -15,7 +15,17 @@ from nano_banana_aug import sample_data as S
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
-COLUMNS = ["sample_id", "image_path", "Sampling_Date", "State", "Species", "Pre_GSHH_NDVI", "Height_Ave_cm", "target_name", "target"]
+COLUMNS = [
+    "sample_id",
+    "image_path",
+    "Sampling_Date",
+    "State",
+    "Species",
+    "Pre_GSHH_NDVI",
+    "Height_Ave_cm",
+    "target_name",
+    "target",
+]
 TARGETS = ["Dry_Clover_g", "Dry_Dead_g", "Dry_Green_g", "Dry_Total_g", "GDM_g"]
 
 

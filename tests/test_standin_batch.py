@@ -62,8 +62,17 @@ def request_body(prompt: str, *, image: bytes = JPEG, image_size=None, aspect=No
     gen = {"responseModalities": ["IMAGE"]}
     if img_cfg:
         gen["imageConfig"] = img_cfg
-    body = {"contents": [{"role": "user", "parts": [
-        {"inlineData": {"mimeType": "image/jpeg", "data": base64.b64encode(image).decode()}}, {"text": prompt}]}]}
+    body = {
+        "contents": [
+            {
+                "role": "user",
+                "parts": [
+                    {"inlineData": {"mimeType": "image/jpeg", "data": base64.b64encode(image).decode()}},
+                    {"text": prompt},
+                ],
+            }
+        ]
+    }
     body["generation_config" if snake else "generationConfig"] = gen
     return body
 
@@ -78,20 +87,36 @@ def line(key: str, prompt: str, **kw) -> dict:
 
 def upload(standin, data: bytes, display="input.jsonl", mime="application/jsonl") -> dict:
     """The resumable upload in one finalize chunk, by hand; returns the File."""
-    start = requests.post(f"{standin.url}/upload/v1beta/files", json={"file": {"display_name": display}}, timeout=10,
-                          headers={**AUTH, "X-Goog-Upload-Protocol": "resumable", "X-Goog-Upload-Command": "start",
-                                   "X-Goog-Upload-Header-Content-Length": str(len(data)),
-                                   "X-Goog-Upload-Header-Content-Type": mime})
+    start = requests.post(
+        f"{standin.url}/upload/v1beta/files",
+        json={"file": {"display_name": display}},
+        timeout=10,
+        headers={
+            **AUTH,
+            "X-Goog-Upload-Protocol": "resumable",
+            "X-Goog-Upload-Command": "start",
+            "X-Goog-Upload-Header-Content-Length": str(len(data)),
+            "X-Goog-Upload-Header-Content-Type": mime,
+        },
+    )
     assert start.status_code == 200, start.text
-    r = requests.post(start.headers["X-Goog-Upload-URL"], data=data, timeout=10,
-                      headers={"X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": "0"})
+    r = requests.post(
+        start.headers["X-Goog-Upload-URL"],
+        data=data,
+        timeout=10,
+        headers={"X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": "0"},
+    )
     assert r.status_code == 200 and r.headers["X-Goog-Upload-Status"] == "final", r.text
     return r.json()["file"]
 
 
 def create(standin, file_name: str, display="job", model=MODEL) -> requests.Response:
-    return requests.post(f"{standin.gemini_base_url}/models/{model}:batchGenerateContent", headers=AUTH, timeout=30,
-                         json={"batch": {"display_name": display, "input_config": {"file_name": file_name}}})
+    return requests.post(
+        f"{standin.gemini_base_url}/models/{model}:batchGenerateContent",
+        headers=AUTH,
+        timeout=30,
+        json={"batch": {"display_name": display, "input_config": {"file_name": file_name}}},
+    )
 
 
 def get(standin, name: str) -> dict:
@@ -101,8 +126,9 @@ def get(standin, name: str) -> dict:
 
 
 def download(standin, file_name: str) -> list[dict]:
-    r = requests.get(f"{standin.url}/download/v1beta/{file_name}:download", params={"alt": "media"}, headers=AUTH,
-                     timeout=30)
+    r = requests.get(
+        f"{standin.url}/download/v1beta/{file_name}:download", params={"alt": "media"}, headers=AUTH, timeout=30
+    )
     assert r.status_code == 200, r.text
     return [json.loads(x) for x in r.text.splitlines()]
 
@@ -124,10 +150,16 @@ def gclient(standin):
 
 # ---------------------------------------------------------------- 1. google-genai
 
+
 def test_sdk_upload_create_poll_download(standin, gclient, tmp_path):
     src = tmp_path / "requests.jsonl"
-    src.write_bytes(jsonl(line("a", "Re-light as overcast."), line("b", "Make it dusk.", image_size="2K"),
-                          line("c", "Square crop.", aspect="1:1", snake=True)))
+    src.write_bytes(
+        jsonl(
+            line("a", "Re-light as overcast."),
+            line("b", "Make it dusk.", image_size="2K"),
+            line("c", "Square crop.", aspect="1:1", snake=True),
+        )
+    )
     f = gclient.files.upload(file=str(src), config={"mime_type": "application/jsonl", "display_name": "my input"})
     assert f.name.startswith("files/") and len(f.name) - len("files/") <= 40
     assert f.display_name == "my input" and f.mime_type == "application/jsonl" and f.size_bytes == src.stat().st_size
@@ -145,7 +177,7 @@ def test_sdk_upload_create_poll_download(standin, gclient, tmp_path):
     assert gclient.batches.get(name=job.name).state == types.JobState.JOB_STATE_RUNNING  # default: one poll unfinished
     done = gclient.batches.get(name=job.name)
     assert done.state == types.JobState.JOB_STATE_SUCCEEDED and done.end_time is not None
-    assert done.dest.file_name == f"files/batch-{job.name[len('batches/'):]}"
+    assert done.dest.file_name == f"files/batch-{job.name[len('batches/') :]}"
 
     results = [json.loads(x) for x in gclient.files.download(file=done.dest.file_name).decode().splitlines()]
     assert [r["key"] for r in results] == ["c", "b", "a"]  # not in input order
@@ -162,16 +194,24 @@ def test_sdk_upload_create_poll_download(standin, gclient, tmp_path):
     assert all(r.batch and r.protocol == "gemini" and r.batch_name == job.name for r in standin.batch_lines)
     # batch traffic stays out of the synchronous bookkeeping
     assert standin.answers() == [] and standin.requests_for("gemini") == [] and standin.max_in_flight == 0
-    assert [r.kind for r in standin.requests] == ["file_upload_start", "file_upload_finalize", "file_get",
-                                                  "batch_create", "batch_get", "batch_get", "file_download"]
+    assert [r.kind for r in standin.requests] == [
+        "file_upload_start",
+        "file_upload_finalize",
+        "file_get",
+        "batch_create",
+        "batch_get",
+        "batch_get",
+        "file_download",
+    ]
     assert {r.protocol for r in standin.requests} == {"gemini_batch"}
     assert standin.key_leaks(KEY) == []
 
 
 def test_batch_line_answer_is_the_sync_answer(standin):
     body = request_body("Re-light as overcast.", image_size="2K")
-    sync = requests.post(f"{standin.gemini_base_url}/models/{MODEL}:generateContent", json=body, headers=AUTH,
-                         timeout=30).json()
+    sync = requests.post(
+        f"{standin.gemini_base_url}/models/{MODEL}:generateContent", json=body, headers=AUTH, timeout=30
+    ).json()
     _, (result,) = run_batch(standin, {"key": "k", "request": body})
     batch = result["response"]
     assert batch.pop("responseId") and sync.pop("responseId")
@@ -209,17 +249,23 @@ def test_sdk_cancel_and_delete(standin, gclient):
 def test_sdk_inline_requests(standin, gclient):
     standin.set_batch_behaviour("succeed", polls=0)
     part = types.Part.from_bytes(data=JPEG, mime_type="image/jpeg")
-    reqs = [{"contents": [part, "Make it dusk."], "metadata": {"key": "one"},
-             "config": {"response_modalities": ["IMAGE"]}},
-            {"contents": [part, "Overcast."], "metadata": {"key": "two"},
-             "config": {"response_modalities": ["IMAGE"], "image_config": {"aspect_ratio": "4:3"}}}]
+    reqs = [
+        {"contents": [part, "Make it dusk."], "metadata": {"key": "one"}, "config": {"response_modalities": ["IMAGE"]}},
+        {
+            "contents": [part, "Overcast."],
+            "metadata": {"key": "two"},
+            "config": {"response_modalities": ["IMAGE"], "image_config": {"aspect_ratio": "4:3"}},
+        },
+    ]
     job = gclient.batches.create(model=MODEL, src=reqs, config={"display_name": "inline"})
     done = gclient.batches.get(name=job.name)
     assert done.state == types.JobState.JOB_STATE_SUCCEEDED and done.dest.file_name is None
     got = done.dest.inlined_responses  # input order
     assert [r.metadata for r in got] == [{"key": "one"}, {"key": "two"}]
-    assert [size_of(r.response.candidates[0].content.parts[-1].inline_data.data) for r in got] == [(1376, 768),
-                                                                                                   (1200, 896)]
+    assert [size_of(r.response.candidates[0].content.parts[-1].inline_data.data) for r in got] == [
+        (1376, 768),
+        (1200, 896),
+    ]
     raw = get(standin, job.name)
     assert "inputConfig" not in raw["metadata"] and raw["response"]["@type"] == TYPE_OUTPUT
 
@@ -263,13 +309,23 @@ def test_sdk_failed_and_expired_states(standin, gclient):
 
 # ---------------------------------------------------------------- 2. raw wire format
 
+
 def test_resumable_upload_by_hand(standin):
     standin.set_upload_granularity(4)
     data = b'{"key":"a","request":{"contents":[{"parts":[{"text":"hi"}]}]}}\n'
-    start = requests.post(f"{standin.url}/upload/v1beta/files", timeout=10, headers={
-        **AUTH, "X-Goog-Upload-Protocol": "resumable", "X-Goog-Upload-Command": "start",
-        "X-Goog-Upload-Header-Content-Length": str(len(data)), "X-Goog-Upload-Header-Content-Type": "application/jsonl",
-        "Content-Type": "application/json"}, data=json.dumps({"file": {"displayName": "by hand"}}))
+    start = requests.post(
+        f"{standin.url}/upload/v1beta/files",
+        timeout=10,
+        headers={
+            **AUTH,
+            "X-Goog-Upload-Protocol": "resumable",
+            "X-Goog-Upload-Command": "start",
+            "X-Goog-Upload-Header-Content-Length": str(len(data)),
+            "X-Goog-Upload-Header-Content-Type": "application/jsonl",
+            "Content-Type": "application/json",
+        },
+        data=json.dumps({"file": {"displayName": "by hand"}}),
+    )
     assert start.status_code == 200 and start.content == b""
     h = start.headers
     url = h["X-Goog-Upload-URL"]
@@ -297,8 +353,19 @@ def test_resumable_upload_by_hand(standin):
     r = send("upload, finalize", data[8:], offset=8)
     assert r.status_code == 200 and r.headers["X-Goog-Upload-Status"] == "final"
     f = r.json()["file"]
-    assert list(f) == ["name", "displayName", "mimeType", "sizeBytes", "createTime", "updateTime", "expirationTime",
-                       "sha256Hash", "uri", "state", "source"]
+    assert list(f) == [
+        "name",
+        "displayName",
+        "mimeType",
+        "sizeBytes",
+        "createTime",
+        "updateTime",
+        "expirationTime",
+        "sha256Hash",
+        "uri",
+        "state",
+        "source",
+    ]
     assert f["sizeBytes"] == str(len(data)) and f["state"] == "ACTIVE" and f["source"] == "UPLOADED"
     assert f["mimeType"] == "application/jsonl" and f["displayName"] == "by hand"
     assert f["uri"] == f"{standin.url}/v1beta/{f['name']}" and f["createTime"].endswith("Z")
@@ -306,15 +373,31 @@ def test_resumable_upload_by_hand(standin):
     again = send("upload, finalize", b"", offset=len(data))  # a client repeating a lost finalize
     assert again.status_code == 200 and again.json()["file"] == f and len(standin.uploads) == 1
     assert get(standin, f["name"]) == f
-    assert requests.get(f"{standin.gemini_base_url}/{f['name']}:download", params={"alt": "media"}, headers=AUTH,
-                        timeout=10).status_code == 400  # uploaded files cannot be downloaded
+    assert (
+        requests.get(
+            f"{standin.gemini_base_url}/{f['name']}:download", params={"alt": "media"}, headers=AUTH, timeout=10
+        ).status_code
+        == 400
+    )  # uploaded files cannot be downloaded
 
     # the final size must be the declared one; the failed session says final so clients stop
-    start = requests.post(f"{standin.url}/upload/v1beta/files", timeout=10, headers={
-        **AUTH, "X-Goog-Upload-Protocol": "resumable", "X-Goog-Upload-Command": "start",
-        "X-Goog-Upload-Header-Content-Length": "10", "X-Goog-Upload-Header-Content-Type": "text/plain"})
-    short = requests.post(start.headers["X-Goog-Upload-URL"], data=b"12345678", timeout=10,
-                          headers={"X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": "0"})
+    start = requests.post(
+        f"{standin.url}/upload/v1beta/files",
+        timeout=10,
+        headers={
+            **AUTH,
+            "X-Goog-Upload-Protocol": "resumable",
+            "X-Goog-Upload-Command": "start",
+            "X-Goog-Upload-Header-Content-Length": "10",
+            "X-Goog-Upload-Header-Content-Type": "text/plain",
+        },
+    )
+    short = requests.post(
+        start.headers["X-Goog-Upload-URL"],
+        data=b"12345678",
+        timeout=10,
+        headers={"X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": "0"},
+    )
     assert short.status_code == 400 and short.headers["X-Goog-Upload-Status"] == "final"
     assert len(standin.uploads) == 1
     not_resumable = requests.post(f"{standin.url}/upload/v1beta/files", headers=AUTH, timeout=10)
@@ -329,8 +412,17 @@ def test_operation_shape_and_string_counts(standin):
     op = r.json()
     assert set(op) == {"name", "metadata"}  # no "done" until finished
     meta = op["metadata"]
-    assert list(meta) == ["@type", "model", "displayName", "inputConfig", "createTime", "updateTime", "batchStats",
-                          "state", "name"]
+    assert list(meta) == [
+        "@type",
+        "model",
+        "displayName",
+        "inputConfig",
+        "createTime",
+        "updateTime",
+        "batchStats",
+        "state",
+        "name",
+    ]
     assert meta["@type"] == TYPE_BATCH and meta["model"] == f"models/{MODEL}" and meta["name"] == op["name"]
     assert meta["inputConfig"] == {"fileName": f["name"]} and meta["state"] == "BATCH_STATE_PENDING"
     assert meta["batchStats"] == {"requestCount": "2", "pendingRequestCount": "2"}  # int64 strings, zeros left out
@@ -339,13 +431,17 @@ def test_operation_shape_and_string_counts(standin):
     done = get(standin, op["name"])
     meta = done["metadata"]
     assert done["done"] is True and meta["state"] == "BATCH_STATE_SUCCEEDED" and "endTime" in meta
-    rf = f"files/batch-{op['name'][len('batches/'):]}"
+    rf = f"files/batch-{op['name'][len('batches/') :]}"
     assert len(rf) - len("files/") == 42
     assert meta["output"] == {"responsesFile": rf} and done["response"] == {"@type": TYPE_OUTPUT, "responsesFile": rf}
     assert meta["batchStats"] == {"requestCount": "2", "successfulRequestCount": "2"}
     standin.set_batch_stats("full")
     assert get(standin, op["name"])["metadata"]["batchStats"] == {
-        "requestCount": "2", "successfulRequestCount": "2", "failedRequestCount": "0", "pendingRequestCount": "0"}
+        "requestCount": "2",
+        "successfulRequestCount": "2",
+        "failedRequestCount": "0",
+        "pendingRequestCount": "0",
+    }
     standin.set_batch_stats("omit")
     assert "batchStats" not in get(standin, op["name"])["metadata"]
     standin.set_batch_stats("real")
@@ -359,9 +455,16 @@ def test_failed_lines_follow_the_sync_behaviours(standin):
     standin.script("gemini", "rate_limit", match="LIMITED")
     standin.set_default("gemini", "image_safety", match="HARSH")
     standin.set_rule(lambda req: B("drop") if req.key == "dropped" else None)
-    done, results = run_batch(standin, line("ok1", "fine"), line("e500", "BROKEN one"), line("e429", "LIMITED"),
-                              line("blocked", "HARSH light"), line("dropped", "fine too"), line("ok2", "fine"),
-                              line("bad", "fine", aspect="2:1"))
+    done, results = run_batch(
+        standin,
+        line("ok1", "fine"),
+        line("e500", "BROKEN one"),
+        line("e429", "LIMITED"),
+        line("blocked", "HARSH light"),
+        line("dropped", "fine too"),
+        line("ok2", "fine"),
+        line("bad", "fine", aspect="2:1"),
+    )
     by_key = {r["key"]: r for r in results}
     assert [r["key"] for r in results] == ["bad", "ok2", "dropped", "blocked", "e429", "e500", "ok1"]
     # error lines are google.rpc.Status: gRPC code, message, no "status" string
@@ -369,12 +472,17 @@ def test_failed_lines_follow_the_sync_behaviours(standin):
     assert set(by_key["e500"]["error"]) == {"code", "message"}
     assert by_key["e429"]["error"]["code"] == 8 and "status" not in by_key["e429"]["error"]
     assert by_key["dropped"]["error"]["code"] == 13
-    assert by_key["bad"]["error"] == {"code": 3, "message": "Unsupported aspect ratio: 2:1. Supported: 1:1, 2:3, 3:2, "
-                                                            "3:4, 4:3, 4:5, 5:4, 9:16, 16:9, 21:9"}
+    assert by_key["bad"]["error"] == {
+        "code": 3,
+        "message": "Unsupported aspect ratio: 2:1. Supported: 1:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, 9:16, 16:9, 21:9",
+    }
     cand = by_key["blocked"]["response"]["candidates"][0]
     assert cand["finishReason"] == "IMAGE_SAFETY" and "content" not in cand  # a valid, blocked answer
-    assert done["metadata"]["batchStats"] == {"requestCount": "7", "successfulRequestCount": "3",
-                                              "failedRequestCount": "4"}
+    assert done["metadata"]["batchStats"] == {
+        "requestCount": "7",
+        "successfulRequestCount": "3",
+        "failedRequestCount": "4",
+    }
     assert sorted(r.key for r in standin.batch_answers()) == ["ok1", "ok2"]
     kinds = {r.key: (r.kind, r.status) for r in standin.batch_lines}
     assert kinds["e429"] == ("rate_limit", 429) and kinds["bad"] == ("invalid_request", 400)
@@ -413,14 +521,23 @@ def test_semantic_line_errors_become_error_lines(standin):
 def test_create_validation(standin):
     f = upload(standin, jsonl(line("a", "x")))
     assert create(standin, f["name"], model="gemini-9-nope").status_code == 404
-    r = requests.post(f"{standin.gemini_base_url}/models/{MODEL}:batchGenerateContent", headers=AUTH, timeout=10,
-                      json={"batch": {"input_config": {"file_name": f["name"]}}})
+    r = requests.post(
+        f"{standin.gemini_base_url}/models/{MODEL}:batchGenerateContent",
+        headers=AUTH,
+        timeout=10,
+        json={"batch": {"input_config": {"file_name": f["name"]}}},
+    )
     assert r.status_code == 400 and "display_name" in r.json()["error"]["message"]
     r = create(standin, "files/doesnotexist1")
     assert r.status_code == 403 and r.json()["error"]["message"] == (
-        "You do not have permission to access the File doesnotexist1 or it may not exist.")
-    r = requests.post(f"{standin.gemini_base_url}/models/{MODEL}:batchGenerateContent", headers=AUTH, timeout=10,
-                      json={"batch": {"displayName": "x", "inputConfig": {"fileName": f["name"]}, "colour": 1}})
+        "You do not have permission to access the File doesnotexist1 or it may not exist."
+    )
+    r = requests.post(
+        f"{standin.gemini_base_url}/models/{MODEL}:batchGenerateContent",
+        headers=AUTH,
+        timeout=10,
+        json={"batch": {"displayName": "x", "inputConfig": {"fileName": f["name"]}, "colour": 1}},
+    )
     assert r.status_code == 400 and "Unknown name" in r.json()["error"]["message"]
     assert create(standin, upload(standin, b"\n\n")["name"]).status_code == 400  # no requests
     assert standin.batches == []
@@ -435,9 +552,11 @@ def test_expire_and_fail_have_no_results(standin):
     assert "output" not in expired["metadata"] and "response" not in expired and "error" not in expired
     assert failed["metadata"]["state"] == "BATCH_STATE_FAILED" and failed["error"]["code"] == 13
     assert "response" not in failed
-    rf = f"files/batch-{expired['name'][len('batches/'):]}"
-    assert requests.get(f"{standin.url}/download/v1beta/{rf}:download?alt=media", headers=AUTH,
-                        timeout=10).status_code == 403
+    rf = f"files/batch-{expired['name'][len('batches/') :]}"
+    assert (
+        requests.get(f"{standin.url}/download/v1beta/{rf}:download?alt=media", headers=AUTH, timeout=10).status_code
+        == 403
+    )
     assert standin.batch_lines == []
 
 
@@ -446,8 +565,11 @@ def test_polls_are_counted_and_wake_wait_until(standin):
     f = upload(standin, jsonl(line("a", "x")))
     name = create(standin, f["name"]).json()["name"]
     seen = []
-    waiter = threading.Thread(target=lambda: seen.append(
-        standin.wait_until(lambda s: s.batches and s.batches[0].polls >= 2, timeout=20) or "woken"))
+    waiter = threading.Thread(
+        target=lambda: seen.append(
+            standin.wait_until(lambda s: s.batches and s.batches[0].polls >= 2, timeout=20) or "woken"
+        )
+    )
     waiter.start()
     states = [get(standin, name)["metadata"]["state"] for _ in range(4)]
     waiter.join(20)
@@ -482,8 +604,11 @@ def test_hold_create_the_job_exists_before_the_client_knows(standin, gclient):
     standin.hold_batch_step("create")
     f = upload(standin, jsonl(line("a", "x")))
     got = []
-    t = threading.Thread(target=lambda: got.append(
-        gclient.batches.create(model=MODEL, src=f["name"], config={"display_name": "held"}).name))
+    t = threading.Thread(
+        target=lambda: got.append(
+            gclient.batches.create(model=MODEL, src=f["name"], config={"display_name": "held"}).name
+        )
+    )
     t.start()
     standin.wait_until(lambda s: any(r.held for r in s.requests), timeout=20)
     (held,) = [r for r in standin.requests if r.held]
@@ -501,8 +626,11 @@ def test_hold_upload_and_download(standin, gclient, tmp_path):
     src.write_bytes(jsonl(line("a", "x")))
     standin.hold_batch_step("upload", "download")
     out = {}
-    t = threading.Thread(target=lambda: out.setdefault("file", gclient.files.upload(
-        file=str(src), config={"mime_type": "application/jsonl"})))
+    t = threading.Thread(
+        target=lambda: out.setdefault(
+            "file", gclient.files.upload(file=str(src), config={"mime_type": "application/jsonl"})
+        )
+    )
     t.start()
     standin.wait_until(lambda s: any(r.held for r in s.requests), timeout=20)
     assert len(standin.uploads) == 1 and "file" not in out  # stored, but the client has no name yet
@@ -542,8 +670,10 @@ def test_file_id_limit_and_missing_files(standin):
     long_id = "batch-" + "a" * 36
     r = requests.get(f"{standin.gemini_base_url}/files/{long_id}", headers=AUTH, timeout=10)
     assert r.status_code == 400 and r.json()["error"] == {
-        "code": 400, "status": "INVALID_ARGUMENT",
-        "message": "* GetFileRequest.name: File ID (name excluding 'files/') cannot be more than 40 characters.\n"}
+        "code": 400,
+        "status": "INVALID_ARGUMENT",
+        "message": "* GetFileRequest.name: File ID (name excluding 'files/') cannot be more than 40 characters.\n",
+    }
     r = requests.delete(f"{standin.gemini_base_url}/files/{long_id}", headers=AUTH, timeout=10)
     assert r.status_code == 400 and r.json()["error"]["message"].startswith("* DeleteFileRequest.name")
     r = requests.get(f"{standin.gemini_base_url}/files/{'a' * 40}", headers=AUTH, timeout=10)
@@ -558,16 +688,36 @@ def test_file_id_limit_and_missing_files(standin):
 def test_keys(standin):
     f = upload(standin, jsonl(line("a", "x")))
     base = standin.gemini_base_url
-    calls = [("get", f"{base}/batches", None), ("get", f"{base}/{f['name']}", None),
-             ("post", f"{base}/models/{MODEL}:batchGenerateContent",
-              {"batch": {"display_name": "x", "input_config": {"file_name": f["name"]}}}),
-             ("post", f"{standin.url}/upload/v1beta/files", None)]
+    calls = [
+        ("get", f"{base}/batches", None),
+        ("get", f"{base}/{f['name']}", None),
+        (
+            "post",
+            f"{base}/models/{MODEL}:batchGenerateContent",
+            {"batch": {"display_name": "x", "input_config": {"file_name": f["name"]}}},
+        ),
+        ("post", f"{standin.url}/upload/v1beta/files", None),
+    ]
     for method, url, body in calls:
-        missing = requests.request(method, url, json=body, timeout=10,
-                                   headers={"X-Goog-Upload-Protocol": "resumable", "X-Goog-Upload-Command": "start"})
+        missing = requests.request(
+            method,
+            url,
+            json=body,
+            timeout=10,
+            headers={"X-Goog-Upload-Protocol": "resumable", "X-Goog-Upload-Command": "start"},
+        )
         assert missing.status_code == 403 and missing.json()["error"]["status"] == "PERMISSION_DENIED", url
-        wrong = requests.request(method, url, json=body, timeout=10, headers={
-            "x-goog-api-key": "AIza-wrong", "X-Goog-Upload-Protocol": "resumable", "X-Goog-Upload-Command": "start"})
+        wrong = requests.request(
+            method,
+            url,
+            json=body,
+            timeout=10,
+            headers={
+                "x-goog-api-key": "AIza-wrong",
+                "X-Goog-Upload-Protocol": "resumable",
+                "X-Goog-Upload-Command": "start",
+            },
+        )
         assert wrong.status_code == 400 and wrong.json()["error"]["details"][0]["reason"] == "API_KEY_INVALID", url
     assert standin.batches == [] and len(standin.uploads) == 1
 

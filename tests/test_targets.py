@@ -28,9 +28,13 @@ def test_every_primary_target_required(tmp_path):
 
 
 def test_image_id_is_sample_id_up_to_first_double_underscore(tmp_path):
-    root = make_dataset(tmp_path / "data", n=1, extra_rows=[
-        "IDX__Dry_Total_g__extra,train/ID1000.jpg,,,,,,Dry_Total_g,3",
-    ])
+    root = make_dataset(
+        tmp_path / "data",
+        n=1,
+        extra_rows=[
+            "IDX__Dry_Total_g__extra,train/ID1000.jpg,,,,,,Dry_Total_g,3",
+        ],
+    )
     ids = [t.image_id for t in build_targets(root / "train.csv", root, ["Dry_Total_g"])]
     assert ids == ["ID1000", "IDX"]
 

@@ -42,7 +42,7 @@ def long_frame(image_ids) -> pd.DataFrame:
     for n, image_id in enumerate(image_ids):
         green, dead, clover = 10.0 + n, 5.0 + n, 1.0 + n
         values = [green, dead, clover, green + clover, green + dead + clover]
-        for target_name, target in zip(TARGETS, values):
+        for target_name, target in zip(TARGETS, values, strict=True):
             rows.append({
                 "sample_id": f"{image_id}__{target_name}",
                 "image_path": f"train/{image_id}.jpg",
@@ -354,7 +354,9 @@ def test_unusable_area_scale_in_a_used_row_is_an_error_with_the_line(root):
     train = long_frame(["ID1"])
     put_output(root, "ID1", "a")
     put_output(root, "ID1", "b")
-    path = write_manifest(root, [mrow("ID1", "a", status="failed", area_scale="n/a"), mrow("ID1", "b", area_scale="-1")])
+    path = write_manifest(
+        root, [mrow("ID1", "a", status="failed", area_scale="n/a"), mrow("ID1", "b", area_scale="-1")]
+    )
     with pytest.raises(ManifestError, match=r"line\(s\) \[3\].*area_scale") as err:
         add_aigc_samples(train, root, ON, AREA)
     assert str(path) in str(err.value)
@@ -480,7 +482,7 @@ def test_absolute_image_path_outside_data_root_is_kept_absolute(root, tmp_path):
 
 def test_relative_image_path_is_normalised(root):
     put_output(root, "ID1", "a")
-    write_manifest(root, [mrow("ID1", "a", image_path=f"./nano_banana_pro//train/./ID1__a__v0.png")])
+    write_manifest(root, [mrow("ID1", "a", image_path="./nano_banana_pro//train/./ID1__a__v0.png")])
     out = add_aigc_samples(long_frame(["ID1"]), root, ON, AREA)
     assert aigc(out)["image_path"].unique().tolist() == [f"{SUBDIR}/ID1__a__v0.png"]
 
@@ -582,7 +584,9 @@ def test_example_script_on_a_fixture(root, tmp_path):
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("example_training_join", REPO / "scripts" / "example_training_join.py")
+    spec = importlib.util.spec_from_file_location(
+        "example_training_join", REPO / "scripts" / "example_training_join.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

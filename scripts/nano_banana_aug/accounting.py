@@ -64,7 +64,9 @@ def estimate_cost_usd(usage: Usage | None, pricing: dict | None, provider: str) 
         return float(usage.cost_usd)
     if provider == "local":
         return 0.0
-    if usage is None or (usage.prompt_tokens is None and usage.candidates_tokens is None and usage.thoughts_tokens is None):
+    if usage is None or (
+        usage.prompt_tokens is None and usage.candidates_tokens is None and usage.thoughts_tokens is None
+    ):
         return None
     image, text = output_split(usage)
     cost = (

@@ -28,8 +28,16 @@ from . import config as config_mod
 from . import layout, locks, runlog
 from .answers import Answer
 from .errors import UserError
-from .paying import (Buyer, RunStopped, UnusableSource, build_request, fingerprint, read_source, source_of,
-                     source_request)
+from .paying import (
+    Buyer,
+    RunStopped,
+    UnusableSource,
+    build_request,
+    fingerprint,
+    read_source,
+    source_of,
+    source_request,
+)
 from .targets import find_target
 
 
@@ -40,7 +48,11 @@ class StopBuying(UserError):
 def lock_timeout_s(cfg: dict) -> float:
     """How long a job waits for another process working on the same target: its whole budget of attempts."""
     api = cfg["api"]
-    return 60 + int(api["max_retries"]) * (float(api["timeout_s"]) + float(api["max_retry_wait_s"])) + 2 * float(api["timeout_s"])
+    return (
+        60
+        + int(api["max_retries"]) * (float(api["timeout_s"]) + float(api["max_retry_wait_s"]))
+        + 2 * float(api["timeout_s"])
+    )
 
 
 def run(cfg: dict, stem: str, version: int, targets_table) -> Answer | None:
@@ -60,35 +72,56 @@ def run(cfg: dict, stem: str, version: int, targets_table) -> Answer | None:
         if stopped:
             raise StopBuying(f"not bought: the run stopped buying ({stopped.get('reason', '')})")
     lock = layout.answer_dir(out, stem) / ".lock"
-    with locks.exclusive(lock, timeout_s=lock_timeout_s(cfg), what=f"target {stem}",
-                         on_wait=lambda: runlog.event(cfg, "waiting", stem, why="another process buys its answer")):
+    with locks.exclusive(
+        lock,
+        timeout_s=lock_timeout_s(cfg),
+        what=f"target {stem}",
+        on_wait=lambda: runlog.event(cfg, "waiting", stem, why="another process buys its answer"),
+    ):
         if path.exists():  # bought meanwhile by the process we waited for
             runlog.event(cfg, "checked", stem, answer=f"v{version}", result="bought by another process")
             return None
         where = f"train.csv line {target.row}, image {image_id}"
         try:
-            source_bytes, source_image = read_source(source_of(cfg, target), cfg["data"]["data_root"],
-                                                     int(cfg["postprocess"]["max_pixels"]), where)
+            source_bytes, source_image = read_source(
+                source_of(cfg, target), cfg["data"]["data_root"], int(cfg["postprocess"]["max_pixels"]), where
+            )
         except UnusableSource as exc:
-            answer = Answer(stem=stem, version=version, status=answers_mod.UNUSABLE, reason="BAD_SOURCE",
-                            message=str(exc)[:500], source="none")
+            answer = Answer(
+                stem=stem,
+                version=version,
+                status=answers_mod.UNUSABLE,
+                reason="BAD_SOURCE",
+                message=str(exc)[:500],
+                source="none",
+            )
             runlog.event(cfg, "unusable", stem, error=str(exc)[:300])
             return answers_mod.write(out, answer)
         check_space(out)
         send, region = source_request(cfg, source_bytes, source_image)
         fp, key = fingerprint(cfg, aug, source_bytes, region)
         request = build_request(cfg, aug, target, send, region, k)
-        runlog.event(cfg, "started", stem, answer=f"v{version}", provider=cfg["api"]["provider"], model=cfg["api"]["model"])
+        runlog.event(
+            cfg, "started", stem, answer=f"v{version}", provider=cfg["api"]["provider"], model=cfg["api"]["model"]
+        )
         try:
-            purchase = buyer.buy(request, stem=stem, version=version, fp=fp, key=key,
-                                 max_pixels=int(cfg["postprocess"]["max_pixels"]))
+            purchase = buyer.buy(
+                request, stem=stem, version=version, fp=fp, key=key, max_pixels=int(cfg["postprocess"]["max_pixels"])
+            )
         except RunStopped as exc:
             runlog.event(cfg, "stopped", stem, reason=exc.reason, error=exc.message[:300])
             raise StopBuying(f"not bought: {exc.message}") from None
         answer = store(out, purchase)
-        runlog.event(cfg, "answer" if answer.has_image else answer.status, stem, answer=answer.answer_id,
-                     calls=answer.calls, reason=answer.reason or None, secs=answer.api_seconds,
-                     error=answer.message[:300] or None)
+        runlog.event(
+            cfg,
+            "answer" if answer.has_image else answer.status,
+            stem,
+            answer=answer.answer_id,
+            calls=answer.calls,
+            reason=answer.reason or None,
+            secs=answer.api_seconds,
+            error=answer.message[:300] or None,
+        )
         return answer
 
 
@@ -123,12 +156,16 @@ def store(output_dir, purchase, wait_s: float | None = None, pause_s: float = 5.
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or time.monotonic() >= deadline:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise StopBuying(f"the disk is full: the paid answer v{purchase.answer.version} of "
-                                     f"{purchase.answer.stem} could not be stored within {wait_s:.0f} s") from None
+                    raise StopBuying(
+                        f"the disk is full: the paid answer v{purchase.answer.version} of "
+                        f"{purchase.answer.stem} could not be stored within {wait_s:.0f} s"
+                    ) from None
                 raise
             if not said:
-                say(f"answer {purchase.answer.stem} v{purchase.answer.version}: the disk is full; the paid answer "
-                    f"waits in memory up to {wait_s / 60:.0f} min for free space in {output_dir}")
+                say(
+                    f"answer {purchase.answer.stem} v{purchase.answer.version}: the disk is full; the paid answer "
+                    f"waits in memory up to {wait_s / 60:.0f} min for free space in {output_dir}"
+                )
                 said = True
             time.sleep(pause_s)
 

@@ -52,7 +52,9 @@ class Answer:
     stem: str
     version: int
     status: str  # image | refused | unusable
-    fingerprint: dict = field(default_factory=dict)  # what was asked: provider, model, prompt/source sha, image config, region
+    fingerprint: dict = field(
+        default_factory=dict
+    )  # what was asked: provider, model, prompt/source sha, image config, region
     request_key: str = ""  # hash of the parts of the fingerprint the config decides (stale = differs from the config)
     image_file: str = ""  # v<n>.<ext> next to the record (status image)
     image_sha256: str = ""
@@ -67,7 +69,9 @@ class Answer:
     text: str = ""  # the model's words next to the image (cut)
     usage: dict = field(default_factory=dict)  # of the final attempt
     calls: int = 0  # attempts made for this answer (each one a request to the service)
-    attempts: list = field(default_factory=list)  # the failed attempts before the final one: reason, message, usage, cost
+    attempts: list = field(
+        default_factory=list
+    )  # the failed attempts before the final one: reason, message, usage, cost
     est_cost_usd: float | None = None  # every attempt of this answer, from api.pricing (or the service's own figure)
     cost_usd: float | None = None  # reported by the service (OpenRouter), every attempt
     api_seconds: float = 0.0

@@ -41,8 +41,16 @@ class LedgerUnreadable(AttemptError):
 
 
 class Ledger:
-    def __init__(self, path, *, max_calls=None, max_cost_usd=None, max_total_cost_usd=None,
-                 reserve_usd: float = 0.0, spent_before=None):
+    def __init__(
+        self,
+        path,
+        *,
+        max_calls=None,
+        max_cost_usd=None,
+        max_total_cost_usd=None,
+        reserve_usd: float = 0.0,
+        spent_before=None,
+    ):
         self.path = Path(path)
         self.lock_path = self.path.with_suffix(".lock")
         self.max_calls = max_calls
@@ -72,14 +80,18 @@ class Ledger:
         except FileNotFoundError:
             return dict(EMPTY)
         except OSError as exc:
-            raise LedgerUnreadable(f"budget ledger {self.path} cannot be read ({exc.strerror}); "
-                                   "no paid call is made without knowing what this run has spent") from None
+            raise LedgerUnreadable(
+                f"budget ledger {self.path} cannot be read ({exc.strerror}); "
+                "no paid call is made without knowing what this run has spent"
+            ) from None
         try:
             state = {**EMPTY, **json.loads(text)}
             state["calls"], state["cost_usd"] = int(state["calls"]), float(state["cost_usd"])
         except (ValueError, TypeError, AttributeError) as exc:
-            raise LedgerUnreadable(f"budget ledger {self.path} is damaged ({exc}); "
-                                   "no paid call is made without knowing what this run has spent") from None
+            raise LedgerUnreadable(
+                f"budget ledger {self.path} is damaged ({exc}); "
+                "no paid call is made without knowing what this run has spent"
+            ) from None
         return state
 
     def _refusal(self, state: dict, n: int, unit_usd: float) -> str:
@@ -87,12 +99,16 @@ class Ledger:
             return f"budget reached: {state['calls']} paid calls of api.max_calls={self.max_calls} in this run"
         cost = state["cost_usd"] + n * unit_usd
         if self.max_cost_usd is not None and cost > self.max_cost_usd + 1e-9:
-            return (f"budget reached: ${state['cost_usd']:.2f} estimated of api.max_cost_usd="
-                    f"${self.max_cost_usd:.2f} in this run")
+            return (
+                f"budget reached: ${state['cost_usd']:.2f} estimated of api.max_cost_usd="
+                f"${self.max_cost_usd:.2f} in this run"
+            )
         before = state.get("before_usd") or 0.0
         if self.max_total_cost_usd is not None and before + cost > self.max_total_cost_usd + 1e-9:
-            return (f"budget reached: ${before + state['cost_usd']:.2f} spent in this output "
-                    f"directory of api.max_total_cost_usd=${self.max_total_cost_usd:.2f}")
+            return (
+                f"budget reached: ${before + state['cost_usd']:.2f} spent in this output "
+                f"directory of api.max_total_cost_usd=${self.max_total_cost_usd:.2f}"
+            )
         return ""
 
     def reserve(self) -> None:
@@ -142,10 +158,14 @@ def for_config(cfg: dict) -> Ledger:
 
     out = config_mod.output_dir(cfg)
     api = cfg["api"]
-    return Ledger(runs.directory(out) / "ledger.json", max_calls=api.get("max_calls"),
-                  max_cost_usd=api.get("max_cost_usd"), max_total_cost_usd=api.get("max_total_cost_usd"),
-                  reserve_usd=float(api["pricing"]["image_usd_per_call"]),
-                  spent_before=lambda: spent_in_directory(out, exclude_run=runs.current()))
+    return Ledger(
+        runs.directory(out) / "ledger.json",
+        max_calls=api.get("max_calls"),
+        max_cost_usd=api.get("max_cost_usd"),
+        max_total_cost_usd=api.get("max_total_cost_usd"),
+        reserve_usd=float(api["pricing"]["image_usd_per_call"]),
+        spent_before=lambda: spent_in_directory(out, exclude_run=runs.current()),
+    )
 
 
 def spent_in_directory(output_dir, exclude_run: str | None = None) -> float:

@@ -29,7 +29,7 @@ REQUESTS = ("all", "stale", "rejected")  # regenerate= values besides augmentati
 DEPRECATED = {
     "plan_only": "use `snakemake -n` or the target `snakemake plan` (they call nothing)",
     "rederive": "outputs are rebuilt from their answers (0 calls) whenever postprocess, qc or output_ext change; "
-                "`--forcerun generate` forces it",
+    "`--forcerun generate` forces it",
     "redo_rejected": "use regenerate=rejected",
     "retry_blocked": "raise api.max_total_attempts instead (this run retries blocked outputs)",
     "batch_cancel": "use the target `snakemake cancel_batches`",
@@ -49,6 +49,7 @@ def load_schema(path: Path = SCHEMA_PATH) -> dict:
 
 # ---------------------------------------------------------------- errors in one line
 
+
 def _key_path(error) -> str:
     parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in error.absolute_path]
     return ".".join(parts).replace(".[", "[") or "(top level)"
@@ -65,7 +66,12 @@ def _describe(error) -> str:
         extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
         where = f"{key}." if key != "(top level)" else ""
         names = ", ".join(f"'{where}{x}'" for x in extra)
-        hints = [f"'{where}{m[0]}'" for x in extra for m in [difflib.get_close_matches(str(x), allowed, n=1, cutoff=0.6)] if m]
+        hints = [
+            f"'{where}{m[0]}'"
+            for x in extra
+            for m in [difflib.get_close_matches(str(x), allowed, n=1, cutoff=0.6)]
+            if m
+        ]
         hint = f"; did you mean {' / '.join(hints)}?" if hints else ""
         return f"unknown config key {names}{hint} (allowed keys here: {', '.join(allowed)})"
     if v == "enum":
@@ -120,8 +126,11 @@ def _coerce(value, schema: dict, root: dict):
         except yaml.YAMLError:
             return value
         wanted = {"integer": int, "number": (int, float), "boolean": bool, "object": dict, "array": list}
-        if any(isinstance(parsed, wanted[t]) and not (t in ("integer", "number") and isinstance(parsed, bool))
-               for t in types if t in wanted):
+        if any(
+            isinstance(parsed, wanted[t]) and not (t in ("integer", "number") and isinstance(parsed, bool))
+            for t in types
+            if t in wanted
+        ):
             value = parsed
         elif parsed is None and "null" in types:
             return None
@@ -148,6 +157,7 @@ def coerce_command_line(cfg: dict, schema: dict | None = None) -> dict:
 
 
 # ---------------------------------------------------------------- keys of earlier releases
+
 
 def _pop(cfg: dict, dotted: str):
     *parents, last = dotted.split(".")
@@ -192,14 +202,18 @@ def check(cfg: dict, schema: dict | None = None) -> None:
 
     schema = schema or load_schema()
     plain = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    errors = sorted(Draft202012Validator(schema).iter_errors(plain),
-                    key=lambda e: (len(list(e.absolute_path)), list(map(str, e.absolute_path))))
+    errors = sorted(
+        Draft202012Validator(schema).iter_errors(plain),
+        key=lambda e: (len(list(e.absolute_path)), list(map(str, e.absolute_path))),
+    )
     if errors:
         raise ConfigError(_describe(errors[0]))
     api = cfg.get("api") or {}
     if api.get("mode") == "batch" and api.get("provider", "gemini") != "gemini":
-        raise ConfigError(f"config key 'api.mode': batch needs api.provider gemini, not {api.get('provider')!r} "
-                          "(OpenRouter's batch API returns text only, no images)")
+        raise ConfigError(
+            f"config key 'api.mode': batch needs api.provider gemini, not {api.get('provider')!r} "
+            "(OpenRouter's batch API returns text only, no images)"
+        )
     names = [a["name"] for a in cfg["augmentations"]]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -221,8 +235,10 @@ def finalise(cfg: dict) -> dict:
     known = {a["name"] for a in cfg["augmentations"]}
     unknown = [n for n in regen if n not in REQUESTS and n not in known]
     if unknown:
-        raise ConfigError(f"config key 'regenerate': unknown augmentation(s) {', '.join(unknown)}; "
-                          f"allowed: all, stale, {', '.join(sorted(known))}, rejected")
+        raise ConfigError(
+            f"config key 'regenerate': unknown augmentation(s) {', '.join(unknown)}; "
+            f"allowed: all, stale, {', '.join(sorted(known))}, rejected"
+        )
     if cfg.get("_asked", {}).get("rejected"):
         regen.append("rejected")
     if "all" in regen:
@@ -246,6 +262,7 @@ def prepare(cfg: dict, validate, say=None) -> dict:
 
 
 # ---------------------------------------------------------------- derived values
+
 
 def is_paid(cfg: dict) -> bool:
     return cfg["api"]["provider"] in PAID_PROVIDERS
@@ -288,7 +305,8 @@ def request_settings(cfg: dict, aug: dict) -> dict:
     api = cfg["api"]
     local = api["provider"] == "local"
     return {
-        "provider": api["provider"], "model": api["model"],
+        "provider": api["provider"],
+        "model": api["model"],
         "prompt_sha256": sha256_text(full_prompt(cfg, aug)),
         "image_config": api.get("image_config"),
         "match_aspect": bool(api.get("match_aspect")) and not local,
@@ -311,8 +329,12 @@ def data_settings(cfg: dict, train_csv_sha256: str) -> dict:
     """What decides the targets table: the checkpoint reruns when any of these changes
     (``limit`` selects from the table when the DAG is built)."""
     d = cfg["data"]
-    return {"data_root": d["data_root"], "train_csv": d["train_csv"],
-            "primary_targets": list(d["primary_targets"]), "train_csv_sha256": train_csv_sha256}
+    return {
+        "data_root": d["data_root"],
+        "train_csv": d["train_csv"],
+        "primary_targets": list(d["primary_targets"]),
+        "train_csv_sha256": train_csv_sha256,
+    }
 
 
 def file_sha256(path) -> str:

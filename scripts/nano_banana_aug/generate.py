@@ -28,7 +28,6 @@ import hashlib
 import os
 import socket
 import time
-from pathlib import Path
 
 from . import answers as answers_mod
 from . import config as config_mod
@@ -85,8 +84,10 @@ def build_image(cfg: dict, answer: Answer, source_image, record: Record) -> byte
     try:
         data = answers_mod.image_data(out, answer)
     except (OSError, ValueError) as exc:
-        raise UserError(f"answer {answer.stem}/{answer.image_file} cannot be used: {exc}; delete "
-                        f"{layout.answer_path(out, answer.stem, answer.version)} to buy it again") from None
+        raise UserError(
+            f"answer {answer.stem}/{answer.image_file} cannot be used: {exc}; delete "
+            f"{layout.answer_path(out, answer.stem, answer.version)} to buy it again"
+        ) from None
     image = imaging.decode(data, max_pixels=int(pp["max_pixels"]), what=f"answer {answer.stem}/{answer.image_file}")
     region = (answer.fingerprint or {}).get("region")
     geo = postprocess.plan(image.width, image.height, pp, source_size=source_image.size, region=region)
@@ -96,8 +97,12 @@ def build_image(cfg: dict, answer: Answer, source_image, record: Record) -> byte
         reference = _small(_qc_reference(source_image, geo, pp), qc_cfg.get("work_size", [512, 256]))
         t0 = time.monotonic()
         scores, passed, reasons = qc.check(reference, final, qc_cfg)
-        record.qc = {**scores.to_columns(), "qc_passed": passed, "qc_reasons": "; ".join(reasons),
-                     "qc_seconds": round(time.monotonic() - t0, 3)}
+        record.qc = {
+            **scores.to_columns(),
+            "qc_passed": passed,
+            "qc_reasons": "; ".join(reasons),
+            "qc_seconds": round(time.monotonic() - t0, 3),
+        }
         if not passed:
             record.status, record.error_reason = "rejected", "QC_REJECTED"
             record.error = "label-safety QC: " + "; ".join(reasons)
@@ -125,9 +130,15 @@ def run(cfg: dict, answer_path, output, sidecar_path, targets_table) -> Record:
     target = find_target(targets_table, image_id)
     if target is None:
         raise UserError(f"image {image_id} is not in {targets_table} (not in train.csv, or lacks a primary target)")
-    record = Record(image_id, aug_name, k, src_image_path=target.image_path,
-                    image_path=layout.relative_to_root(output, data_root), host=socket.gethostname(),
-                    slurm_job_id=os.environ.get("SLURM_JOB_ID", ""))
+    record = Record(
+        image_id,
+        aug_name,
+        k,
+        src_image_path=target.image_path,
+        image_path=layout.relative_to_root(output, data_root),
+        host=socket.gethostname(),
+        slurm_job_id=os.environ.get("SLURM_JOB_ID", ""),
+    )
     made_from = answer if answer.has_image else older_image(out, answer.stem, answer.version)
     if made_from is None:  # no image at all: a placeholder the manifest calls failed
         describe_answer(record, answer)
@@ -136,7 +147,9 @@ def run(cfg: dict, answer_path, output, sidecar_path, targets_table) -> Record:
     else:
         where = f"train.csv line {target.row}, image {image_id}"
         try:
-            _bytes, source_image = read_source(source_of(cfg, target), data_root, int(cfg["postprocess"]["max_pixels"]), where)
+            _bytes, source_image = read_source(
+                source_of(cfg, target), data_root, int(cfg["postprocess"]["max_pixels"]), where
+            )
         except UnusableSource as exc:
             raise UserError(f"{exc} (needed to build the output from its answer; nothing was paid)") from None
         describe_answer(record, made_from)
@@ -147,9 +160,15 @@ def run(cfg: dict, answer_path, output, sidecar_path, targets_table) -> Record:
     record.seconds = round(time.monotonic() - started, 3)
     sidecar.write(record, sidecar_path)
     atomic_write_bytes(output, data)
-    runlog.event(cfg, "ok" if record.status == "success" else record.status, answer.stem,
-                 answer=record.answer_id, size=f"{record.out_w}x{record.out_h}" if data else None,
-                 reason=record.error_reason or None, secs=record.seconds)
+    runlog.event(
+        cfg,
+        "ok" if record.status == "success" else record.status,
+        answer.stem,
+        answer=record.answer_id,
+        size=f"{record.out_w}x{record.out_h}" if data else None,
+        reason=record.error_reason or None,
+        secs=record.seconds,
+    )
     return record
 
 
@@ -160,5 +179,7 @@ def main(snakemake) -> None:
     from .pipeline import Pipeline
 
     table = Pipeline(snakemake.config).table
-    job_main(snakemake, lambda: run(snakemake.config, snakemake.input.answer, snakemake.output.image,
-                                    snakemake.output.sidecar, table))
+    job_main(
+        snakemake,
+        lambda: run(snakemake.config, snakemake.input.answer, snakemake.output.image, snakemake.output.sidecar, table),
+    )

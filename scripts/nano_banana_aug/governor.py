@@ -86,36 +86,58 @@ def classify(err: AttemptError, provider: str, max_retry_wait_s: float, now: flo
         values = [str(q.get("quotaValue", "")) for q in quota]
         named = ", ".join(i for i in ids if i) or "a request quota"
         if "0" in values:
-            return Verdict("stop", "QUOTA_ZERO",
-                           f"the API answers 429 with a quota of 0 for {named}: this key's project is not entitled "
-                           "to this model (enable billing / check the model's tier), then run again")
+            return Verdict(
+                "stop",
+                "QUOTA_ZERO",
+                f"the API answers 429 with a quota of 0 for {named}: this key's project is not entitled "
+                "to this model (enable billing / check the model's tier), then run again",
+            )
         if any("PerDay" in i or "per_day" in i.lower() for i in ids):
             reset = _pacific_midnight_after(now)
-            return Verdict("stop", "QUOTA_DAY",
-                           f"daily quota {named} ran out; it resets at midnight Pacific time ({_when(reset)}): "
-                           "run the same command again after that", until=reset)
+            return Verdict(
+                "stop",
+                "QUOTA_DAY",
+                f"daily quota {named} ran out; it resets at midnight Pacific time ({_when(reset)}): "
+                "run the same command again after that",
+                until=reset,
+            )
         delay = err.retry_after
         if delay is not None and delay > max_retry_wait_s:
-            return Verdict("stop", "QUOTA_WAIT",
-                           f"the API asks to wait {delay:.0f} s ({named}), more than api.max_retry_wait_s="
-                           f"{max_retry_wait_s:g}: run the same command again after {_when(now + delay)}",
-                           until=now + delay)
+            return Verdict(
+                "stop",
+                "QUOTA_WAIT",
+                f"the API asks to wait {delay:.0f} s ({named}), more than api.max_retry_wait_s="
+                f"{max_retry_wait_s:g}: run the same command again after {_when(now + delay)}",
+                until=now + delay,
+            )
         if delay is not None:
             return Verdict("cooldown", "QUOTA_MINUTE", f"{named}: every job pauses {delay:.0f} s", until=now + delay)
         return Verdict("retry")
     if status == 402:
-        return Verdict("stop", "NO_CREDITS",
-                       "HTTP 402 payment required: the account is out of credits or the key reached its limit; "
-                       "add credits or raise the key's limit, then run again")
+        return Verdict(
+            "stop",
+            "NO_CREDITS",
+            "HTTP 402 payment required: the account is out of credits or the key reached its limit; "
+            "add credits or raise the key's limit, then run again",
+        )
     if status == 401 or "API_KEY_INVALID" in err.message:
-        where = "openrouter.secret / OPENROUTER_API_KEY" if provider == "openrouter" else "gemini.secret / GEMINI_API_KEY"
+        where = (
+            "openrouter.secret / OPENROUTER_API_KEY" if provider == "openrouter" else "gemini.secret / GEMINI_API_KEY"
+        )
         return Verdict("stop", "BAD_KEY", f"the API key is not valid ({err.message[:160]}): check {where}")
     if status == 403 and provider == "gemini":
-        return Verdict("stop", "PERMISSION_DENIED",
-                       f"HTTP 403 PERMISSION_DENIED: the key may not use this API or model ({err.message[:160]}): "
-                       "check the key's project and the model")
+        return Verdict(
+            "stop",
+            "PERMISSION_DENIED",
+            f"HTTP 403 PERMISSION_DENIED: the key may not use this API or model ({err.message[:160]}): "
+            "check the key's project and the model",
+        )
     if status == 404:
-        return Verdict("stop", "NO_MODEL", f"HTTP 404: the model does not exist for this API ({err.message[:160]}): check api.model")
+        return Verdict(
+            "stop",
+            "NO_MODEL",
+            f"HTTP 404: the model does not exist for this API ({err.message[:160]}): check api.model",
+        )
     if status is not None and 300 <= status < 400:
         return Verdict("stop", "REDIRECT", err.message)
     return Verdict("retry")
@@ -124,8 +146,15 @@ def classify(err: AttemptError, provider: str, max_retry_wait_s: float, now: flo
 class Governor:
     """The run's shared API state (see the module docstring)."""
 
-    def __init__(self, directory, *, per_minute: int | None = None, max_retry_wait_s: float = 120.0,
-                 provider: str = "gemini", say=None):
+    def __init__(
+        self,
+        directory,
+        *,
+        per_minute: int | None = None,
+        max_retry_wait_s: float = 120.0,
+        provider: str = "gemini",
+        say=None,
+    ):
         self.dir = Path(directory)
         self.per_minute = int(per_minute) if per_minute else None
         self.max_retry_wait_s = float(max_retry_wait_s)
@@ -146,8 +175,9 @@ class Governor:
 
     def stop(self, verdict: Verdict) -> bool:
         """Record the stop; True for the first writer."""
-        data = json.dumps({"reason": verdict.reason, "message": verdict.message, "until": verdict.until,
-                           "ts": time.time()}).encode()
+        data = json.dumps(
+            {"reason": verdict.reason, "message": verdict.message, "until": verdict.until, "ts": time.time()}
+        ).encode()
         try:
             fd = os.open(self.stop_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
@@ -245,5 +275,10 @@ def for_config(cfg: dict, say=None) -> Governor:
     from . import runs
 
     api = cfg["api"]
-    return Governor(runs.directory(config_mod.output_dir(cfg)) / "api", per_minute=api.get("max_requests_per_minute"),
-                    max_retry_wait_s=float(api["max_retry_wait_s"]), provider=api["provider"], say=say)
+    return Governor(
+        runs.directory(config_mod.output_dir(cfg)) / "api",
+        per_minute=api.get("max_requests_per_minute"),
+        max_retry_wait_s=float(api["max_retry_wait_s"]),
+        provider=api["provider"],
+        say=say,
+    )

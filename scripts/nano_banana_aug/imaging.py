@@ -84,7 +84,9 @@ def decode(data: bytes, *, max_pixels: int, what: str = "image"):
         with Image.open(io.BytesIO(data), formats=[fmt]) as im:
             w, h = im.size
             if w <= 0 or h <= 0 or w * h > max_pixels:
-                raise DecodeError(f"{what}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (postprocess.max_pixels)")
+                raise DecodeError(
+                    f"{what}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (postprocess.max_pixels)"
+                )
             im.load()
             return to_rgb(im)
     except DecodeError:

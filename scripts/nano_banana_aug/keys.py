@@ -38,7 +38,9 @@ def _provider(cfg: dict) -> str:
 
 def _known(provider: str) -> None:
     if provider not in DEFAULT_BASE_URL:
-        raise ConfigError(f"api.provider: {provider!r} does not use an API key or endpoint (expected gemini or openrouter)")
+        raise ConfigError(
+            f"api.provider: {provider!r} does not use an API key or endpoint (expected gemini or openrouter)"
+        )
 
 
 def default_base_url(provider: str) -> str:
@@ -59,7 +61,7 @@ def normalise_model(provider: str, model: str | None) -> str:
     if provider == "openrouter" and "/" not in model:
         model = "google/" + model
     if provider == "gemini" and model.startswith("models/"):
-        model = model[len("models/"):]
+        model = model[len("models/") :]
     return model
 
 
@@ -126,7 +128,9 @@ def load_api_key(cfg: dict, repo_root, environ=None) -> str:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"api.api_key_file: cannot read {path}: {type(exc).__name__}") from None
         if not key:
-            raise ConfigError(f"api.api_key_file: {path} is empty; write the API key into it (or delete it and set {either})")
+            raise ConfigError(
+                f"api.api_key_file: {path} is empty; write the API key into it (or delete it and set {either})"
+            )
         return _checked(key, f"the key in {path}")
     for var in env_vars:
         key = (environ.get(var) or "").strip()
@@ -141,5 +145,7 @@ def load_api_key(cfg: dict, repo_root, environ=None) -> str:
 def _checked(key: str, where: str) -> str:
     """Refuse keys that cannot go into an HTTP header (requests would quote them in its error)."""
     if not key.isascii() or not key.isprintable() or any(ch.isspace() for ch in key):
-        raise ConfigError(f"{where} must be the key alone on one line (found spaces, line breaks or non-ASCII characters)")
+        raise ConfigError(
+            f"{where} must be the key alone on one line (found spaces, line breaks or non-ASCII characters)"
+        )
     return key

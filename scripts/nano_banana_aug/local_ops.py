@@ -111,7 +111,9 @@ def validate_recipe(recipe: dict | None, where: str = "local") -> None:
         if op not in BOUNDS:
             raise RecipeError(f"{where}.{op}: unknown operation; allowed: {', '.join(ORDER)}")
         values = value if isinstance(value, (list, tuple)) else [value]
-        if len(values) not in (1, 2) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        if len(values) not in (1, 2) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+        ):
             raise RecipeError(f"{where}.{op}: expected a number or [low, high], got {value!r}")
         lo, hi = BOUNDS[op]
         for v in values:
@@ -227,7 +229,11 @@ def _lobe(lam: np.ndarray, mu: float, s1: float, s2: float) -> np.ndarray:
 def _cie_xyz_cmf(lam: np.ndarray) -> np.ndarray:
     """CIE 1931 2-degree colour matching functions, multi-lobe fit of
     Wyman, Sloan & Shirley (JCGT 2013); error well below 1 % of the peak."""
-    x = 1.056 * _lobe(lam, 599.8, 37.9, 31.0) + 0.362 * _lobe(lam, 442.0, 16.0, 26.7) - 0.065 * _lobe(lam, 501.1, 20.4, 26.2)
+    x = (
+        1.056 * _lobe(lam, 599.8, 37.9, 31.0)
+        + 0.362 * _lobe(lam, 442.0, 16.0, 26.7)
+        - 0.065 * _lobe(lam, 501.1, 20.4, 26.2)
+    )
     y = 0.821 * _lobe(lam, 568.8, 46.9, 40.5) + 0.286 * _lobe(lam, 530.9, 16.3, 31.1)
     z = 1.217 * _lobe(lam, 437.0, 11.8, 36.0) + 0.681 * _lobe(lam, 459.0, 26.0, 13.8)
     return np.stack([x, y, z])
@@ -264,7 +270,9 @@ def white_balance_gains(kelvin: float) -> np.ndarray:
 
 def saturation_matrix(factor: float) -> np.ndarray:
     """3x3 matrix M with ``rgb @ M = luma + factor * (rgb - luma)`` (Rec. 709 luma)."""
-    return (np.float32(factor) * np.eye(3, dtype=np.float32) + np.float32(1.0 - factor) * _LUMA[:, None]).astype(np.float32)
+    return (np.float32(factor) * np.eye(3, dtype=np.float32) + np.float32(1.0 - factor) * _LUMA[:, None]).astype(
+        np.float32
+    )
 
 
 @lru_cache(maxsize=2)
@@ -578,7 +586,10 @@ def _stages(params: dict) -> list:
 
 def noise_generators(rng_seed: int) -> dict:
     """One Generator per noise op, seeded by ``(rng_seed, op)``."""
-    return {op: np.random.default_rng([int(rng_seed) % 2**64, ORDER.index(op)]) for op in ("poisson_noise", "gaussian_noise")}
+    return {
+        op: np.random.default_rng([int(rng_seed) % 2**64, ORDER.index(op)])
+        for op in ("poisson_noise", "gaussian_noise")
+    }
 
 
 def apply_u8(u8: np.ndarray, params: dict, rng_seed: int) -> np.ndarray:

@@ -98,6 +98,7 @@ def exclusive(path, *, timeout_s: float | None, what: str, on_wait=None):
 
 # ---------------------------------------------------------------- where locks hold
 
+
 def _mount_of(path, mountinfo: str) -> tuple[str, str, str]:
     """(mount point, fs type, mount + super options) of the mount holding ``path``."""
     real = os.path.realpath(path)
@@ -131,8 +132,11 @@ def node_local_reason(path, mountinfo: str | None = None, beegfs_conf: str = "/e
             conf = Path(beegfs_conf).read_text()
         except OSError:
             conf = ""
-        if not any(l.split("=", 1)[0].strip() == "tuneUseGlobalFileLocks" and l.split("=", 1)[1].strip().lower() == "true"
-                   for l in conf.splitlines() if "=" in l and not l.lstrip().startswith("#")):
+        if not any(
+            l.split("=", 1)[0].strip() == "tuneUseGlobalFileLocks" and l.split("=", 1)[1].strip().lower() == "true"
+            for l in conf.splitlines()
+            if "=" in l and not l.lstrip().startswith("#")
+        ):
             return f"{point} is BeeGFS without tuneUseGlobalFileLocks=true (flock is per node)"
     return ""
 
@@ -149,7 +153,9 @@ def probe(directory) -> None:
     except OSError as exc:
         if isinstance(exc, BlockingIOError):
             return
-        point, fstype, _ = _mount_of(d, Path("/proc/self/mountinfo").read_text() if Path("/proc/self/mountinfo").exists() else "")
+        point, fstype, _ = _mount_of(
+            d, Path("/proc/self/mountinfo").read_text() if Path("/proc/self/mountinfo").exists() else ""
+        )
         raise UserError(
             f"file locks do not work in {d} ({fstype or 'unknown filesystem'} at {point}: {exc.strerror}); "
             "the per-target locks and the budget ledger need them. Use a data.output_dir on a filesystem "

@@ -87,17 +87,26 @@ def fingerprint(cfg: dict, aug: dict, source_bytes: bytes, region: dict | None) 
 
 def build_request(cfg: dict, aug: dict, target, send: bytes, region: dict | None, variant_idx: int) -> Request:
     return Request(
-        image_bytes=send, mime_type=imaging.sniff_mime(send) or "", prompt=config_mod.full_prompt(cfg, aug),
-        image_id=target.image_id, aug_name=aug["name"], variant_idx=variant_idx, seed=int(cfg.get("seed", 0)),
-        recipe=aug.get("local") or {}, source_path=target.image_path,
+        image_bytes=send,
+        mime_type=imaging.sniff_mime(send) or "",
+        prompt=config_mod.full_prompt(cfg, aug),
+        image_id=target.image_id,
+        aug_name=aug["name"],
+        variant_idx=variant_idx,
+        seed=int(cfg.get("seed", 0)),
+        recipe=aug.get("local") or {},
+        source_path=target.image_path,
         aspect_ratio=region["ratio"] if region else None,
     )
 
 
 def retry_policy(cfg: dict) -> RetryPolicy:
     api = cfg["api"]
-    return RetryPolicy(max_attempts=int(api["max_retries"]), backoff_s=float(api["retry_backoff_s"]),
-                       max_wait_s=float(api["max_retry_wait_s"]))
+    return RetryPolicy(
+        max_attempts=int(api["max_retries"]),
+        backoff_s=float(api["retry_backoff_s"]),
+        max_wait_s=float(api["max_retry_wait_s"]),
+    )
 
 
 def load_provider(cfg: dict):
@@ -126,9 +135,14 @@ class Purchase:
 
 def _attempt_record(err: AttemptError, cost) -> dict:
     usage = err.usage
-    return {"reason": err.reason, "message": err.message[:300], "status": err.status,
-            "usage": {k: v for k, v in vars(usage).items() if v is not None} if usage is not None else {},
-            "est_cost_usd": cost, "ts": time.time()}
+    return {
+        "reason": err.reason,
+        "message": err.message[:300],
+        "status": err.status,
+        "usage": {k: v for k, v in vars(usage).items() if v is not None} if usage is not None else {},
+        "est_cost_usd": cost,
+        "ts": time.time(),
+    }
 
 
 def _add(total, value):
@@ -156,14 +170,19 @@ class Buyer:
         out = config_mod.output_dir(cfg)
         self.governor = governor.for_config(cfg, say=say) if self.paid else None
         self.ledger = budget.for_config(cfg) if self.paid else None
-        self.slots = CallSlots(out / ".pipeline" / "slots", int(cfg["api"]["concurrency"]),
-                               wait_timeout_s=slot_wait_s(cfg)) if self.paid else None
+        self.slots = (
+            CallSlots(out / ".pipeline" / "slots", int(cfg["api"]["concurrency"]), wait_timeout_s=slot_wait_s(cfg))
+            if self.paid
+            else None
+        )
         self.run_id = runs.current()
 
     def estimate(self, usage):
         if not self.paid:
             return 0.0
-        return None if usage is None else estimate_cost_usd(usage, self.cfg["api"]["pricing"], self.cfg["api"]["provider"])
+        return (
+            None if usage is None else estimate_cost_usd(usage, self.cfg["api"]["pricing"], self.cfg["api"]["provider"])
+        )
 
     def _dispatch(self, request: Request):
         """One attempt: a free slot, a last look at the run's state, the request."""
@@ -173,8 +192,11 @@ class Buyer:
             try:
                 fd = self.slots.acquire()
             except SlotTimeout as exc:
-                raise RunStopped(f"{exc}: calls in flight do not end (api.timeout_s={self.cfg['api']['timeout_s']}); "
-                                 "is another run using this directory's slots?", "SLOT_TIMEOUT") from None
+                raise RunStopped(
+                    f"{exc}: calls in flight do not end (api.timeout_s={self.cfg['api']['timeout_s']}); "
+                    "is another run using this directory's slots?",
+                    "SLOT_TIMEOUT",
+                ) from None
             try:
                 if self.governor.may_dispatch():
                     try:
@@ -191,8 +213,14 @@ class Buyer:
         failed). Raises RunStopped when the run must stop buying (nothing is stored then)."""
         tally = _Tally(self, max_pixels)
         try:
-            gen = call_with_retries(_Guarded(self), request, self.policy, before_attempt=tally.before,
-                                    after_attempt=tally.after, on_answer=tally.decode)
+            gen = call_with_retries(
+                _Guarded(self),
+                request,
+                self.policy,
+                before_attempt=tally.before,
+                after_attempt=tally.after,
+                on_answer=tally.decode,
+            )
         except GenerationFailed as failed:
             _raise_if_stopped(failed.last)
             return Purchase(tally.answer(self, stem, version, fp, key, failed=failed), None, tally.errors)
@@ -268,14 +296,33 @@ class _Tally:
                 err.stop = verdict
 
     def answer(self, buyer: Buyer, stem, version, fp, key, gen=None, failed: GenerationFailed | None = None) -> Answer:
-        answer = Answer(stem=stem, version=version, status="image", fingerprint=fp, request_key=key,
-                        source="call" if buyer.paid else "local", run_id=buyer.run_id, calls=self.calls,
-                        attempts=self.records, est_cost_usd=self.cost, cost_usd=self.reported,
-                        api_seconds=round(time.monotonic() - self.started, 3), host=socket.gethostname(),
-                        slurm_job_id=os.environ.get("SLURM_JOB_ID", ""))
+        answer = Answer(
+            stem=stem,
+            version=version,
+            status="image",
+            fingerprint=fp,
+            request_key=key,
+            source="call" if buyer.paid else "local",
+            run_id=buyer.run_id,
+            calls=self.calls,
+            attempts=self.records,
+            est_cost_usd=self.cost,
+            cost_usd=self.reported,
+            api_seconds=round(time.monotonic() - self.started, 3),
+            host=socket.gethostname(),
+            slurm_job_id=os.environ.get("SLURM_JOB_ID", ""),
+        )
         if gen is not None:
-            answer.mime_label, answer.response_id, answer.model_version = gen.mime_type, gen.response_id, gen.model_version
-            answer.finish_reason, answer.text, answer.usage = gen.finish_reason, (gen.text or "")[:500], _usage_dict(gen.usage)
+            answer.mime_label, answer.response_id, answer.model_version = (
+                gen.mime_type,
+                gen.response_id,
+                gen.model_version,
+            )
+            answer.finish_reason, answer.text, answer.usage = (
+                gen.finish_reason,
+                (gen.text or "")[:500],
+                _usage_dict(gen.usage),
+            )
         else:
             last = failed.last
             billed = any(e.usage is not None or e.status == 200 for e in self.errors)

@@ -68,8 +68,10 @@ class Geometry:
         """One word-ish summary for the manifest's ``geometry`` column."""
         size = f"{self.orig_w}x{self.orig_h}"
         if self.mode == "match_aspect":
-            return (f"match_aspect {self.ratio}: crop {self.aspect_w}x{self.aspect_h}+{self.left}+{self.top} of {size}"
-                    f" -> {self.out_w}x{self.out_h}")
+            return (
+                f"match_aspect {self.ratio}: crop {self.aspect_w}x{self.aspect_h}+{self.left}+{self.top} of {size}"
+                f" -> {self.out_w}x{self.out_h}"
+            )
         if self.mode in ("pad", "crop"):
             return f"{self.mode} {size} -> {self.aspect_w}x{self.aspect_h} -> {self.out_w}x{self.out_h}"
         return f"{self.mode} {size} -> {self.out_w}x{self.out_h}"
@@ -103,7 +105,9 @@ def plan(w: int, h: int, pp: dict, source_size=None, region=None) -> Geometry:
         x1, y1 = max(x0 + 1, round(r * w)), max(y0 + 1, round(b * h))
         sw, sh = source_size or (x1 - x0, y1 - y0)
         out_w, out_h = (int(target[0]), int(target[1])) if target else (int(sw), int(sh))
-        return Geometry(w, h, x1 - x0, y1 - y0, x0, y0, "match_aspect", out_w, out_h, ratio=str(region.get("ratio", "")))
+        return Geometry(
+            w, h, x1 - x0, y1 - y0, x0, y0, "match_aspect", out_w, out_h, ratio=str(region.get("ratio", ""))
+        )
     mode = pp.get("mode", "pad")
     if mode == "resize":
         sw, sh = source_size or (w, h)
@@ -166,8 +170,10 @@ def _pad(image, geo: Geometry, pad_mode: str, pad_color):
 
 
 # Gemini image models' aspect ratios (REFERENCE §3): "W:H" -> W/H
-SUPPORTED_RATIOS = {r: int(r.split(":")[0]) / int(r.split(":")[1])
-                    for r in ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")}
+SUPPORTED_RATIOS = {
+    r: int(r.split(":")[0]) / int(r.split(":")[1])
+    for r in ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+}
 
 
 def match_aspect_request(w: int, h: int) -> dict:
@@ -182,8 +188,12 @@ def match_aspect_request(w: int, h: int) -> dict:
     else:  # rows added top and bottom
         pw, ph = w, max(h, round(w / v))
     left, top = (pw - w) // 2, (ph - h) // 2
-    return {"ratio": ratio, "padded": [pw, ph], "offset": [left, top],
-            "box": [left / pw, top / ph, (left + w) / pw, (top + h) / ph]}
+    return {
+        "ratio": ratio,
+        "padded": [pw, ph],
+        "offset": [left, top],
+        "box": [left / pw, top / ph, (left + w) / pw, (top + h) / ph],
+    }
 
 
 def pad_source(image, req: dict):

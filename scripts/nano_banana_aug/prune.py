@@ -23,7 +23,9 @@ def prune(output_dir, lock_timeout_s: float = 600.0) -> tuple[int, int]:
             made = int(str(sidecar.read(layout.sidecar_path(output_dir, stem)).answer_id).lstrip("v") or 0)
         except (OSError, ValueError, TypeError):
             continue
-        with locks.exclusive(layout.answer_dir(output_dir, stem) / ".lock", timeout_s=lock_timeout_s, what=f"target {stem}"):
+        with locks.exclusive(
+            layout.answer_dir(output_dir, stem) / ".lock", timeout_s=lock_timeout_s, what=f"target {stem}"
+        ):
             for version, has_image in answers_mod.versions(output_dir, stem):
                 if not has_image or version >= made:
                     continue
@@ -43,7 +45,9 @@ def main(snakemake) -> None:
         before = answers_mod.disk_usage(out)
         deleted, freed = prune(out)
         after = answers_mod.disk_usage(out)
-        return (f"answers: {deleted} images deleted ({freed / 1e6:.1f} MB freed); {after[0]} kept "
-                f"({after[1] / 1e6:.1f} MB), was {before[0]} ({before[1] / 1e6:.1f} MB)")
+        return (
+            f"answers: {deleted} images deleted ({freed / 1e6:.1f} MB freed); {after[0]} kept "
+            f"({after[1] / 1e6:.1f} MB), was {before[0]} ({before[1] / 1e6:.1f} MB)"
+        )
 
     job_main(snakemake, work, name="prune_answers")

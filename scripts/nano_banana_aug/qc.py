@@ -448,19 +448,23 @@ def _robust_line(x: np.ndarray, y: np.ndarray, slope_lo: float, slope_hi: float)
     return a, b
 
 
-def _match_channels(out: np.ndarray, src: np.ndarray, slope_lo: float, slope_hi: float, step: int = 2,
-                    valid: np.ndarray | None = None) -> np.ndarray:
+def _match_channels(
+    out: np.ndarray, src: np.ndarray, slope_lo: float, slope_hi: float, step: int = 2, valid: np.ndarray | None = None
+) -> np.ndarray:
     """Map each channel of ``out`` onto ``src`` by a robust line fitted on aligned (valid) pixels (every ``step``-th)."""
     mapped = np.empty_like(out)
     sel = valid[::step, ::step].ravel() if valid is not None and valid.mean() > 0.05 else slice(None)
     for c in range(out.shape[-1]):
-        a, b = _robust_line(out[::step, ::step, c].ravel()[sel], src[::step, ::step, c].ravel()[sel], slope_lo, slope_hi)
+        a, b = _robust_line(
+            out[::step, ::step, c].ravel()[sel], src[::step, ::step, c].ravel()[sel], slope_lo, slope_hi
+        )
         mapped[..., c] = a + b * out[..., c]
     return mapped
 
 
-def _cover_after_colour_match(out_rgb: np.ndarray, src_rgb: np.ndarray, src_lc: np.ndarray,
-                              valid: np.ndarray | None = None) -> float:
+def _cover_after_colour_match(
+    out_rgb: np.ndarray, src_rgb: np.ndarray, src_lc: np.ndarray, valid: np.ndarray | None = None
+) -> float:
     """Green fraction of the output after mapping its colours onto the source's.
 
     Two camera-like colour models, and the one that explains the output best
@@ -478,6 +482,7 @@ def _cover_after_colour_match(out_rgb: np.ndarray, src_rgb: np.ndarray, src_lc: 
     pixel's chromaticity (an orange leaf at +1 EV turns yellow-green) without
     any change of the scene.
     """
+
     def cover(rgb):
         return _exg_cover(_match_channels(_log_chroma(rgb), src_lc, 0.4, 2.5, valid=valid), valid)
 
@@ -525,8 +530,9 @@ def _luma_clipped(rgb: np.ndarray) -> np.ndarray:
     return sat | (rgb @ _LUMA < CLIP_LO)
 
 
-def _photometric_clip(src_f: np.ndarray, out_f: np.ndarray, src_luma_clipped: np.ndarray,
-                      bins: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def _photometric_clip(
+    src_f: np.ndarray, out_f: np.ndarray, src_luma_clipped: np.ndarray, bins: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """Pixels whose luminance detail is gone for a photometric reason: clipped in the source, or in the output
     where the global tone curve (median output brightness per source brightness) brings them near the limit.
 
@@ -652,8 +658,13 @@ def _peer_median(values: np.ndarray, peers: np.ndarray) -> tuple[np.ndarray, np.
     return np.where(cnt > 0, med, np.nan), cnt
 
 
-def _detail_change(src_f: np.ndarray, out_f: np.ndarray, bad: np.ndarray | None = None,
-                   src_blurred: dict | None = None, unexplained: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+def _detail_change(
+    src_f: np.ndarray,
+    out_f: np.ndarray,
+    bad: np.ndarray | None = None,
+    src_blurred: dict | None = None,
+    unexplained: np.ndarray | None = None,
+) -> tuple[float, np.ndarray]:
     """Fraction of the image whose fine detail was removed (smeared, flattened) or replaced, judged against peers.
 
     Runs on the fine grid's log-luminance (gains from exposure, vignetting or
@@ -706,15 +717,21 @@ def _detail_change(src_f: np.ndarray, out_f: np.ndarray, bad: np.ndarray | None 
                 store[sg] = _blur(a, sg)
         return (store[s1] if s1 > 0 else a) - store[s2]
 
-    for (s1, s2), kappa in zip(DETAIL_BANDS, DETAIL_KAPPA):
+    for (s1, s2), kappa in zip(DETAIL_BANDS, DETAIL_KAPPA, strict=True):
         bs, bo = band("s", s, s1, s2), band("o", o, s1, s2)
         S = _block_mean(bs * bs, b).ravel() + 1e-12
         # best of the output shifted by up to DETAIL_SLACK fine px: re-rendering jitter of a few source
         # pixels is no loss of detail (a smeared block has nothing to correlate at any shift)
         slack = DETAIL_SLACK if s1 == 0 else 0  # the finest band only
         bo_p = np.pad(bo, slack, mode="wrap") if slack else bo  # views of it = np.roll(bo, (dy, dx)) without copies
-        X = np.max([_block_mean(bs * bo_p[slack - dy : slack - dy + h, slack - dx : slack - dx + w], b).ravel()
-                    for dy in range(-slack, slack + 1) for dx in range(-slack, slack + 1)], axis=0)
+        X = np.max(
+            [
+                _block_mean(bs * bo_p[slack - dy : slack - dy + h, slack - dx : slack - dx + w], b).ravel()
+                for dy in range(-slack, slack + 1)
+                for dx in range(-slack, slack + 1)
+            ],
+            axis=0,
+        )
         O = _block_mean(bo * bo, b).ravel()
         ls = np.log(S)
         peers = base & (np.abs(ls[:, None] - ls[None, :]) < math.log(3.0))
@@ -860,7 +877,7 @@ def score(source: Image.Image, output: Image.Image, *, work_size=DEFAULT_WORK_SI
 def _score_grids(src: _Source, out_f, out_size, work_size) -> QCScores:
     sw, sh = src.size
     ow, oh = out_size
-    src_f, src_rgb = src.f, src.rgb
+    src_f = src.f
     out_rgb = _half(out_f)
     src_g = src.g
     out_g = _structure(out_rgb)
@@ -944,7 +961,9 @@ def judge(scores: QCScores, thresholds: dict | None = None) -> tuple[bool, list[
             f"{scores.shift_frac:.1%} > max_shift_frac {t['max_shift_frac']:.1%}"
         )
     if scores.changed_frac > t["max_changed_frac"]:
-        reasons.append(f"local content changed in {scores.changed_frac:.1%} of the image > max_changed_frac {t['max_changed_frac']:.1%}")
+        reasons.append(
+            f"local content changed in {scores.changed_frac:.1%} of the image > max_changed_frac {t['max_changed_frac']:.1%}"
+        )
     if abs(scores.veg_cover_delta) > t["max_veg_cover_delta"]:
         reasons.append(
             f"green cover {scores.veg_cover_src:.1%} -> {scores.veg_cover_out:.1%} "
@@ -968,7 +987,9 @@ def judge(scores: QCScores, thresholds: dict | None = None) -> tuple[bool, list[
     if t["reject_mirror"] and scores.mirror:
         reasons.append(f"mirrored or rotated: flipped output matches better (score {scores.mirror_score:.2f} > 1)")
     if scores.aspect_change > t["max_aspect_change"]:
-        reasons.append(f"aspect ratio changed: |ln ratio| {scores.aspect_change:.2f} > max_aspect_change {t['max_aspect_change']}")
+        reasons.append(
+            f"aspect ratio changed: |ln ratio| {scores.aspect_change:.2f} > max_aspect_change {t['max_aspect_change']}"
+        )
     return not reasons, reasons
 
 

@@ -43,12 +43,16 @@ def _num(v):
     return f if math.isfinite(f) else None
 
 
-def histogram_svg(values: list[float], threshold: float | None, *, bins: int = 20, width: int = 320,
-                  height: int = 120) -> str:
+def histogram_svg(
+    values: list[float], threshold: float | None, *, bins: int = 20, width: int = 320, height: int = 120
+) -> str:
     """A small inline SVG histogram with the QC threshold as a red line."""
     if not values:
         return "<p>no values</p>"
-    lo, hi = min(values + ([threshold] if threshold is not None else [])), max(values + ([threshold] if threshold is not None else []))
+    lo, hi = (
+        min(values + ([threshold] if threshold is not None else [])),
+        max(values + ([threshold] if threshold is not None else [])),
+    )
     if hi <= lo:
         hi = lo + 1e-9
     counts = [0] * bins
@@ -59,13 +63,17 @@ def histogram_svg(values: list[float], threshold: float | None, *, bins: int = 2
     bars = "".join(
         f'<rect x="{i * bw:.1f}" y="{height - 18 - c / top * (height - 24):.1f}" width="{bw - 1:.1f}" '
         f'height="{c / top * (height - 24):.1f}" fill="#4a7fb5"><title>{c}</title></rect>'
-        for i, c in enumerate(counts) if c)
+        for i, c in enumerate(counts)
+        if c
+    )
     line = ""
     if threshold is not None:
         x = (threshold - lo) / (hi - lo) * width
         line = f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height - 18}" stroke="#c62828" stroke-width="2"/>'
-    labels = (f'<text x="0" y="{height - 4}" font-size="10">{lo:.3g}</text>'
-              f'<text x="{width}" y="{height - 4}" font-size="10" text-anchor="end">{hi:.3g}</text>')
+    labels = (
+        f'<text x="0" y="{height - 4}" font-size="10">{lo:.3g}</text>'
+        f'<text x="{width}" y="{height - 4}" font-size="10" text-anchor="end">{hi:.3g}</text>'
+    )
     return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">{bars}{line}{labels}</svg>'
 
 
@@ -106,22 +114,30 @@ def build(cfg: dict, manifest_path, dest, *, samples: int = 6) -> Path:
             vals = [abs(v) for v in vals]
         limit = _num(qc_cfg.get(tkey)) if tkey else (1.0 if qc_cfg.get("reject_mirror", True) else None)
         name = f"qc.{tkey}" if tkey else "qc.reject_mirror"
-        hists.append(f"<figure><figcaption><b>{_e(key[3:])}</b>: {_e(what)} ({len(vals)} outputs; red = "
-                     f"<code>{_e(name)}</code>)</figcaption>{histogram_svg(vals, limit)}</figure>")
+        hists.append(
+            f"<figure><figcaption><b>{_e(key[3:])}</b>: {_e(what)} ({len(vals)} outputs; red = "
+            f"<code>{_e(name)}</code>)</figcaption>{histogram_svg(vals, limit)}</figure>"
+        )
+
     # a sample: the riskiest first (rejected, then lowest ssim), then successes
     def risk(r):
         return (r.get("status") != "rejected", _num(r.get("qc_ssim")) if _num(r.get("qc_ssim")) is not None else 1.0)
 
     sample_html = []
     for r in sorted((r for r in rows if r.get("status") in ("success", "rejected")), key=risk)[:samples]:
-        out = _thumb(resolve_output(r["image_path"], data_root, Path(manifest_path).parent)) if r.get("image_path") else None
+        out = (
+            _thumb(resolve_output(r["image_path"], data_root, Path(manifest_path).parent))
+            if r.get("image_path")
+            else None
+        )
         src = _thumb(data_root / r.get("src_image_path", "")) if r.get("src_image_path") else None
         if not out:
             continue
         sample_html.append(
             f'<div class="pair"><div><img alt="source" src="{src or ""}"><br>source {_e(r.get("image_id"))}</div>'
             f'<div><img alt="output" src="{out}"><br>{_e(r.get("aug_name"))} v{_e(r.get("variant_idx"))}: '
-            f'<b>{_e(r.get("status"))}</b> {_e((r.get("error") or "")[:160])}</div></div>')
+            f"<b>{_e(r.get('status'))}</b> {_e((r.get('error') or '')[:160])}</div></div>"
+        )
     failures = _failures(rows)
     spent = _spent(cfg)
     page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Augmentation run summary</title>
@@ -129,16 +145,16 @@ def build(cfg: dict, manifest_path, dest, *, samples: int = 6) -> Path:
 padding:2px 8px;text-align:right}}td:first-child{{text-align:left}}figure{{display:inline-block;margin:6px 12px 6px 0}}
 .pair{{display:flex;gap:8px;margin:6px 0}}.pair img{{width:240px;height:auto;background:#ddd}}</style></head><body>
 <h1>Augmentation run summary</h1>
-<p>{len(rows)} outputs in <code>{_e(manifest_path)}</code>; provider <code>{_e(cfg['api']['provider'])}</code>,
-model <code>{_e(cfg['api']['model'])}</code>, mode <code>{_e(cfg['api'].get('mode', 'sync'))}</code>.</p>
-<h2>Outputs per status and augmentation</h2>{''.join(table)}
+<p>{len(rows)} outputs in <code>{_e(manifest_path)}</code>; provider <code>{_e(cfg["api"]["provider"])}</code>,
+model <code>{_e(cfg["api"]["model"])}</code>, mode <code>{_e(cfg["api"].get("mode", "sync"))}</code>.</p>
+<h2>Outputs per status and augmentation</h2>{"".join(table)}
 <h2>Cost</h2><p>Spent in this output directory (every answer bought, also those without an image):
-<b>${spent['cost_usd']:.2f}</b> for {spent['answers']} answers ({spent['calls']} calls); the outputs listed
-were made from answers that cost ${cost:.2f}{f' (reported by the service: ${sum(billed):.2f})' if billed else ''}.
-{_e(spent['plan'])} Where outputs came from: {_e(', '.join(f'{v} {k}' for k, v in sorted(sources.items())))}.</p>
+<b>${spent["cost_usd"]:.2f}</b> for {spent["answers"]} answers ({spent["calls"]} calls); the outputs listed
+were made from answers that cost ${cost:.2f}{f" (reported by the service: ${sum(billed):.2f})" if billed else ""}.
+{_e(spent["plan"])} Where outputs came from: {_e(", ".join(f"{v} {k}" for k, v in sorted(sources.items())))}.</p>
 <h2>Failures by reason</h2>{failures}
-<h2>QC scores</h2>{''.join(hists)}
-<h2>A sample of outputs beside their sources</h2>{''.join(sample_html) or '<p>no outputs yet</p>'}
+<h2>QC scores</h2>{"".join(hists)}
+<h2>A sample of outputs beside their sources</h2>{"".join(sample_html) or "<p>no outputs yet</p>"}
 </body></html>
 """
     dest = Path(dest)
@@ -157,10 +173,15 @@ def _failures(rows) -> str:
     items = []
     for (status, reason), members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         ex = members[0]
-        items.append(f"<tr><td>{_e(status)}</td><td>{_e(reason)}</td><td>{len(members)}</td><td>{_e(ex.get('image_id'))} "
-                     f"{_e(ex.get('aug_name'))} v{_e(ex.get('variant_idx'))}: {_e((ex.get('error') or '')[:240])}</td></tr>")
-    return ("<table><tr><th>status</th><th>reason</th><th>outputs</th><th>one example</th></tr>"
-            + "".join(items) + "</table>")
+        items.append(
+            f"<tr><td>{_e(status)}</td><td>{_e(reason)}</td><td>{len(members)}</td><td>{_e(ex.get('image_id'))} "
+            f"{_e(ex.get('aug_name'))} v{_e(ex.get('variant_idx'))}: {_e((ex.get('error') or '')[:240])}</td></tr>"
+        )
+    return (
+        "<table><tr><th>status</th><th>reason</th><th>outputs</th><th>one example</th></tr>"
+        + "".join(items)
+        + "</table>"
+    )
 
 
 def _spent(cfg: dict) -> dict:
@@ -172,7 +193,9 @@ def _spent(cfg: dict) -> dict:
     plan = ""
     log = out / cfg["data"]["log_file"]
     if log.is_file():
-        lines = [line.split("  ", 1)[-1] for line in log.read_text(encoding="utf-8").splitlines() if "answers to buy" in line]
+        lines = [
+            line.split("  ", 1)[-1] for line in log.read_text(encoding="utf-8").splitlines() if "answers to buy" in line
+        ]
         plan = f"The last run planned: {lines[-1].removeprefix('plan: ')}." if lines else ""
     return {**t, "plan": plan}
 

@@ -34,7 +34,17 @@ DEFAULT_SEED = 20151
 SIZE = (2000, 1000)  # W, H of the real images
 JPEG_QUALITY = 80  # keeps the 8 images of data/sample/ under 5 MB (about 4 MB)
 TARGETS = ("Dry_Clover_g", "Dry_Dead_g", "Dry_Green_g", "Dry_Total_g", "GDM_g")  # row order of the real train.csv
-COLUMNS = ["sample_id", "image_path", "Sampling_Date", "State", "Species", "Pre_GSHH_NDVI", "Height_Ave_cm", "target_name", "target"]
+COLUMNS = [
+    "sample_id",
+    "image_path",
+    "Sampling_Date",
+    "State",
+    "Species",
+    "Pre_GSHH_NDVI",
+    "Height_Ave_cm",
+    "target_name",
+    "target",
+]
 MISSING_TOTAL_INDEX = 5  # this image's Dry_Total_g target is empty
 STATES = ("Tas", "Vic", "NSW", "WA")
 GRASSES = ("Ryegrass", "Phalaris", "Fescue")
@@ -119,7 +129,12 @@ def sample_table(scenes: list[Scene]) -> pd.DataFrame:
         }
         if i == MISSING_TOTAL_INDEX % len(scenes):
             values["Dry_Total_g"] = None
-        ndvi = round(float(np.clip(0.25 + 0.55 * (s.green + 0.6 * s.clover) / (1 + 0.5 * s.dead) + rng.normal(0, 0.02), 0.15, 0.92)), 2)
+        ndvi = round(
+            float(
+                np.clip(0.25 + 0.55 * (s.green + 0.6 * s.clover) / (1 + 0.5 * s.dead) + rng.normal(0, 0.02), 0.15, 0.92)
+            ),
+            2,
+        )
         date = f"{s.date[0]}/{s.date[1]}/{s.date[2]}"  # like the real file: 2015/9/4
         for name in TARGETS:
             rows.append(
@@ -143,7 +158,9 @@ def sample_table(scenes: list[Scene]) -> pd.DataFrame:
 # --------------------------------------------------------------------------
 
 
-def fbm(rng: np.random.Generator, w: int, h: int, base: int = 4, octaves: int = 6, persistence: float = 0.55) -> np.ndarray:
+def fbm(
+    rng: np.random.Generator, w: int, h: int, base: int = 4, octaves: int = 6, persistence: float = 0.55
+) -> np.ndarray:
     """Fractal value noise in about [-1, 1], float32 (h, w): smooth random
     grids of doubling resolution, upsampled bicubically; never periodic."""
     from PIL import Image
@@ -192,7 +209,12 @@ def _jitter(rng, rgb, spread):
     """An opaque RGBA fill: ``rgb`` with a random brightness (sd ``spread`` %) and a little hue noise."""
     f = 1.0 + spread / 100.0 * rng.normal()
     r, g, b = rng.normal(0.0, spread / 4.0, 3)
-    return (min(255, max(0, int(rgb[0] * f + r))), min(255, max(0, int(rgb[1] * f + g))), min(255, max(0, int(rgb[2] * f + b))), 255)
+    return (
+        min(255, max(0, int(rgb[0] * f + r))),
+        min(255, max(0, int(rgb[1] * f + g))),
+        min(255, max(0, int(rgb[2] * f + b))),
+        255,
+    )
 
 
 def _layer(w, h):
@@ -208,7 +230,9 @@ def _composite(canvas, layer, shadow_px: tuple[float, float], shadow: float, sha
 
     alpha = layer.getchannel("A")
     dx, dy = shadow_px
-    sil = alpha.rotate(0, translate=(int(round(dx)), int(round(dy)))).filter(ImageFilter.GaussianBlur(max(1.0, abs(dx) * 0.8)))
+    sil = alpha.rotate(0, translate=(int(round(dx)), int(round(dy)))).filter(
+        ImageFilter.GaussianBlur(max(1.0, abs(dx) * 0.8))
+    )
     keep = sil.point(lambda v: int(255 - v * shadow + 0.5))
     canvas = ImageChops.multiply(canvas, Image.merge("RGB", (keep, keep, keep)))
     canvas.paste(layer.convert("RGB").point(lambda v: min(255, int(v * shade + 0.5))), mask=alpha)
@@ -254,7 +278,17 @@ def render_scene(scene: Scene, size: tuple[int, int] = SIZE) -> "Image.Image":
         for x, y in _density_points(rng, dead_map, n, w, h):
             base = straws[int(rng.integers(len(straws)))]
             col = _jitter(rng, base, 12)
-            _blade(dr, rng, x, y, rng.uniform(0, 2 * math.pi), blade_len * rng.uniform(0.5, 1.6), rng.uniform(4, 10) * k, col, curl=1.5)
+            _blade(
+                dr,
+                rng,
+                x,
+                y,
+                rng.uniform(0, 2 * math.pi),
+                blade_len * rng.uniform(0.5, 1.6),
+                rng.uniform(4, 10) * k,
+                col,
+                curl=1.5,
+            )
         return _composite(canvas, layer, shadow_px, 0.35, shade)
 
     def grass_layer(canvas, n_tussocks, blades_per, shade):
@@ -267,7 +301,17 @@ def render_scene(scene: Scene, size: tuple[int, int] = SIZE) -> "Image.Image":
                 col = _jitter(rng, base, 13)
                 tip = _jitter(rng, (base[0] + 45, base[1] + 25, base[2] + 10), 10) if rng.random() < 0.2 else None
                 x, y = cx + rng.normal(0, spread), cy + rng.normal(0, spread)
-                pts = _blade(dr, rng, x, y, rng.uniform(0, 2 * math.pi), blade_len * rng.uniform(0.4, 1.3), rng.uniform(5, 13) * k, col, tip)
+                pts = _blade(
+                    dr,
+                    rng,
+                    x,
+                    y,
+                    rng.uniform(0, 2 * math.pi),
+                    blade_len * rng.uniform(0.4, 1.3),
+                    rng.uniform(5, 13) * k,
+                    col,
+                    tip,
+                )
                 if rng.random() < 0.25:  # light catching the midrib
                     hi = _jitter(rng, (base[0] + 60, base[1] + 55, base[2] + 30), 8)
                     dr.line(pts[:3], fill=hi, width=max(1, int(2 * k)))
@@ -283,7 +327,11 @@ def render_scene(scene: Scene, size: tuple[int, int] = SIZE) -> "Image.Image":
             col = _jitter(rng, base, 10)
             mark = _jitter(rng, (base[0] + 70, base[1] + 70, base[2] + 55), 8)
             edge = _jitter(rng, (base[0] * 0.6, base[1] * 0.6, base[2] * 0.6), 5)
-            dr.line([(x, y), (x - 1.6 * r * math.cos(rot), y - 1.6 * r * math.sin(rot))], fill=_jitter(rng, (110, 130, 70), 10), width=max(1, int(2 * k)))
+            dr.line(
+                [(x, y), (x - 1.6 * r * math.cos(rot), y - 1.6 * r * math.sin(rot))],
+                fill=_jitter(rng, (110, 130, 70), 10),
+                width=max(1, int(2 * k)),
+            )
             for j in range(3):
                 a = rot + j * 2.0 * math.pi / 3 + rng.normal(0, 0.12)
                 lx, ly = x + 0.62 * r * math.cos(a), y + 0.62 * r * math.sin(a)
@@ -305,10 +353,14 @@ def render_scene(scene: Scene, size: tuple[int, int] = SIZE) -> "Image.Image":
     light = 1.0 + 0.18 * fbm(rng, w, h, base=2, octaves=3)
     gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
     light += np.float32(rng.uniform(0.05, 0.15)) * ((gx / w - 0.5) * math.cos(sun) + (gy / h - 0.5) * math.sin(sun))
-    tint = np.array([rng.uniform(0.95, 1.08), 1.0, rng.uniform(0.88, 1.04)], np.float32) * np.float32(rng.uniform(0.95, 1.2))
+    tint = np.array([rng.uniform(0.95, 1.08), 1.0, rng.uniform(0.88, 1.04)], np.float32) * np.float32(
+        rng.uniform(0.95, 1.2)
+    )
     canvas = np.asarray(canvas, dtype=np.float32) * (light[..., None] * tint)
     canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * np.float32(2.5)
-    img = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8), "RGB").filter(ImageFilter.GaussianBlur(0.6 * k))
+    img = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8), "RGB").filter(
+        ImageFilter.GaussianBlur(0.6 * k)
+    )
 
     if scene.timestamp:  # orange camera date stamp, bottom right
         font = ImageFont.load_default(size=max(8, int(54 * k)))
@@ -342,7 +394,14 @@ def _chevron(cx, cy, s, angle):
 # --------------------------------------------------------------------------
 
 
-def make_sample(out_dir, n_images: int = 8, seed: int = DEFAULT_SEED, *, size: tuple[int, int] = SIZE, jpeg_quality: int = JPEG_QUALITY) -> pd.DataFrame:
+def make_sample(
+    out_dir,
+    n_images: int = 8,
+    seed: int = DEFAULT_SEED,
+    *,
+    size: tuple[int, int] = SIZE,
+    jpeg_quality: int = JPEG_QUALITY,
+) -> pd.DataFrame:
     """Write ``out_dir/train.csv`` and ``out_dir/train/<image_id>.jpg``; return the table.
 
     Deterministic in (n_images, seed, size, jpeg_quality).  Existing files

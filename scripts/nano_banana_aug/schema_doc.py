@@ -13,9 +13,22 @@ import sys
 from . import config as config_mod
 
 USER_KEYS = {  # shown in configs/nano_banana_pro_augment.yaml
-    "api.provider", "api.model", "api.api_key_file", "api.concurrency", "api.max_cost_usd",
-    "api.max_total_cost_usd", "api.match_aspect", "data.data_root", "data.train_csv", "data.primary_targets",
-    "data.output_dir", "data.output_ext", "postprocess.mode", "qc.enabled", "limit", "prompt_prefix",
+    "api.provider",
+    "api.model",
+    "api.api_key_file",
+    "api.concurrency",
+    "api.max_cost_usd",
+    "api.max_total_cost_usd",
+    "api.match_aspect",
+    "data.data_root",
+    "data.train_csv",
+    "data.primary_targets",
+    "data.output_dir",
+    "data.output_ext",
+    "postprocess.mode",
+    "qc.enabled",
+    "limit",
+    "prompt_prefix",
     "augmentations",
 }
 
@@ -78,10 +91,17 @@ def render(schema: dict | None = None) -> str:
     schema = schema or config_mod.load_schema()
     deprecated = "\n".join(f"- `{k}`: {v}" for k, v in config_mod.DEPRECATED.items())
     out = [HEADER.replace("{deprecated}", deprecated)]
-    sections = [("Top level", {k: v for k, v in schema["properties"].items()
-                               if not (v.get("type") == "object" and "properties" in v)})]
-    sections += [(f"`{k}`", v["properties"]) for k, v in schema["properties"].items()
-                 if v.get("type") == "object" and "properties" in v]
+    sections = [
+        (
+            "Top level",
+            {k: v for k, v in schema["properties"].items() if not (v.get("type") == "object" and "properties" in v)},
+        )
+    ]
+    sections += [
+        (f"`{k}`", v["properties"])
+        for k, v in schema["properties"].items()
+        if v.get("type") == "object" and "properties" in v
+    ]
     for title, props in sections:
         prefix = "" if title == "Top level" else title.strip("`") + "."
         out.append(f"## {title}\n\n| key | type | default | meaning |\n|---|---|---|---|")

@@ -59,8 +59,9 @@ class CallSlots:
             return fd
         deadline = time.monotonic() + self.wait_timeout_s
         try:
-            turnstile = locks.exclusive(self.directory / "turnstile.lock", timeout_s=self.wait_timeout_s,
-                                        what="API call slot queue")
+            turnstile = locks.exclusive(
+                self.directory / "turnstile.lock", timeout_s=self.wait_timeout_s, what="API call slot queue"
+            )
             turnstile.__enter__()
         except locks.LockTimeout:
             raise SlotTimeout(f"no API call slot free within {self.wait_timeout_s:g} s") from None

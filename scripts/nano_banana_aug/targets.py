@@ -56,8 +56,10 @@ def read_train_csv(path):
         raise UserError(f"{path}: cannot be read as CSV: {' '.join(str(exc).split())}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, df.columns))}; "
-                        "train.csv must be in the long format (sample_id, image_path, target_name, target)")
+        raise UserError(
+            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, df.columns))}; "
+            "train.csv must be in the long format (sample_id, image_path, target_name, target)"
+        )
 
     df["target"] = pd.to_numeric(df["target"], errors="coerce")
     return df
@@ -80,7 +82,9 @@ def select_images(df, primary_targets) -> list[tuple[str, str, int]]:
     return [(str(i), str(r.image_path), int(r._line)) for i, r in first.iterrows() if not pd.isna(r.image_path)]
 
 
-def check_source(data_root, image_path: str, *, decode: bool = False, cache: dict | None = None) -> tuple[str, str, int, int]:
+def check_source(
+    data_root, image_path: str, *, decode: bool = False, cache: dict | None = None
+) -> tuple[str, str, int, int]:
     """Resolve and check one source image.
 
     With ``decode`` the whole file is decoded (JPEG at reduced scale, which
@@ -127,8 +131,10 @@ def id_problem(image_id: str) -> str:
     """Why an image id cannot be part of output file names ("" = it can): braces (Snakemake
     wildcards), '/', whitespace, '__' (the stem separator) or a leading '-' (an option)."""
     if _BAD_ID.search(image_id) or not image_id:
-        return (f"{BAD_ID_PROBLEM} ({image_id!r}: no '{{', '}}', '/', '\\', whitespace or '__', "
-                "and no leading '-'); rename it in train.csv")
+        return (
+            f"{BAD_ID_PROBLEM} ({image_id!r}: no '{{', '}}', '/', '\\', whitespace or '__', "
+            "and no leading '-'); rename it in train.csv"
+        )
     return ""
 
 
@@ -166,23 +172,24 @@ def write_targets(targets: list[Target], path) -> None:
 
 
 def _target_from_row(r: dict) -> Target:
-    return Target(r["image_id"], r["image_path"], r["source"], int(r["row"]), int(r["width"]), int(r["height"]), r["problem"])
+    return Target(
+        r["image_id"], r["image_path"], r["source"], int(r["row"]), int(r["width"]), int(r["height"]), r["problem"]
+    )
 
 
 def read_targets(path) -> list[Target]:
     """Read targets.csv (plain csv module: cheap enough to call from every job)."""
     with open(path, newline="", encoding="utf-8") as fh:
-        return [
-            _target_from_row(r)
-            for r in csv.DictReader(fh)
-        ]
+        return [_target_from_row(r) for r in csv.DictReader(fh)]
 
 
 def find_target(path, image_id: str) -> Target | None:
     try:
         fh = open(path, newline="", encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"{path}: targets table not found; run the whole pipeline (checkpoint `targets`) first") from None
+        raise UserError(
+            f"{path}: targets table not found; run the whole pipeline (checkpoint `targets`) first"
+        ) from None
     with fh:
         for r in csv.DictReader(fh):
             if r["image_id"] == image_id:
@@ -195,8 +202,12 @@ def make_table(cfg: dict, output) -> list[Target]:
     from . import config as config_mod
     from . import layout
 
-    targets = build_targets(config_mod.train_csv_path(cfg), config_mod.data_root(cfg), cfg["data"]["primary_targets"],
-                            cache_path=layout.pipeline_dir(cfg["data"]["output_dir"]) / "source_checks.json")
+    targets = build_targets(
+        config_mod.train_csv_path(cfg),
+        config_mod.data_root(cfg),
+        cfg["data"]["primary_targets"],
+        cache_path=layout.pipeline_dir(cfg["data"]["output_dir"]) / "source_checks.json",
+    )
     write_targets(targets, output)
     return targets
 
@@ -219,9 +230,11 @@ def checkpoint_main(snakemake) -> None:
         if not targets:
             if read_train_csv(snakemake.input[0]).empty:
                 raise UserError(f"{snakemake.input[0]}: has a header and no rows: nothing to augment")
-            raise UserError(f"{snakemake.input[0]}: no image has every primary target "
-                            f"({', '.join(cfg['data']['primary_targets'])}): nothing to augment; "
-                            "check data.primary_targets and the target_name / target columns")
+            raise UserError(
+                f"{snakemake.input[0]}: no image has every primary target "
+                f"({', '.join(cfg['data']['primary_targets'])}): nothing to augment; "
+                "check data.primary_targets and the target_name / target columns"
+            )
         print("\n".join(describe(targets, cfg["data"]["primary_targets"])), file=sys.stderr)
 
     job_main(snakemake, work, name="targets")

@@ -30,6 +30,15 @@ def make_provider(cfg: dict, api_key: str | None) -> Provider:
 
 
 __all__ = [
-    "AttemptError", "Generation", "GenerationFailed", "Provider", "Request", "RetryPolicy", "Usage",
-    "call_with_retries", "make_provider", "provider_class", "NAMES",
+    "AttemptError",
+    "Generation",
+    "GenerationFailed",
+    "Provider",
+    "Request",
+    "RetryPolicy",
+    "Usage",
+    "call_with_retries",
+    "make_provider",
+    "provider_class",
+    "NAMES",
 ]

@@ -160,15 +160,26 @@ def post_json(
     send_headers = {"Content-Type": "application/json", **headers}
     try:
         # never follow a redirect: requests would send the key header along, even to another host over http
-        resp = session.post(url, data=data, headers=send_headers, timeout=(min(timeout_s, 30.0), timeout_s), stream=True,
-                            allow_redirects=False)
+        resp = session.post(
+            url,
+            data=data,
+            headers=send_headers,
+            timeout=(min(timeout_s, 30.0), timeout_s),
+            stream=True,
+            allow_redirects=False,
+        )
         if 300 <= resp.status_code < 400:
             location = resp.headers.get("Location", "?")
             resp.close()
             raise AttemptError(
-                redact(f"HTTP {resp.status_code} redirect to {quote(location)} not followed (the API key would go "
-                       "with it); check api.base_url", secret),
-                retryable=False, status=resp.status_code, reason="REDIRECT",
+                redact(
+                    f"HTTP {resp.status_code} redirect to {quote(location)} not followed (the API key would go "
+                    "with it); check api.base_url",
+                    secret,
+                ),
+                retryable=False,
+                status=resp.status_code,
+                reason="REDIRECT",
             )
         try:
             chunks, size = [], 0
@@ -178,7 +189,9 @@ def post_json(
                 if size > MAX_RESPONSE_BYTES:
                     raise AttemptError(
                         f"response larger than {MAX_RESPONSE_BYTES // (1024 * 1024)} MiB; refused",
-                        retryable=False, status=resp.status_code, reason="RESPONSE_TOO_LARGE",
+                        retryable=False,
+                        status=resp.status_code,
+                        reason="RESPONSE_TOO_LARGE",
                     )
                 if time.monotonic() > deadline:
                     raise requests.Timeout("response body not complete within the timeout")
@@ -188,15 +201,20 @@ def post_json(
     except requests.Timeout as exc:
         raise AttemptError(
             redact(f"request timed out after {timeout_s:g} s (api.timeout_s): {_describe(exc)}", secret),
-            retryable=True, reason="TIMEOUT",
+            retryable=True,
+            reason="TIMEOUT",
         ) from None
     except requests.ConnectionError as exc:
         raise AttemptError(
-            redact(f"connection failed: {_describe(exc)}", secret), retryable=True, reason="CONNECTION",
+            redact(f"connection failed: {_describe(exc)}", secret),
+            retryable=True,
+            reason="CONNECTION",
         ) from None
     except requests.RequestException as exc:  # ChunkedEncodingError, ContentDecodingError, ...
         raise AttemptError(
-            redact(f"transfer failed: {_describe(exc)}", secret), retryable=True, reason="TRANSFER",
+            redact(f"transfer failed: {_describe(exc)}", secret),
+            retryable=True,
+            reason="TRANSFER",
         ) from None
     return HttpResponse(status=status, headers=resp_headers, body=b"".join(chunks), seconds=time.monotonic() - started)
 
@@ -247,7 +265,8 @@ def source_mime(request) -> str:
     if mime is None:
         raise AttemptError(
             f"source image {request.source_path or request.image_id} is not a recognised image format",
-            retryable=False, reason="BAD_INPUT_IMAGE",
+            retryable=False,
+            reason="BAD_INPUT_IMAGE",
         )
     return mime
 
@@ -259,6 +278,8 @@ def json_object(resp: "HttpResponse", payload):
     if not isinstance(payload, dict):
         raise AttemptError(
             f"HTTP 200 with a body that is not a JSON object: {quote(resp.body[:200].decode('utf-8', 'replace'))}",
-            retryable=True, status=200, reason="BAD_RESPONSE",
+            retryable=True,
+            status=200,
+            reason="BAD_RESPONSE",
         )
     return payload

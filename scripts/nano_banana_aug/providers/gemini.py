@@ -73,13 +73,20 @@ class GeminiProvider:
         if image_config:
             generation_config["imageConfig"] = image_config
         return {
-            "contents": [{
-                "role": "user",
-                "parts": [
-                    {"inlineData": {"mimeType": mime, "data": base64.b64encode(request.image_bytes).decode("ascii")}},
-                    {"text": request.prompt},
-                ],
-            }],
+            "contents": [
+                {
+                    "role": "user",
+                    "parts": [
+                        {
+                            "inlineData": {
+                                "mimeType": mime,
+                                "data": base64.b64encode(request.image_bytes).decode("ascii"),
+                            }
+                        },
+                        {"text": request.prompt},
+                    ],
+                }
+            ],
             "generationConfig": generation_config,
         }
 
@@ -87,9 +94,12 @@ class GeminiProvider:
         """One generateContent call; AttemptError on any failure."""
         body = self.build_body(request)
         resp = _http.post_json(
-            self.session, self.url,
-            headers={"x-goog-api-key": self._api_key}, body=body,
-            timeout_s=self.timeout_s, secret=self._api_key,
+            self.session,
+            self.url,
+            headers={"x-goog-api-key": self._api_key},
+            body=body,
+            timeout_s=self.timeout_s,
+            secret=self._api_key,
         )
         payload = resp.json()
         if resp.status != 200:
@@ -98,8 +108,13 @@ class GeminiProvider:
         if isinstance(payload.get("error"), dict):  # not documented for 200, but never take it for an answer
             err = payload["error"]
             raise AttemptError(
-                _http.redact(f"error in an HTTP 200 answer: {err.get('status', '')} {_http.quote(err.get('message', ''))}", self._api_key),
-                retryable=True, status=200, reason=str(err.get("status") or "ERROR"),
+                _http.redact(
+                    f"error in an HTTP 200 answer: {err.get('status', '')} {_http.quote(err.get('message', ''))}",
+                    self._api_key,
+                ),
+                retryable=True,
+                status=200,
+                reason=str(err.get("status") or "ERROR"),
             )
         return parse_response(payload, secret=self._api_key)
 
@@ -115,8 +130,13 @@ class GeminiProvider:
             hint = "- check the key in gemini.secret / GEMINI_API_KEY"
         elif resp.status == 404:
             hint = "- check api.model"
-        violations = [v for d in details if isinstance(d, dict) and str(d.get("@type", "")).endswith("QuotaFailure")
-                      for v in (d.get("violations") or []) if isinstance(v, dict)]
+        violations = [
+            v
+            for d in details
+            if isinstance(d, dict) and str(d.get("@type", "")).endswith("QuotaFailure")
+            for v in (d.get("violations") or [])
+            if isinstance(v, dict)
+        ]
         if violations:
             ids = ", ".join(f"{v.get('quotaId', '?')}={v.get('quotaValue', '?')}" for v in violations)
             reasons.append(f"quota {ids}")
@@ -177,13 +197,17 @@ def decode_b64_image(data, label: str, *, secret: str | None = None) -> bytes:
                 raise ValueError("not canonical url-safe base64")
         except (binascii.Error, ValueError):
             raise AttemptError(
-                _http.redact(f"image data labelled {label or '?'} is not valid base64 (starts {_http.quote(data[:40])})", secret),
-                retryable=True, reason="BAD_IMAGE_DATA",
+                _http.redact(
+                    f"image data labelled {label or '?'} is not valid base64 (starts {_http.quote(data[:40])})", secret
+                ),
+                retryable=True,
+                reason="BAD_IMAGE_DATA",
             ) from None
     if sniff_format(raw) is None:
         raise AttemptError(
             f"image data labelled {label or '?'} is not a recognised image format ({len(raw)} bytes, first bytes {raw[:8]!r})",
-            retryable=True, reason="BAD_IMAGE_DATA",
+            retryable=True,
+            reason="BAD_IMAGE_DATA",
         )
     return raw
 
@@ -204,8 +228,13 @@ def parse_response(payload: dict, *, secret: str | None = None) -> Generation:
     if block:
         note = feedback.get("blockReasonMessage") or feedback.get("block_reason_message") or ""
         # the input itself was refused: asking again with the same input gets the same answer
-        raise fail(f"prompt blocked: promptFeedback.blockReason={block}" + (f" {_http.quote(note)}" if note else "")
-                   + " (the input is refused; not retried)", str(block), retryable=False)
+        raise fail(
+            f"prompt blocked: promptFeedback.blockReason={block}"
+            + (f" {_http.quote(note)}" if note else "")
+            + " (the input is refused; not retried)",
+            str(block),
+            retryable=False,
+        )
 
     candidates = payload.get("candidates") or []
     if not isinstance(candidates, list) or not candidates or not isinstance(candidates[0], dict):
@@ -236,6 +265,11 @@ def parse_response(payload: dict, *, secret: str | None = None) -> Generation:
         err.status, err.usage = 200, usage
         raise
     return Generation(
-        data=data, mime_type=label, model_version=model_version, response_id=response_id, text=text, usage=usage,
+        data=data,
+        mime_type=label,
+        model_version=model_version,
+        response_id=response_id,
+        text=text,
+        usage=usage,
         finish_reason=finish,
     )

@@ -46,7 +46,7 @@ def short_state(state) -> str:
     s = str(state or "")
     for prefix in ("BATCH_STATE_", "JOB_STATE_"):
         if s.startswith(prefix):
-            return s[len(prefix):]
+            return s[len(prefix) :]
     return s or "UNKNOWN"
 
 
@@ -59,7 +59,9 @@ class BatchStatus:
     state: str  # short: PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED
     done: bool
     responses_file: str | None
-    counts: dict  # requestCount, successfulRequestCount, failedRequestCount, pendingRequestCount -> int (absent = missing)
+    counts: (
+        dict  # requestCount, successfulRequestCount, failedRequestCount, pendingRequestCount -> int (absent = missing)
+    )
     error: str
 
     @property
@@ -73,7 +75,7 @@ class BatchStatus:
         output = meta.get("output") if isinstance(meta.get("output"), dict) else {}
         stats = meta.get("batchStats") or meta.get("batch_stats") or {}
         counts = {}
-        for k, v in (stats.items() if isinstance(stats, dict) else ()):
+        for k, v in stats.items() if isinstance(stats, dict) else ():
             try:
                 counts[k] = int(v)  # int64 counts arrive as strings
             except (TypeError, ValueError):
@@ -84,8 +86,13 @@ class BatchStatus:
             display_name=str(meta.get("displayName") or meta.get("display_name") or ""),
             state=short_state(meta.get("state")),
             done=bool(op.get("done")),
-            responses_file=(output.get("responsesFile") or output.get("responses_file")
-                            or response.get("responsesFile") or response.get("responses_file") or None),
+            responses_file=(
+                output.get("responsesFile")
+                or output.get("responses_file")
+                or response.get("responsesFile")
+                or response.get("responses_file")
+                or None
+            ),
             counts=counts,
             error=(f"{err.get('code', '')} {err.get('message', '')}".strip() if isinstance(err, dict) else str(err)),
         )
@@ -94,10 +101,20 @@ class BatchStatus:
 class BatchClient:
     """Plain-requests client of the calls batch mode needs."""
 
-    def __init__(self, *, api_key: str, base_url: str, timeout_s: float = 120.0, retries: int = 4,
-                 backoff_s: float = 2.0, session: requests.Session | None = None):
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str,
+        timeout_s: float = 120.0,
+        retries: int = 4,
+        backoff_s: float = 2.0,
+        session: requests.Session | None = None,
+    ):
         if not api_key:
-            raise BatchApiError("api.mode batch needs a Gemini API key (gemini.secret, GEMINI_API_KEY or GOOGLE_API_KEY)")
+            raise BatchApiError(
+                "api.mode batch needs a Gemini API key (gemini.secret, GEMINI_API_KEY or GOOGLE_API_KEY)"
+            )
         self._key = api_key
         self.base_url = keys.check_base_url(base_url.rstrip("/"))  # …/v1beta
         parts = urlsplit(self.base_url)
@@ -112,8 +129,9 @@ class BatchClient:
         return f"BatchClient(base_url={self.base_url!r})"
 
     # --- plumbing
-    def _request(self, method: str, url: str, *, what: str, json_body=None, data=None, headers=None,
-                 stream=False, retry=True):
+    def _request(
+        self, method: str, url: str, *, what: str, json_body=None, data=None, headers=None, stream=False, retry=True
+    ):
         """One HTTP exchange (retried on transient failures when ``retry``); the response."""
         send = {"x-goog-api-key": self._key, **(headers or {})}
         if json_body is not None:
@@ -122,11 +140,21 @@ class BatchClient:
         attempts = self.retries if retry else 1
         for n in range(1, attempts + 1):
             try:
-                resp = self.session.request(method, url, data=data, headers=send, stream=stream,
-                                            timeout=(min(self.timeout_s, 30.0), self.timeout_s), allow_redirects=False)
+                resp = self.session.request(
+                    method,
+                    url,
+                    data=data,
+                    headers=send,
+                    stream=stream,
+                    timeout=(min(self.timeout_s, 30.0), self.timeout_s),
+                    allow_redirects=False,
+                )
             except requests.RequestException as exc:
-                err = BatchApiError(_http.redact(f"{what}: connection failed: {_http._describe(exc)}", self._key),
-                                    retryable=True, ambiguous=True)
+                err = BatchApiError(
+                    _http.redact(f"{what}: connection failed: {_http._describe(exc)}", self._key),
+                    retryable=True,
+                    ambiguous=True,
+                )
             else:
                 if 200 <= resp.status_code < 300:
                     return resp
@@ -140,8 +168,11 @@ class BatchClient:
     def _status_error(self, resp, what: str) -> BatchApiError:
         status = resp.status_code
         if 300 <= status < 400:
-            return BatchApiError(f"{what}: HTTP {status} redirect to {resp.headers.get('Location', '?')!r} not followed "
-                                 "(the API key would go with it); check api.base_url", status=status)
+            return BatchApiError(
+                f"{what}: HTTP {status} redirect to {resp.headers.get('Location', '?')!r} not followed "
+                "(the API key would go with it); check api.base_url",
+                status=status,
+            )
         try:
             payload = json.loads(resp.content[:65536].decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
@@ -156,8 +187,12 @@ class BatchClient:
                 text += " - check the key in gemini.secret / GEMINI_API_KEY"
         else:
             text = f"HTTP {status}: {_http.quote(resp.content[:200].decode('utf-8', 'replace'))[1:-1]}"
-        return BatchApiError(_http.redact(f"{what}: {text}", self._key), status=status,
-                             retryable=_http.retryable_status(status), ambiguous=status >= 500)
+        return BatchApiError(
+            _http.redact(f"{what}: {text}", self._key),
+            status=status,
+            retryable=_http.retryable_status(status),
+            ambiguous=status >= 500,
+        )
 
     def _json(self, resp, what: str) -> dict:
         try:
@@ -176,11 +211,16 @@ class BatchClient:
         path = Path(path)
         size = path.stat().st_size
         start = self._request(
-            "POST", f"{self.root}/upload/{self.version}/files", what="upload (start)",
+            "POST",
+            f"{self.root}/upload/{self.version}/files",
+            what="upload (start)",
             json_body={"file": {"display_name": display_name}},
-            headers={"X-Goog-Upload-Protocol": "resumable", "X-Goog-Upload-Command": "start",
-                     "X-Goog-Upload-Header-Content-Length": str(size),
-                     "X-Goog-Upload-Header-Content-Type": mime_type},
+            headers={
+                "X-Goog-Upload-Protocol": "resumable",
+                "X-Goog-Upload-Command": "start",
+                "X-Goog-Upload-Header-Content-Length": str(size),
+                "X-Goog-Upload-Header-Content-Type": mime_type,
+            },
         )
         upload_url = start.headers.get("X-Goog-Upload-URL") or start.headers.get("x-goog-upload-url")
         start.close()
@@ -190,9 +230,17 @@ class BatchClient:
             raise BatchApiError(f"upload (start): upload URL on another host ({urlsplit(upload_url).netloc}); refused")
         with open(path, "rb") as fh:
             resp = self._request(
-                "POST", upload_url, what="upload", data=fh, retry=False,
-                headers={"X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": "0",
-                         "Content-Length": str(size), "Content-Type": mime_type},
+                "POST",
+                upload_url,
+                what="upload",
+                data=fh,
+                retry=False,
+                headers={
+                    "X-Goog-Upload-Command": "upload, finalize",
+                    "X-Goog-Upload-Offset": "0",
+                    "Content-Length": str(size),
+                    "Content-Type": mime_type,
+                },
             )
         payload = self._json(resp, "upload")
         name = (payload.get("file") or {}).get("name") if isinstance(payload.get("file"), dict) else payload.get("name")
@@ -250,8 +298,10 @@ class BatchClient:
                 return size
             except requests.RequestException as exc:
                 if n == self.retries:
-                    raise BatchApiError(_http.redact(f"download {file_name}: transfer failed: {_http._describe(exc)}",
-                                                     self._key), retryable=True) from None
+                    raise BatchApiError(
+                        _http.redact(f"download {file_name}: transfer failed: {_http._describe(exc)}", self._key),
+                        retryable=True,
+                    ) from None
                 time.sleep(self.backoff_s * n)
             finally:
                 resp.close()

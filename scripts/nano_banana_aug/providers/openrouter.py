@@ -28,7 +28,15 @@ _REASON_TOKEN = re.compile(
     r"\b(IMAGE_SAFETY|IMAGE_PROHIBITED_CONTENT|IMAGE_RECITATION|IMAGE_OTHER|PROHIBITED_CONTENT|SAFETY|RECITATION|"
     r"BLOCKLIST|SPII|NO_IMAGE|MAX_TOKENS|RESOURCE_EXHAUSTED|UNAVAILABLE|DEADLINE_EXCEEDED|INTERNAL|INVALID_ARGUMENT)\b"
 )
-_REASON_KEYS = ("native_finish_reason", "finishReason", "finish_reason", "blockReason", "block_reason", "status", "reason")
+_REASON_KEYS = (
+    "native_finish_reason",
+    "finishReason",
+    "finish_reason",
+    "blockReason",
+    "block_reason",
+    "status",
+    "reason",
+)
 
 
 class OpenRouterProvider:
@@ -55,7 +63,9 @@ class OpenRouterProvider:
             raise ConfigError("api.provider openrouter needs an API key (openrouter.secret or OPENROUTER_API_KEY)")
         modalities = list(modalities or ())
         if "image" not in modalities:
-            raise ConfigError(f"api.modalities: {modalities} must include 'image' (without it the model answers with text only)")
+            raise ConfigError(
+                f"api.modalities: {modalities} must include 'image' (without it the model answers with text only)"
+            )
         extra_headers = dict(extra_headers or {})
         if any(k.lower() == "authorization" for k in extra_headers):
             raise ConfigError("api.extra_headers must not set Authorization; the key comes from api.api_key_file")
@@ -97,13 +107,15 @@ class OpenRouterProvider:
         data_url = f"data:{mime};base64,{base64.b64encode(request.image_bytes).decode('ascii')}"
         body = {
             "model": self.model,
-            "messages": [{
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": data_url}},
-                    {"type": "text", "text": request.prompt},
-                ],
-            }],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": data_url}},
+                        {"type": "text", "text": request.prompt},
+                    ],
+                }
+            ],
             "modalities": list(self.modalities),
             "stream": False,
         }
@@ -116,15 +128,20 @@ class OpenRouterProvider:
         """One chat/completions call; AttemptError on any failure."""
         body = self.build_body(request)
         resp = _http.post_json(
-            self.session, self.url,
-            headers={**self.headers, "Authorization": f"Bearer {self._api_key}"}, body=body,
-            timeout_s=self.timeout_s, secret=self._api_key,
+            self.session,
+            self.url,
+            headers={**self.headers, "Authorization": f"Bearer {self._api_key}"},
+            body=body,
+            timeout_s=self.timeout_s,
+            secret=self._api_key,
         )
         payload = resp.json()
         if resp.status != 200:
             raise self._status_error(resp, payload)
         payload = _http.json_object(resp, payload)
-        return parse_response(payload, secret=self._api_key, retry_after=_http.parse_retry_after(resp.headers.get("Retry-After")))
+        return parse_response(
+            payload, secret=self._api_key, retry_after=_http.parse_retry_after(resp.headers.get("Retry-After"))
+        )
 
     def _status_error(self, resp: _http.HttpResponse, payload) -> AttemptError:
         err = payload.get("error") if isinstance(payload, dict) else None
@@ -137,8 +154,11 @@ class OpenRouterProvider:
             404: "- check api.model",
         }.get(resp.status, "")
         return _http.status_error(
-            resp, message=str(err.get("message") or ""), detail=_describe_metadata(err.get("metadata")),
-            hint=hint, secret=self._api_key,
+            resp,
+            message=str(err.get("message") or ""),
+            detail=_describe_metadata(err.get("metadata")),
+            hint=hint,
+            secret=self._api_key,
         )
 
 
@@ -221,7 +241,9 @@ def _content_text(content) -> str:
     if isinstance(content, str):
         return content.strip()
     if isinstance(content, list):  # some providers answer with content parts
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)).strip()
+        return "\n".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        ).strip()
     return ""
 
 
@@ -232,7 +254,7 @@ def _data_url(url) -> tuple[str, str] | None:
     head, sep, data = url.partition(",")
     if not sep or not head.endswith(";base64"):
         return None
-    return head[len("data:"):-len(";base64")].split(";")[0], data
+    return head[len("data:") : -len(";base64")].split(";")[0], data
 
 
 def parse_response(payload: dict, *, secret: str | None = None, retry_after: float | None = None) -> Generation:
@@ -241,8 +263,12 @@ def parse_response(payload: dict, *, secret: str | None = None, retry_after: flo
 
     def fail(message: str, reason: str, retryable: bool = True) -> AttemptError:
         return AttemptError(
-            _http.redact(message, secret), retryable=retryable, status=200, reason=reason,
-            retry_after=retry_after, usage=usage,
+            _http.redact(message, secret),
+            retryable=retryable,
+            status=200,
+            reason=reason,
+            retry_after=retry_after,
+            usage=usage,
         )
 
     err = payload.get("error")
@@ -254,7 +280,8 @@ def parse_response(payload: dict, *, secret: str | None = None, retry_after: flo
         error = fail(
             f"HTTP 200 with error {code if code is not None else ''}: {_http.quote(err.get('message') or '')}"
             + (f" ({detail})" if detail else ""),
-            reason, retryable=code_num not in FINAL_CODES,
+            reason,
+            retryable=code_num not in FINAL_CODES,
         )
         error.code = code_num  # the status the error stands for (402 inside an HTTP 200, ...)
         raise error
@@ -279,7 +306,8 @@ def parse_response(payload: dict, *, secret: str | None = None, retry_after: flo
         raise fail(
             f"generation failed ({finish_note})"
             + (f": {_http.quote(cerr.get('message'))}" if cerr.get("message") else "")
-            + (f" ({detail})" if detail else "") + said,
+            + (f" ({detail})" if detail else "")
+            + said,
             reason,
         )
     if finish == "content_filter":
@@ -294,8 +322,12 @@ def parse_response(payload: dict, *, secret: str | None = None, retry_after: flo
     parsed = _data_url(urls[-1])
     if parsed is None:
         # the model/provider answers with hosted URLs: asking again gives another URL, never data
-        raise fail(f"image is not a base64 data URL (starts {_http.quote(urls[-1][:40])}); only data URLs are "
-                   "supported (not retried: this model answers with hosted URLs)", "IMAGE_URL", retryable=False)
+        raise fail(
+            f"image is not a base64 data URL (starts {_http.quote(urls[-1][:40])}); only data URLs are "
+            "supported (not retried: this model answers with hosted URLs)",
+            "IMAGE_URL",
+            retryable=False,
+        )
     label, data = parsed
     try:
         raw = decode_b64_image(data, label, secret=secret)
@@ -303,8 +335,13 @@ def parse_response(payload: dict, *, secret: str | None = None, retry_after: flo
         exc.status, exc.usage = 200, usage
         raise
     return Generation(
-        data=raw, mime_type=label, model_version=str(payload.get("model") or ""),
-        response_id=str(payload.get("id") or ""), text=text, usage=usage, finish_reason=native or finish,
+        data=raw,
+        mime_type=label,
+        model_version=str(payload.get("model") or ""),
+        response_id=str(payload.get("id") or ""),
+        text=text,
+        usage=usage,
+        finish_reason=native or finish,
     )
 
 
