@@ -233,14 +233,14 @@ def test_legacy_area_scale_kept_when_present(tmp_path):
 def test_review_decisions_in_the_manifest_follow_the_answer(tmp_path):
     """A rebuilt manifest carries review.json's decisions in review / review_by / review_ts, for
     the output made from the answer the decision was made on."""
-    from nano_banana_aug import review
+    from nano_banana_aug import decisions as review_decisions
 
     out = tmp_path / "aug"
     out.mkdir()
     for i, made_from in (("ID1", "v1"), ("ID2", "v2")):
         textured(30, 15, 0).save(out / f"{i}__a__v0.png")
         sidecar.write(Record(i, "a", 0, status="success", answer_id=made_from), layout.sidecar_path(out, f"{i}__a__v0"))
-    review.save(
+    review_decisions.save(
         out,
         {
             "ID1__a__v0": {"decision": "reject", "answer_id": "v1", "by": "ann", "ts": 7.5},

@@ -20,7 +20,7 @@ from PIL import Image
 from nano_banana_aug.errors import ConfigError
 from nano_banana_aug.imaging import DecodeError, decode, sniff_format
 from nano_banana_aug.providers import make_provider
-from nano_banana_aug.providers._http import parse_duration, parse_retry_after, quote, retry_delay_from_details
+from nano_banana_aug.providers.transport import parse_duration, parse_retry_after, quote, retry_delay_from_details
 from nano_banana_aug.providers.base import AttemptError, GenerationFailed, Request, RetryPolicy, call_with_retries
 from nano_banana_aug.providers.gemini import GeminiProvider
 from nano_banana_aug.providers.openrouter import OpenRouterProvider

@@ -41,7 +41,8 @@ from pathlib import Path
 
 from . import answers as answers_mod
 from . import config as config_mod
-from . import layout, review, sidecar
+from . import decisions as review_decisions
+from . import layout, sidecar
 from .fileio import atomic_write_text
 from .sidecar import Record
 from .targets import BAD_ID_PROBLEM, read_targets
@@ -281,7 +282,7 @@ def concatenate(parts, dest, decisions: dict) -> int:
 
 
 def _write_rows(rows: list[dict], dest, decisions: dict) -> int:
-    review.apply_to_rows(rows, decisions)
+    review_decisions.apply_to_rows(rows, decisions)
     rows.sort(key=lambda r: (r.get("image_id", ""), r.get("aug_name", ""), _int(r.get("variant_idx"))))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns(rows), lineterminator="\n", extrasaction="ignore")
@@ -300,7 +301,7 @@ def rebuild(cfg: dict, targets) -> Path:
     shards |= {layout.shard_of(k[0]) for k in _legacy_rows(out / cfg["data"]["manifest"])}
     records = [r for s in sorted(shards) for r in shard_rows(cfg, targets, s)]
     dest = out / cfg["data"]["manifest"]
-    _write_rows([r.to_row() for r in records], dest, review.load(out))
+    _write_rows([r.to_row() for r in records], dest, review_decisions.load(out))
     return dest
 
 
@@ -476,7 +477,7 @@ def main(snakemake) -> None:
     from .jobs import job_main
 
     def work():
-        decisions = review.load(config_mod.output_dir(snakemake.config))
+        decisions = review_decisions.load(config_mod.output_dir(snakemake.config))
         n = concatenate(snakemake.input.parts, snakemake.output[0], decisions)
         print(f"manifest: {snakemake.output[0]} ({n} rows)", file=sys.stderr)
 

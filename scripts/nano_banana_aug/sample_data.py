@@ -26,9 +26,13 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 DEFAULT_SEED = 20151
 SIZE = (2000, 1000)  # W, H of the real images

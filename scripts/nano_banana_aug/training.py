@@ -71,7 +71,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from . import review
+from . import decisions as review_decisions
 from .errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -248,12 +248,12 @@ def _apply_review(df: pd.DataFrame, output_dir: Path) -> None:
     decisions count before the next run rewrites the manifest); else as the manifest says."""
     if "review" not in df.columns:
         df["review"] = ""
-    decisions = review.load(output_dir)
+    decisions = review_decisions.load(output_dir)
     if not decisions:
         return
     answer_ids = df["answer_id"] if "answer_id" in df.columns else pd.Series("", index=df.index)
     df["review"] = [
-        decisions[stem]["decision"] if review.applies(decisions.get(stem), aid) else ""
+        decisions[stem]["decision"] if review_decisions.applies(decisions.get(stem), aid) else ""
         for stem, aid in zip(
             df["image_id"] + "__" + df["aug_name"] + "__v" + df["variant_idx"].astype(str), answer_ids, strict=True
         )

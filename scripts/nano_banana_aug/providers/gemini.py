@@ -18,7 +18,7 @@ import requests
 from .. import keys
 from ..errors import ConfigError
 from ..imaging import sniff_format
-from . import _http
+from . import transport
 from .base import AttemptError, Generation, Request, Usage, image_config_for
 
 # finishReason values that are not a refusal: the answer is judged by its parts.
@@ -67,7 +67,7 @@ class GeminiProvider:
 
     def build_body(self, request: Request) -> dict:
         """The generateContent body: source image inline, then the prompt."""
-        mime = _http.source_mime(request)  # the bytes decide, not the file name or a label
+        mime = transport.source_mime(request)  # the bytes decide, not the file name or a label
         generation_config: dict = {"responseModalities": ["IMAGE"]}
         image_config = image_config_for(self.image_config, request, ratio_key="aspectRatio", size_key="imageSize")
         if image_config:
@@ -93,7 +93,7 @@ class GeminiProvider:
     def attempt(self, request: Request) -> Generation:
         """One generateContent call; AttemptError on any failure."""
         body = self.build_body(request)
-        resp = _http.post_json(
+        resp = transport.post_json(
             self.session,
             self.url,
             headers={"x-goog-api-key": self._api_key},
@@ -104,12 +104,12 @@ class GeminiProvider:
         payload = resp.json()
         if resp.status != 200:
             raise self._status_error(resp, payload)
-        payload = _http.json_object(resp, payload)
+        payload = transport.json_object(resp, payload)
         if isinstance(payload.get("error"), dict):  # not documented for 200, but never take it for an answer
             err = payload["error"]
             raise AttemptError(
-                _http.redact(
-                    f"error in an HTTP 200 answer: {err.get('status', '')} {_http.quote(err.get('message', ''))}",
+                transport.redact(
+                    f"error in an HTTP 200 answer: {err.get('status', '')} {transport.quote(err.get('message', ''))}",
                     self._api_key,
                 ),
                 retryable=True,
@@ -118,11 +118,11 @@ class GeminiProvider:
             )
         return parse_response(payload, secret=self._api_key)
 
-    def _status_error(self, resp: _http.HttpResponse, payload) -> AttemptError:
+    def _status_error(self, resp: transport.HttpResponse, payload) -> AttemptError:
         err = payload.get("error") if isinstance(payload, dict) else None
         if not isinstance(err, dict):
             text = resp.body[:300].decode("utf-8", "replace")
-            return _http.status_error(resp, message=text, secret=self._api_key)
+            return transport.status_error(resp, message=text, secret=self._api_key)
         details = err.get("details") or []
         reasons = [d.get("reason") for d in details if isinstance(d, dict) and d.get("reason")]
         hint = ""
@@ -140,12 +140,12 @@ class GeminiProvider:
         if violations:
             ids = ", ".join(f"{v.get('quotaId', '?')}={v.get('quotaValue', '?')}" for v in violations)
             reasons.append(f"quota {ids}")
-        error = _http.status_error(
+        error = transport.status_error(
             resp,
             message=str(err.get("message") or ""),
             status_name=str(err.get("status") or ""),
             detail=", ".join(str(r) for r in reasons),
-            retry_after=_http.retry_delay_from_details(details),
+            retry_after=transport.retry_delay_from_details(details),
             hint=hint,
             secret=self._api_key,
         )
@@ -197,8 +197,9 @@ def decode_b64_image(data, label: str, *, secret: str | None = None) -> bytes:
                 raise ValueError("not canonical url-safe base64")
         except (binascii.Error, ValueError):
             raise AttemptError(
-                _http.redact(
-                    f"image data labelled {label or '?'} is not valid base64 (starts {_http.quote(data[:40])})", secret
+                transport.redact(
+                    f"image data labelled {label or '?'} is not valid base64 (starts {transport.quote(data[:40])})",
+                    secret,
                 ),
                 retryable=True,
                 reason="BAD_IMAGE_DATA",
@@ -219,7 +220,9 @@ def parse_response(payload: dict, *, secret: str | None = None) -> Generation:
     response_id = str(payload.get("responseId") or payload.get("response_id") or "")
 
     def fail(message: str, reason: str, retryable: bool = True) -> AttemptError:
-        return AttemptError(_http.redact(message, secret), retryable=retryable, status=200, reason=reason, usage=usage)
+        return AttemptError(
+            transport.redact(message, secret), retryable=retryable, status=200, reason=reason, usage=usage
+        )
 
     feedback = payload.get("promptFeedback") or payload.get("prompt_feedback") or {}
     if not isinstance(feedback, dict):
@@ -230,7 +233,7 @@ def parse_response(payload: dict, *, secret: str | None = None) -> Generation:
         # the input itself was refused: asking again with the same input gets the same answer
         raise fail(
             f"prompt blocked: promptFeedback.blockReason={block}"
-            + (f" {_http.quote(note)}" if note else "")
+            + (f" {transport.quote(note)}" if note else "")
             + " (the input is refused; not retried)",
             str(block),
             retryable=False,
@@ -246,9 +249,9 @@ def parse_response(payload: dict, *, secret: str | None = None) -> Generation:
     parts = [p for p in (content.get("parts") or []) if isinstance(p, dict)] if isinstance(content, dict) else []
     final_parts = [p for p in parts if not p.get("thought")]
     text = "\n".join(p["text"] for p in final_parts if isinstance(p.get("text"), str) and p["text"].strip())
-    said = f"; model text: {_http.quote(text)}" if text else ""
+    said = f"; model text: {transport.quote(text)}" if text else ""
     if finish_message:
-        said += f"; finishMessage: {_http.quote(finish_message)}"
+        said += f"; finishMessage: {transport.quote(finish_message)}"
 
     if finish not in OK_FINISH:
         raise fail(f"no usable image: finishReason={finish}{said}", finish)

@@ -27,7 +27,7 @@ from urllib.parse import quote as url_quote, urlsplit
 import requests
 
 from .. import keys
-from . import _http
+from . import transport
 
 # metadata.state (REST) and the SDK's JOB_STATE_* spelling
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"}
@@ -151,7 +151,7 @@ class BatchClient:
                 )
             except requests.RequestException as exc:
                 err = BatchApiError(
-                    _http.redact(f"{what}: connection failed: {_http._describe(exc)}", self._key),
+                    transport.redact(f"{what}: connection failed: {transport._describe(exc)}", self._key),
                     retryable=True,
                     ambiguous=True,
                 )
@@ -180,17 +180,17 @@ class BatchClient:
         err = payload.get("error") if isinstance(payload, dict) else None
         if isinstance(err, dict):
             reasons = [d.get("reason") for d in err.get("details") or [] if isinstance(d, dict) and d.get("reason")]
-            text = f"HTTP {status} {err.get('status', '')}: {_http.quote(err.get('message', ''))[1:-1]}"
+            text = f"HTTP {status} {err.get('status', '')}: {transport.quote(err.get('message', ''))[1:-1]}"
             if reasons:
                 text += f" ({', '.join(map(str, reasons))})"
             if "API_KEY_INVALID" in reasons:
                 text += " - check the key in gemini.secret / GEMINI_API_KEY"
         else:
-            text = f"HTTP {status}: {_http.quote(resp.content[:200].decode('utf-8', 'replace'))[1:-1]}"
+            text = f"HTTP {status}: {transport.quote(resp.content[:200].decode('utf-8', 'replace'))[1:-1]}"
         return BatchApiError(
-            _http.redact(f"{what}: {text}", self._key),
+            transport.redact(f"{what}: {text}", self._key),
             status=status,
-            retryable=_http.retryable_status(status),
+            retryable=transport.retryable_status(status),
             ambiguous=status >= 500,
         )
 
@@ -299,7 +299,9 @@ class BatchClient:
             except requests.RequestException as exc:
                 if n == self.retries:
                     raise BatchApiError(
-                        _http.redact(f"download {file_name}: transfer failed: {_http._describe(exc)}", self._key),
+                        transport.redact(
+                            f"download {file_name}: transfer failed: {transport._describe(exc)}", self._key
+                        ),
                         retryable=True,
                     ) from None
                 time.sleep(self.backoff_s * n)

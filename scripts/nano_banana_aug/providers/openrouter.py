@@ -18,7 +18,7 @@ import requests
 
 from .. import keys
 from ..errors import ConfigError
-from . import _http
+from . import transport
 from .base import AttemptError, Generation, Request, Usage, image_config_for
 from .gemini import decode_b64_image
 
@@ -103,7 +103,7 @@ class OpenRouterProvider:
 
     def build_body(self, request: Request) -> dict:
         """The chat/completions body: the source image as a data URL, then the prompt."""
-        mime = _http.source_mime(request)  # the bytes decide, not the file name or a label
+        mime = transport.source_mime(request)  # the bytes decide, not the file name or a label
         data_url = f"data:{mime};base64,{base64.b64encode(request.image_bytes).decode('ascii')}"
         body = {
             "model": self.model,
@@ -127,7 +127,7 @@ class OpenRouterProvider:
     def attempt(self, request: Request) -> Generation:
         """One chat/completions call; AttemptError on any failure."""
         body = self.build_body(request)
-        resp = _http.post_json(
+        resp = transport.post_json(
             self.session,
             self.url,
             headers={**self.headers, "Authorization": f"Bearer {self._api_key}"},
@@ -138,22 +138,24 @@ class OpenRouterProvider:
         payload = resp.json()
         if resp.status != 200:
             raise self._status_error(resp, payload)
-        payload = _http.json_object(resp, payload)
+        payload = transport.json_object(resp, payload)
         return parse_response(
-            payload, secret=self._api_key, retry_after=_http.parse_retry_after(resp.headers.get("Retry-After"))
+            payload, secret=self._api_key, retry_after=transport.parse_retry_after(resp.headers.get("Retry-After"))
         )
 
-    def _status_error(self, resp: _http.HttpResponse, payload) -> AttemptError:
+    def _status_error(self, resp: transport.HttpResponse, payload) -> AttemptError:
         err = payload.get("error") if isinstance(payload, dict) else None
         if not isinstance(err, dict):
-            return _http.status_error(resp, message=resp.body[:300].decode("utf-8", "replace"), secret=self._api_key)
+            return transport.status_error(
+                resp, message=resp.body[:300].decode("utf-8", "replace"), secret=self._api_key
+            )
         hint = {
             401: "- check the key in openrouter.secret / OPENROUTER_API_KEY",
             402: "- no credits left on the OpenRouter account (add credits; not retried)",
             403: "- the request was refused by moderation (not retried)",
             404: "- check api.model",
         }.get(resp.status, "")
-        return _http.status_error(
+        return transport.status_error(
             resp,
             message=str(err.get("message") or ""),
             detail=_describe_metadata(err.get("metadata")),
@@ -212,7 +214,7 @@ def _describe_metadata(metadata) -> str:
     if reason:
         bits.append(f"reason {reason}")
     if metadata.get("raw") is not None:
-        bits.append(f"raw: {_http.quote(metadata['raw'])}")
+        bits.append(f"raw: {transport.quote(metadata['raw'])}")
     return "; ".join(bits)
 
 
@@ -263,7 +265,7 @@ def parse_response(payload: dict, *, secret: str | None = None, retry_after: flo
 
     def fail(message: str, reason: str, retryable: bool = True) -> AttemptError:
         return AttemptError(
-            _http.redact(message, secret),
+            transport.redact(message, secret),
             retryable=retryable,
             status=200,
             reason=reason,
@@ -278,7 +280,7 @@ def parse_response(payload: dict, *, secret: str | None = None, retry_after: flo
         detail = _describe_metadata(err.get("metadata"))
         reason = provider_reason(err.get("metadata")) or (f"ERROR_{code}" if code is not None else "ERROR")
         error = fail(
-            f"HTTP 200 with error {code if code is not None else ''}: {_http.quote(err.get('message') or '')}"
+            f"HTTP 200 with error {code if code is not None else ''}: {transport.quote(err.get('message') or '')}"
             + (f" ({detail})" if detail else ""),
             reason,
             retryable=code_num not in FINAL_CODES,
@@ -294,9 +296,9 @@ def parse_response(payload: dict, *, secret: str | None = None, retry_after: flo
     native = str(choice.get("native_finish_reason") or "")
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
     text = _content_text(message.get("content"))
-    said = f"; model text: {_http.quote(text)}" if text else ""
+    said = f"; model text: {transport.quote(text)}" if text else ""
     if message.get("refusal"):
-        said += f"; refusal: {_http.quote(message['refusal'])}"
+        said += f"; refusal: {transport.quote(message['refusal'])}"
     finish_note = f"finish_reason={finish or 'unset'}" + (f", native_finish_reason={native}" if native else "")
 
     if finish == "error":
@@ -305,7 +307,7 @@ def parse_response(payload: dict, *, secret: str | None = None, retry_after: flo
         reason = native or provider_reason(cerr.get("metadata")) or "FINISH_ERROR"
         raise fail(
             f"generation failed ({finish_note})"
-            + (f": {_http.quote(cerr.get('message'))}" if cerr.get("message") else "")
+            + (f": {transport.quote(cerr.get('message'))}" if cerr.get("message") else "")
             + (f" ({detail})" if detail else "")
             + said,
             reason,
@@ -323,7 +325,7 @@ def parse_response(payload: dict, *, secret: str | None = None, retry_after: flo
     if parsed is None:
         # the model/provider answers with hosted URLs: asking again gives another URL, never data
         raise fail(
-            f"image is not a base64 data URL (starts {_http.quote(urls[-1][:40])}); only data URLs are "
+            f"image is not a base64 data URL (starts {transport.quote(urls[-1][:40])}); only data URLs are "
             "supported (not retried: this model answers with hosted URLs)",
             "IMAGE_URL",
             retryable=False,
