@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from nano_banana_aug import decisions as review_decisions
 from nano_banana_aug import plan, review
 from nano_banana_aug.errors import UserError
 from nano_banana_aug.training import add_aigc_samples, join_aigc
@@ -70,20 +71,20 @@ def test_server_saves_each_mark_and_refuses_what_is_not_an_output(server):
     }
     assert _get(url)["decisions"] == on_disk
     assert _post(url, {"stem": "IDa__sun__v0", "decision": ""})[0] == 200  # undecided again: the mark goes
-    assert set(review.load(out)) == {"IDb__sun__v1"}
+    assert set(review_decisions.load(out)) == {"IDb__sun__v1"}
     assert _post(url, {"stem": "../etc/passwd", "decision": "keep"})[0] == 400
     status, err = _post(url, {"stem": "IDa__sun__v0", "decision": "maybe"})
     assert status == 400 and "keep, reject or empty" in err["error"]
-    assert list(out.glob("*.tmp*")) == [] and set(review.load(out)) == {"IDb__sun__v1"}
+    assert list(out.glob("*.tmp*")) == [] and set(review_decisions.load(out)) == {"IDb__sun__v1"}
 
 
 def test_an_unreadable_review_file_is_one_clear_error(tmp_path):
     (tmp_path / "review.json").write_text("{not json")
     with pytest.raises(UserError, match=r"review.json: cannot be read .*fix or remove it"):
-        review.load(tmp_path)
+        review_decisions.load(tmp_path)
     (tmp_path / "review.json").write_text('{"something": 1}')
     with pytest.raises(UserError, match="not a review file"):
-        review.load(tmp_path)
+        review_decisions.load(tmp_path)
 
 
 def test_a_decision_belongs_to_the_answer_it_was_made_on():
@@ -96,11 +97,11 @@ def test_a_decision_belongs_to_the_answer_it_was_made_on():
         {"image_id": "IDb", "aug_name": "sun", "variant_idx": "0", "answer_id": ""},  # adopted output
         {"image_id": "IDa", "aug_name": "sun", "variant_idx": "1", "answer_id": "v1"},
     ]
-    review.apply_to_rows(rows_, decisions)
+    review_decisions.apply_to_rows(rows_, decisions)
     assert [(r["review"], r["review_by"]) for r in rows_] == [("reject", "ann"), ("keep", "ann"), ("", "")]
     rows_[0]["answer_id"] = "v2"  # regenerated: the new output starts undecided
     rows_[1]["answer_id"] = "v1"  # an adopted output regenerated: the same
-    review.apply_to_rows(rows_, decisions)
+    review_decisions.apply_to_rows(rows_, decisions)
     assert [r["review"] for r in rows_] == ["", "", ""]
 
 
@@ -111,7 +112,7 @@ def test_planner_buys_once_for_a_human_reject_when_asked(local_finished, tmp_pat
     out = wf / "data" / "aug"
     stem = "ID1001__blur__v0"
     made_on = json.loads((out / "sidecars" / f"{stem}.json").read_text())["answer_id"]
-    review.save(
+    review_decisions.save(
         out,
         {
             stem: {"decision": "reject", "answer_id": made_on, "by": "ann", "ts": 1.0},
@@ -127,7 +128,7 @@ def test_planner_buys_once_for_a_human_reject_when_asked(local_finished, tmp_pat
     got = decide(["rejected"])
     assert got == {stem: "buy", "ID1000__blur__v0": "done", "ID1002__blur__v0": "done"}
     # a decision made on another answer than the output's does not count
-    review.save(out, {stem: {"decision": "reject", "answer_id": "v7", "by": "ann", "ts": 1.0}})
+    review_decisions.save(out, {stem: {"decision": "reject", "answer_id": "v7", "by": "ann", "ts": 1.0}})
     assert decide(["rejected"])[stem] == "done"
 
 
@@ -166,10 +167,11 @@ def test_review_in_the_browser_flows_into_manifest_join_and_regeneration(tmp_pat
         reloaded = selftest(exe, url, "&review=reject")  # a new page load: the marks come from the server
         assert reloaded["marks"] == {keep: "keep", reject: "reject"}
         assert reloaded["after"]["tiles"] == 1  # the review filter shows the rejected output only
+        assert reloaded["review_counts"] == {"keep": 1, "reject": 1, "undecided": 2}  # the filter's counts too
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    decisions = review.load(wf / "data" / "aug")
+    decisions = review_decisions.load(wf / "data" / "aug")
     assert {s: (d["decision"], d["by"], d["answer_id"]) for s, d in decisions.items()} == {
         keep: ("keep", "ann", "v1"),
         reject: ("reject", "ann", "v1"),

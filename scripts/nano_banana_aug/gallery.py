@@ -460,6 +460,15 @@ JS = r"""
     });
     document.getElementById('visible-count').textContent =
       'showing ' + nt + ' of ' + tiles.length + ' outputs in ' + nr + ' of ' + rows.length + ' source images';
+    var rc = reviewCounts();  // the review filter's counts follow the marks
+    document.querySelectorAll('input[name="review"]').forEach(function(i){
+      var n = i.parentNode.querySelector('.n'); if(n) n.textContent = '(' + (rc[i.value] || 0) + ')';
+    });
+  }
+  function reviewCounts(){
+    var rc = {};
+    tiles.forEach(function(t){ var d = t.getAttribute('data-review') || 'undecided'; rc[d] = (rc[d] || 0) + 1; });
+    return rc;
   }
   document.querySelectorAll('.filters input[type=checkbox]').forEach(function(i){ i.addEventListener('change', apply); });
   if(riskMin) riskMin.addEventListener('input', apply);
@@ -641,7 +650,7 @@ JS = r"""
       source_tiles: document.querySelectorAll('figure.tile.src').length,
       variant_tiles: tiles.length,
       placeholders: document.querySelectorAll('.pic.placeholder').length,
-      before: visible(), filter: {}};
+      before: visible(), review_counts: reviewCounts(), filter: {}};
     ['aug', 'status', 'review'].forEach(function(group){
       var want = params.getAll(group);
       if(!want.length) return;
