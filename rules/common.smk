@@ -94,7 +94,7 @@ def planned():
         raise SystemExit(f"ERROR: {exc}")
     key = PIPE.batch_key() if BATCH else None
     if key:
-        from nano_banana_aug.batch import read_outcome
+        from nano_banana_aug.batch_records import read_outcome
 
         PIPE.after_batch(read_outcome(checkpoints.batch.get(key=key).output[0]))
 

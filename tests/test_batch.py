@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,13 +21,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # CI: pytest -m slow
 pytest_plugins = ["tests.standin.fixtures"]
 
 ONE = [{"name": "overcast", "prompt": "Make it overcast.", "num_images": 1}]
-TWO = [{"name": "overcast", "prompt": "Make it overcast.", "num_images": 1},
-       {"name": "noise", "prompt": "Add sensor noise.", "num_images": 1}]
+TWO = [
+    {"name": "overcast", "prompt": "Make it overcast.", "num_images": 1},
+    {"name": "noise", "prompt": "Add sensor noise.", "num_images": 1},
+]
 
 
 def batch_run(tmp_path, standin, n_images=3, augs=TWO, **batch):
-    return make_paid_run(tmp_path, standin, n_images=n_images, augs=augs, mode="batch",
-                         batch={"poll_s": 0.05, **batch})
+    return make_paid_run(tmp_path, standin, n_images=n_images, augs=augs, mode="batch", batch={"poll_s": 0.05, **batch})
 
 
 def run(wf, *args, check=True):
@@ -38,13 +40,20 @@ def run(wf, *args, check=True):
 
 def start(wf, *args):
     log = open(wf / "bg.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "snakemake", "-j", "4", "--configfile", "run.yaml", *args],
-                            cwd=wf, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "-j", "4", "--configfile", "run.yaml", *args],
+        cwd=wf,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        start_new_session=True,
+    )
 
 
-def kill_run(proc):
+def kill_run(proc, wf):
+    """kill -9 of the run and all its jobs; then `--unlock`, as after any killed Snakemake run."""
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    run(wf, "--unlock")
 
 
 def rows(wf):
@@ -69,7 +78,7 @@ def assert_paid_once(standin, n_targets):
 def test_a_batch_run_pays_batch_prices_and_makes_no_synchronous_call(tmp_path, standin):
     wf = batch_run(tmp_path, standin)
     res = run(wf)
-    assert "plan: 6 paid answers through the Gemini Batch API, estimated $0.40" in res.stderr
+    assert "plan: 6 answers to buy through the Gemini Batch API, estimated $0.40" in res.stderr
     assert len(standin.batches) == 1 and len(standin.batches[0].keys) == 6
     assert_paid_once(standin, 6)
     got = rows(wf)
@@ -79,7 +88,8 @@ def test_a_batch_run_pays_batch_prices_and_makes_no_synchronous_call(tmp_path, s
     assert standin.uploads and standin.batches[0].display_name.startswith("nbaug-")
     # a second run: nothing to do, nothing submitted
     res = run(wf)
-    assert len(standin.batches) == 1 and "paid answers through the Gemini Batch API" not in res.stderr
+    assert len(standin.batches) == 1 and "plan: 0 answers to buy through the Gemini Batch API" in res.stderr
+    assert "Nothing to be done" in res.stderr
     # the key never left its header
     assert standin.key_leaks(standin.api_key) == []
 
@@ -97,7 +107,7 @@ def test_kill_during_upload_or_create_never_makes_a_second_batch(tmp_path, stand
     standin.hold_batch_step(step)
     a = start(wf)
     standin.wait_until(lambda s: any(r.held for r in s.requests))
-    kill_run(a)  # upload: the file is stored, its name never recorded; create: the batch exists, unnamed locally
+    kill_run(a, wf)  # upload: the file is stored, its name never recorded; create: the batch exists, unnamed locally
     standin.release()
     res = run(wf)
     assert len(standin.batches) == 1, [b.display_name for b in standin.batches]
@@ -112,7 +122,7 @@ def test_kill_while_polling_then_the_next_run_collects_the_same_batch(tmp_path, 
     standin.set_batch_behaviour("hold")
     a = start(wf)
     standin.wait_until(lambda s: s.batches and s.batches[0].polls >= 1)
-    kill_run(a)
+    kill_run(a, wf)
     standin.finish_batches()
     res = run(wf)
     assert len(standin.batches) == 1
@@ -126,23 +136,32 @@ def test_wait_false_submits_and_a_later_run_collects(tmp_path, standin):
     standin.set_batch_behaviour("hold")
     res = run(wf)
     assert "run the same command again to collect them" in res.stderr
+    # the submitting run counts what it bought (reserved at batch price), once
+    assert "6 answers awaited from running batches, 6 of them submitted by this run: $0.40" in res.stderr
     assert pngs(wf) == [] and len(standin.batches) == 1
     res = run(wf)  # still running: nothing new submitted, nothing made
     assert len(standin.batches) == 1 and pngs(wf) == []
+    assert "0 answers bought" in res.stderr and "submitted by this run" not in res.stderr
     standin.finish_batches()
-    run(wf)
+    # the collecting run is not charged again: its budget of one call does not stop it
+    res = run(wf, "--config", 'api={"max_calls": 1}')
     assert len(standin.batches) == 1 and len(pngs(wf)) == 6
+    assert "0 answers bought" in res.stderr, res.stderr[-2000:]
+    # the cost said is the answers' own (from their usage), close to what was reserved
+    assert re.search(
+        r"6 answers collected from batches submitted earlier \(\$0\.4\d, counted by the run that submitted them\)",
+        res.stderr,
+    ), res.stderr[-2000:]
     assert_paid_once(standin, 6)
 
 
 def test_an_expired_batch_is_resubmitted_by_the_next_run(tmp_path, standin):
     wf = batch_run(tmp_path, standin)
     standin.script_batches("expire")
-    res = run(wf, check=False)
-    assert res.returncode != 0
-    got = rows(wf)
-    assert len(got) == 6 and {r["status"] for r in got} == {"failed"}
-    assert {r["error_reason"] for r in got} == {"BATCH_EXPIRED"} and "expired" in got[0]["error"]
+    res = run(wf)  # no answer arrived: nothing is made, and the run says why
+    assert "batch answers not received: 6 BATCH_EXPIRED (left for the next run's batch)" in res.stderr
+    assert "the batch expired" in (wf / "data" / "aug" / "augment.log").read_text()
+    assert rows(wf) == [] and pngs(wf) == []
     run(wf)
     assert len(standin.batches) == 2 and len(standin.batches[1].keys) == 6
     assert_paid_once(standin, 6)
@@ -152,9 +171,12 @@ def test_an_expired_batch_is_resubmitted_by_the_next_run(tmp_path, standin):
 def test_failed_lines_are_resubmitted_alone(tmp_path, standin):
     wf = batch_run(tmp_path, standin)
     standin.set_default("gemini", "server_error", match="overcast")
-    res = run(wf, check=False)
-    assert res.returncode != 0
-    failed = sorted(f"{r['image_id']}__{r['aug_name']}__v0" for r in rows(wf) if r["status"] == "failed")
+    res = run(wf)
+    assert "batch answers not received: 3 BATCH_LINE_13" in res.stderr, res.stderr[-3000:]
+    made = {p.rsplit(".", 1)[0] for p in pngs(wf)}
+    failed = sorted(
+        f"ID100{i}__{a}__v0" for i in range(3) for a in ("overcast", "noise") if f"ID100{i}__{a}__v0" not in made
+    )
     assert failed == [f"ID100{i}__overcast__v0" for i in range(3)]
     standin.set_default("gemini", "ok", match="overcast")
     run(wf)
@@ -175,7 +197,7 @@ def test_batch_cancel_cancels_outstanding_batches(tmp_path, standin):
     wf = batch_run(tmp_path, standin, wait=False)
     standin.set_batch_behaviour("hold")
     run(wf)
-    res = run(wf, "--config", "batch_cancel=true", check=False)
+    res = snakemake(wf, "cancel_batches", "-j", "4", "--configfile", "run.yaml")  # a target: before --configfile
     assert standin.batches[0].state.endswith("CANCELLED"), res.stderr[-2000:]
     assert "cancel requested" in res.stderr
     standin.set_batch_behaviour("succeed", polls=0)  # done when first polled (wait=false collects it now)
@@ -186,10 +208,13 @@ def test_batch_cancel_cancels_outstanding_batches(tmp_path, standin):
 
 def test_the_budget_reserves_a_chunk_before_it_is_submitted(tmp_path, standin):
     wf = batch_run(tmp_path, standin)
-    res = run(wf, "--config", 'api={"max_calls": 2}', check=False)
-    assert res.returncode != 0
+    res = run(wf, "--config", 'api={"max_calls": 2}')
+    assert "plan: 4 answers left for the next run" in res.stderr
     assert len(standin.batches) == 1 and len(standin.batches[0].keys) == 2
-    assert sorted(r["status"] for r in rows(wf)) == ["over_budget"] * 4 + ["success"] * 2
+    assert sorted(r["status"] for r in rows(wf)) == ["success"] * 2
+    run(wf)  # the next run submits the rest, once
+    assert len(standin.batches) == 2 and len(standin.batches[1].keys) == 4
+    assert_paid_once(standin, 6)
 
 
 def test_batch_mode_needs_the_gemini_provider(tmp_path, standin):

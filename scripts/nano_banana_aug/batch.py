@@ -23,105 +23,40 @@ idempotent and ``display_name`` is neither unique nor filterable, so
 4. targets in an open record are never submitted again, and one batch job
    per directory works at a time (``.pipeline/batches/.lock``).
 
-Results are streamed to disk and split per key into the answer store
-(``source: batch``).  Failed lines and ``FAILED`` / ``CANCELLED`` /
-``EXPIRED`` batches put their targets back: the run's outcome file says why,
-their ``generate`` jobs write ``failed`` rows, and the next run resubmits
-only them (or sends them synchronously with ``api.batch.fallback: sync``).
+Results are streamed to disk and each line becomes the answer file the
+synchronous ``answer`` rule would have written (:mod:`nano_banana_aug.answers`,
+``source: batch``, the submitting run's id and the batch price): the plan,
+the outputs, the cost and the counts then come from the answer files alone,
+so a run that collects a batch another run submitted does not count it
+again.  Failed lines and ``FAILED`` / ``CANCELLED`` / ``EXPIRED`` batches
+leave their targets without an answer: the checkpoint's outcome file says
+why, the run says so at its end, and the next run resubmits only them (or,
+with ``api.batch.fallback: sync``, rule ``answer`` buys them now).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import answers as answers_mod
 from . import config as config_mod
-from . import imaging, layout, locks, regen, runlog
-from .answers import AnswerStore, unconsumed
-from .fileio import atomic_write_text
-from .providers.base import AttemptError, Request
+from . import imaging, layout, locks, paying, runlog, runs
+from .answers import Answer
+from .batch_records import (
+    MAX_FILE_BYTES,
+    OPEN_STATES,
+    BatchError,
+    Submission,
+    batches_dir,
+    load_submissions,
+    write_outcome,
+)
+from .providers.base import AttemptError
 from .providers.gemini_batch import BatchApiError, BatchClient, BatchStatus
-
-MAX_FILE_BYTES = 1_900_000_000  # under the Files API's 2 GB per file
-OPEN_STATES = ("prepared", "uploaded", "creating", "created")
-
-
-def batches_dir(output_dir) -> Path:
-    return layout.pipeline_dir(output_dir) / "batches"
-
-
-@dataclass
-class Submission:
-    """One batch job, from before its upload until its results are collected."""
-
-    display_name: str
-    model: str
-    keys: dict  # stem -> {"fingerprint": {...}, "satisfies": [...]}
-    run_id: str = ""
-    created_ts: float = 0.0
-    state: str = "prepared"  # prepared -> uploaded -> creating -> created -> collected | lost
-    file_name: str = ""  # files/… once uploaded
-    batch_name: str = ""  # batches/… once created
-    batch_state: str = ""  # the service's last word (short form)
-    reserved_usd: float = 0.0
-    outcome: dict = field(default_factory=dict)  # stem -> {"status", "reason", "message"} once collected
-    updated_ts: float = 0.0
-
-    @property
-    def path(self) -> Path:  # set by load/save
-        return self._path
-
-    @property
-    def jsonl_path(self) -> Path:
-        return self._path.with_suffix(".jsonl")
-
-    def save(self) -> None:
-        self.updated_ts = time.time()
-        atomic_write_text(self._path, json.dumps(asdict(self), indent=1))
-
-    @classmethod
-    def load(cls, path: Path) -> "Submission":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        known = set(cls.__dataclass_fields__)
-        sub = cls(**{k: v for k, v in data.items() if k in known})
-        sub._path = path
-        return sub
-
-    @classmethod
-    def new(cls, output_dir, run_id: str, model: str, keys: dict) -> "Submission":
-        name = f"nbaug-{run_id}-{secrets.token_hex(4)}"
-        sub = cls(display_name=name, model=model, keys=keys, run_id=run_id, created_ts=time.time())
-        sub._path = batches_dir(output_dir) / f"{name}.json"
-        return sub
-
-
-def load_submissions(output_dir) -> list[Submission]:
-    out = []
-    d = batches_dir(output_dir)
-    for p in sorted(d.glob("nbaug-*.json")) if d.is_dir() else ():
-        try:
-            out.append(Submission.load(p))
-        except (OSError, ValueError, TypeError) as exc:
-            raise BatchError(f"batch record {p} cannot be read ({exc}); it may describe a paid batch - "
-                             "fix or move it before running batch mode again") from None
-    return out
-
-
-def open_stems(output_dir) -> set[str]:
-    """Targets in batches submitted but not collected yet (paid; the answers are coming)."""
-    try:
-        return {s for sub in load_submissions(output_dir) if sub.state in OPEN_STATES for s in sub.keys}
-    except BatchError:
-        return set()
-
-
-class BatchError(Exception):
-    """Batch mode cannot go on (a clear message for the user)."""
 
 
 def batch_price_factor(cfg: dict) -> float:
@@ -134,18 +69,19 @@ def batch_call_usd(cfg: dict) -> float:
 
 # ---------------------------------------------------------------- the batch job
 
+
 class BatchRun:
     """What the ``batch`` checkpoint does in one run."""
 
-    def __init__(self, cfg: dict, targets_csv, *, client: BatchClient | None = None, say=None):
+    def __init__(self, cfg: dict, targets_table, *, client: BatchClient | None = None, say=None):
         self.cfg = cfg
         self.api = cfg["api"]
         self.bcfg = self.api["batch"]
         self.out = config_mod.output_dir(cfg)
-        self.targets_csv = targets_csv
-        self.run_id = (cfg.get("_run") or {}).get("id", "adhoc")
-        self.store = AnswerStore(self.out)
-        self.say = say or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.targets_table = targets_table
+        self.run_id = runs.current()
+        # on the terminal (a job's own stderr goes to its log): a batch job runs for minutes to hours
+        self.say = say or (lambda m: print(m, file=sys.__stderr__, flush=True))
         self._client = client
         self.outcome: dict = {}  # stem -> {"status", "reason", "message", "batch"}
 
@@ -154,8 +90,11 @@ class BatchRun:
         if self._client is None:
             from .keys import load_api_key
 
-            self._client = BatchClient(api_key=load_api_key(self.cfg, Path.cwd()), base_url=self.api["base_url"],
-                                       timeout_s=float(self.api["timeout_s"]))
+            self._client = BatchClient(
+                api_key=load_api_key(self.cfg, Path.cwd()),
+                base_url=self.api["base_url"],
+                timeout_s=float(self.api["timeout_s"]),
+            )
         return self._client
 
     def log(self, text: str) -> None:
@@ -164,95 +103,124 @@ class BatchRun:
 
     # --- entry point
     def run(self, wanted: dict) -> dict:
-        """``wanted``: stem -> regeneration request ids, the plan's paid targets. The run's outcome."""
+        """``wanted``: stem -> the answer version this run buys (the plan). The run's outcome."""
         batches_dir(self.out).mkdir(parents=True, exist_ok=True)
         lock = batches_dir(self.out) / ".lock"
-        with locks.exclusive(lock, timeout_s=float(self.bcfg.get("lock_timeout_s", 24 * 3600)),
-                             what="batch submissions of this output directory",
-                             on_wait=lambda: self.say("batch: another run is submitting or collecting batches "
-                                                      "in this directory; waiting for it")):
+        with locks.exclusive(
+            lock,
+            timeout_s=24 * 3600.0,
+            what="batch submissions of this output directory",
+            on_wait=lambda: self.say(
+                "batch: another run is submitting or collecting batches in this directory; waiting for it"
+            ),
+        ):
             subs = load_submissions(self.out)
-            if self.cfg.get("batch_cancel"):
-                self.cancel_all(subs)
-            else:
-                for sub in subs:
-                    if sub.state in ("prepared", "uploaded", "creating"):
-                        self.finish_creation(sub)
-                covered = {s for sub in subs if sub.state in OPEN_STATES for s in sub.keys}
-                todo = {s: r for s, r in wanted.items() if s not in covered and not self._answered(s)}
-                subs += self.submit(todo)
-                self.collect(subs, wait=bool(self.bcfg["wait"]))
             for sub in subs:
-                if sub.state in OPEN_STATES:
-                    for s in sub.keys:
-                        self.outcome.setdefault(s, {"status": "pending", "batch": sub.batch_name or sub.display_name,
-                                                    "reason": f"BATCH_{sub.batch_state or 'SUBMITTED'}"})
+                if sub.state in ("prepared", "uploaded", "creating"):
+                    self.finish_creation(sub)
+            covered = {s for sub in subs if sub.state in OPEN_STATES for s in sub.keys}
+            earlier = len(covered & set(wanted))
+            if earlier:
+                self.log(f"batch: {earlier} answers awaited from batches submitted earlier; polling them")
+            todo = {s: v for s, v in wanted.items() if s not in covered and not self._answered(s, v)}
+            subs += self.submit(todo)
+            self.collect(subs, wait=bool(self.bcfg["wait"]))
+            self._pending(subs)
         return self.outcome
 
-    def _answered(self, stem: str) -> bool:
-        """An answer came in since the plan (another run, or a batch collected meanwhile)."""
-        try:
-            from . import sidecar
+    def cancel(self) -> None:
+        """Cancel every open batch of the directory (``snakemake cancel_batches``)."""
+        batches_dir(self.out).mkdir(parents=True, exist_ok=True)
+        with locks.exclusive(batches_dir(self.out) / ".lock", timeout_s=600.0, what="batch submissions"):
+            self.cancel_all(load_submissions(self.out))
 
-            seen = sidecar.read(layout.sidecar_path(self.out, *layout.parse_stem(stem))).answer_seq_seen
-        except (OSError, ValueError, TypeError):
-            seen = 0
-        return bool(unconsumed(self.store.list(stem), int(seen or 0)))
+    def _pending(self, subs: list[Submission]) -> None:
+        for sub in subs:
+            if sub.state in OPEN_STATES:
+                for s in sub.keys:
+                    self.outcome.setdefault(
+                        s,
+                        {
+                            "status": "pending",
+                            "batch": sub.batch_name or sub.display_name,
+                            "reason": f"BATCH_{sub.batch_state or 'SUBMITTED'}",
+                        },
+                    )
+
+    def _answered(self, stem: str, version: int) -> bool:
+        """The answer came in since the plan (another run, or a batch collected meanwhile)."""
+        return layout.answer_path(self.out, stem, version).exists()
 
     # --- submitting
-    def _line(self, stem: str, target, provider) -> tuple[bytes, dict | None]:
-        """The JSONL line of one target (the body a synchronous call would send) and its match_aspect region."""
-        from .generate import TargetFailed, _read_source, source_request
-
-        image_id, aug_name, k = layout.parse_stem(stem)
+    def _line(self, stem: str, version: int, target, provider) -> tuple[bytes, dict]:
+        """The JSONL line of one target (the body a synchronous call would send) and its key entry
+        (version, fingerprint, request key). An unreadable source becomes an ``unusable`` answer
+        (nothing is sent, as in rule ``answer``) and raises UnusableSource."""
+        _image_id, aug_name, k = layout.parse_stem(stem)
         aug = config_mod.augmentation(self.cfg, aug_name)
+        where = f"train.csv line {target.row}, image {target.image_id}"
         try:
-            data, image = _read_source(target, self.cfg["data"]["data_root"], int(self.cfg["postprocess"]["max_pixels"]))
-        except TargetFailed as exc:
-            raise AttemptError(str(exc), retryable=False, reason="BAD_SOURCE") from None
-        send, region = source_request(self.cfg, data, image)
-        req = Request(image_bytes=send, mime_type=imaging.sniff_mime(send) or "", prompt=config_mod.full_prompt(self.cfg, aug),
-                      image_id=image_id, aug_name=aug_name, variant_idx=k, source_path=target.image_path,
-                      aspect_ratio=region["ratio"] if region else None)
-        line = (json.dumps({"key": stem, "request": provider.build_body(req)}, separators=(",", ":")) + "\n").encode()
-        return line, region
-
-    def _fingerprint(self, stem: str, target, provider) -> dict:
-        import hashlib
-
-        _i, aug_name, _k = layout.parse_stem(stem)
-        prompt = config_mod.full_prompt(self.cfg, config_mod.augmentation(self.cfg, aug_name))
-        h = hashlib.sha256()
-        with open(target.source, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        return {"provider": "gemini", "model": provider.model, "source_sha256": h.hexdigest(),
-                "prompt_sha256": hashlib.sha256(prompt.encode("utf-8")).hexdigest(),
-                "image_config": self.api.get("image_config")}
+            data, image = paying.read_source(
+                paying.source_of(self.cfg, target),
+                self.cfg["data"]["data_root"],
+                int(self.cfg["postprocess"]["max_pixels"]),
+                where,
+            )
+        except paying.UnusableSource as exc:
+            with locks.exclusive(layout.answer_dir(self.out, stem) / ".lock", timeout_s=3600, what=f"target {stem}"):
+                if not self._answered(stem, version):
+                    answers_mod.write(
+                        self.out,
+                        Answer(
+                            stem=stem,
+                            version=version,
+                            status=answers_mod.UNUSABLE,
+                            reason="BAD_SOURCE",
+                            message=str(exc)[:500],
+                            source="none",
+                            run_id=self.run_id,
+                            ts=time.time(),
+                        ),
+                    )
+            raise
+        send, region = paying.source_request(self.cfg, data, image)
+        fp, key = paying.fingerprint(self.cfg, aug, data, region)
+        request = paying.build_request(self.cfg, aug, target, send, region, k)
+        line = (
+            json.dumps({"key": stem, "request": provider.build_body(request)}, separators=(",", ":")) + "\n"
+        ).encode()
+        return line, {"version": int(version), "fingerprint": fp, "request_key": key}
 
     def submit(self, todo: dict) -> list[Submission]:
         """Chunks of at most api.batch.max_requests lines (and < 2 GB), each reserved in the budget first."""
         if not todo:
             return []
-        from .generate import _ledger
+        from . import budget
         from .providers.gemini import GeminiProvider
         from .targets import read_targets
 
-        by_id = {t.image_id: t for t in read_targets(self.targets_csv)}
-        provider = GeminiProvider(api_key="unused-for-bodies", model=self.api["model"], base_url=self.api["base_url"],
-                                  image_config=self.api.get("image_config"))
-        ledger = _ledger(self.cfg)
+        by_id = {t.image_id: t for t in read_targets(self.targets_table)}
+        provider = GeminiProvider(
+            api_key="unused-for-bodies",
+            model=self.api["model"],
+            base_url=self.api["base_url"],
+            image_config=self.api.get("image_config"),
+        )
+        ledger = budget.for_config(self.cfg)
         unit = batch_call_usd(self.cfg)
-        max_req, max_bytes = int(self.bcfg["max_requests"]), int(self.bcfg.get("max_file_bytes", MAX_FILE_BYTES))
+        max_req, max_bytes = int(self.bcfg["max_requests"]), MAX_FILE_BYTES
         stems = sorted(todo)
         made, i = [], 0
         while i < len(stems):
             granted = ledger.reserve_up_to(min(max_req, len(stems) - i), unit)
             if granted == 0:
                 for s in stems[i:]:
-                    self.outcome[s] = {"status": "over_budget", "reason": "BUDGET",
-                                       "message": "not submitted: the budget of this run is used up (run again to continue)"}
-                self.log(f"batch: budget reached; {len(stems) - i} targets not submitted (next run)")
+                    self.outcome[s] = {
+                        "status": "over_budget",
+                        "reason": "BUDGET",
+                        "message": "not submitted: the budget is used up (the next run goes on)",
+                    }
+                self.log(f"batch: budget reached; {len(stems) - i} answers not submitted (left for the next run)")
                 break
             keys, lines, size = {}, [], 0
             while i < len(stems) and len(keys) < granted:
@@ -262,17 +230,14 @@ class BatchRun:
                 if target is None:
                     continue
                 try:
-                    line, region = self._line(stem, target, provider)
-                    fp = self._fingerprint(stem, target, provider)
-                    if region:
-                        fp["region"] = region
-                except (AttemptError, OSError) as exc:
-                    self.outcome[stem] = {"status": "failed", "reason": "BAD_SOURCE", "message": str(exc)}
+                    line, entry = self._line(stem, todo[stem], target, provider)
+                except paying.UnusableSource as exc:
+                    self.outcome[stem] = {"status": "unusable", "reason": "BAD_SOURCE", "message": str(exc)}
                     continue
                 if lines and size + len(line) > max_bytes:
                     i -= 1
                     break
-                keys[stem] = {"fingerprint": fp, "satisfies": list(todo[stem] or [])}
+                keys[stem] = entry
                 lines.append(line)
                 size += len(line)
             unused = granted - len(keys)
@@ -290,8 +255,10 @@ class BatchRun:
                 os.fsync(fh.fileno())
             os.replace(tmp, sub.jsonl_path)
             sub.save()  # the record exists before anything is uploaded or created
-            self.log(f"batch: {sub.display_name}: {len(keys)} requests ({size / 1e6:.1f} MB), "
-                     f"reserved ${sub.reserved_usd:.2f} at batch price")
+            self.log(
+                f"batch: {sub.display_name}: {len(keys)} requests ({size / 1e6:.1f} MB), "
+                f"reserved ${sub.reserved_usd:.2f} at batch price"
+            )
             self.finish_creation(sub)
             made.append(sub)
         return made
@@ -307,8 +274,14 @@ class BatchRun:
             if sub.state == "prepared" or (sub.state == "creating" and not sub.file_name):
                 if not sub.jsonl_path.is_file():
                     sub.state = "lost"
-                    sub.outcome = {s: {"status": "failed", "reason": "BATCH_LOST",
-                                       "message": "the batch's request file is gone; resubmitted next run"} for s in sub.keys}
+                    sub.outcome = {
+                        s: {
+                            "status": "failed",
+                            "reason": "BATCH_LOST",
+                            "message": "the batch's request file is gone; resubmitted next run",
+                        }
+                        for s in sub.keys
+                    }
                     sub.save()
                     return
                 sub.file_name = self.client.upload(sub.jsonl_path, sub.display_name)
@@ -327,12 +300,19 @@ class BatchRun:
                 status = found
             self._created(sub, status, "created")
         except BatchApiError as exc:
-            if sub.state == "creating" and not exc.ambiguous and exc.status is not None and 400 <= exc.status < 500 \
-                    and exc.status not in (408, 429):
+            if (
+                sub.state == "creating"
+                and not exc.ambiguous
+                and exc.status is not None
+                and 400 <= exc.status < 500
+                and exc.status not in (408, 429)
+            ):
                 # refused (bad request, key, model): no batch exists; the record is closed
                 self._close(sub, "lost", f"HTTP_{exc.status}", f"batch not created: {exc.message}")
-            raise BatchError(f"{sub.display_name}: {exc.message} (submission state '{sub.state}'; nothing is paid "
-                             "twice: the next run goes on from here)") from None
+            raise BatchError(
+                f"{sub.display_name}: {exc.message} (submission state '{sub.state}'; nothing is paid "
+                "twice: the next run goes on from here)"
+            ) from None
 
     def _created(self, sub: Submission, status: BatchStatus, how: str) -> None:
         sub.batch_name, sub.batch_state, sub.state = status.name, status.state, "created"
@@ -375,17 +355,26 @@ class BatchRun:
                 else:
                     c = status.counts
                     done = c.get("successfulRequestCount", 0) + c.get("failedRequestCount", 0) if c else None
-                    progress.append(f"{sub.batch_name} {status.state} "
-                                    + (f"{done}/{c.get('requestCount', len(sub.keys))} done, "
-                                       f"{c.get('failedRequestCount', 0)} failed" if done is not None
-                                       else f"?/{len(sub.keys)} done"))
+                    progress.append(
+                        f"{sub.batch_name} {status.state} "
+                        + (
+                            f"{done}/{c.get('requestCount', len(sub.keys))} done, "
+                            f"{c.get('failedRequestCount', 0)} failed"
+                            if done is not None
+                            else f"?/{len(sub.keys)} done"
+                        )
+                    )
             if not progress:
                 return
             line = f"batch: waiting ({_elapsed(time.monotonic() - started)}): " + "; ".join(progress)
             if not wait:
+                for sub in open_subs:
+                    sub.save()  # polled: the next run's checkpoint key changes, so it polls again
                 n = sum(len(s.keys) for s in subs if s.state == "created")
-                self.log(f"batch: {len(progress)} batch(es) with {n} targets still running "
-                         "(api.batch.wait=false); run the same command again to collect them")
+                self.log(
+                    f"batch: {len(progress)} batch(es) with {n} targets still running "
+                    "(api.batch.wait=false); run the same command again to collect them"
+                )
                 return
             if line != last_line:
                 self.log(line)
@@ -399,44 +388,45 @@ class BatchRun:
             self.collect_results(sub, status)
             return
         reason = f"BATCH_{status.state}"
-        why = {"EXPIRED": "the batch expired (not finished within 48 h; no partial results)",
-               "CANCELLED": "the batch was cancelled", "FAILED": f"the batch failed: {status.error or 'no reason given'}"}
-        self._close(sub, "collected", reason, why.get(status.state, f"the batch ended in state {status.state}")
-                    + "; resubmitted on the next run")
+        why = {
+            "EXPIRED": "the batch expired (not finished within 48 h; no partial results)",
+            "CANCELLED": "the batch was cancelled",
+            "FAILED": f"the batch failed: {status.error or 'no reason given'}",
+        }
+        self._close(
+            sub,
+            "collected",
+            reason,
+            why.get(status.state, f"the batch ended in state {status.state}") + "; resubmitted on the next run",
+        )
 
     def _close(self, sub: Submission, state: str, reason: str, message: str) -> None:
         sub.state = state
-        sub.outcome = {s: {"status": "failed", "reason": reason, "message": message, "batch": sub.batch_name}
-                       for s in sub.keys}
+        sub.outcome = {
+            s: {"status": "failed", "reason": reason, "message": message, "batch": sub.batch_name} for s in sub.keys
+        }
         sub.save()
         self.outcome.update(sub.outcome)
         self._release_reservation(sub, paid=0)
         self.log(f"batch: {sub.batch_name or sub.display_name}: {message}")
 
-    def _release_reservation(self, sub: Submission, paid: int, cost: float | None = None) -> None:
-        from .generate import _ledger
-
-        unit = batch_call_usd(self.cfg)
+    def _release_reservation(self, sub: Submission, paid: int) -> None:
+        """Give this run's budget back what a batch it submitted did not bill (failed lines, a batch
+        that ended without results). A batch an earlier run submitted was reserved in that run."""
         unpaid = len(sub.keys) - paid
-        ledger = _ledger(self.cfg)
-        if sub.run_id == self.run_id:
-            if unpaid:
-                ledger.release(unpaid, unit)
-            ledger.adjust((cost - paid * unit) if cost is not None else 0.0, billable=paid)
-        elif paid:  # reserved by an earlier run: what it cost is counted in this run's ledger
-            ledger.count(paid, cost if cost is not None else paid * unit)
+        if sub.run_id == self.run_id and unpaid > 0:
+            from . import budget
+
+            budget.for_config(self.cfg).release(unpaid, batch_call_usd(self.cfg))
 
     def collect_results(self, sub: Submission, status: BatchStatus) -> None:
-        from .generate import _estimate_cost
-        from .providers.gemini import parse_response
-
+        """Download the results once, store each line as the answer it is, then close the record
+        (a crash before that: the next run reads the same results file and stores what is missing)."""
         results = sub.path.with_suffix(".results.jsonl")
         if not results.is_file():
             size = self.client.download(status.responses_file, results)
             self.log(f"batch: {sub.batch_name}: results downloaded ({size / 1e6:.1f} MB)")
-        outcome, paid, cost = {}, 0, 0.0
-        factor = batch_price_factor(self.cfg)
-        lines = 0
+        outcome, lines = {}, 0
         with open(results, "rb") as fh:
             for raw in fh:
                 raw = raw.strip()
@@ -448,62 +438,90 @@ class BatchRun:
                     stem = str(item.get("key"))
                 except (ValueError, AttributeError):
                     continue
-                if stem not in sub.keys:
-                    continue
-                if isinstance(item.get("error"), dict) or "response" not in item:
-                    err = item.get("error") or {}
-                    outcome[stem] = {"status": "failed", "reason": f"BATCH_LINE_{err.get('code', 'ERROR')}",
-                                     "message": f"batch line failed: {err.get('code', '')} {err.get('status', '')} "
-                                                f"{str(err.get('message', ''))[:200]}".strip()}
-                    continue
-                try:
-                    gen = parse_response(item["response"])
-                except AttemptError as err:
-                    outcome[stem] = {"status": "failed", "reason": err.reason or "NO_IMAGE",
-                                     "message": f"batch answer without a usable image: {err.message}"}
-                    u = err.usage
-                    if u is not None:
-                        c = _estimate_cost(self.cfg, u)
-                        cost += (c or 0.0) * factor
-                    paid += 1  # a refusal is billed like an answer
-                    continue
-                c = _estimate_cost(self.cfg, gen.usage)
-                cost += (c or 0.0) * factor
-                paid += 1
-                self._store(sub, stem, gen, None if c is None else c * factor)
-                outcome[stem] = {"status": "answered"}
+                if stem in sub.keys:
+                    outcome[stem] = self._result_line(sub, stem, item)
         for stem in sub.keys:
-            outcome.setdefault(stem, {"status": "failed", "reason": "BATCH_NO_RESULT",
-                                      "message": "the batch's results have no line for this target"})
+            outcome.setdefault(
+                stem,
+                {
+                    "status": "failed",
+                    "reason": "BATCH_NO_RESULT",
+                    "message": "the batch's results have no line for this target",
+                },
+            )
             outcome[stem]["batch"] = sub.batch_name
         sub.outcome, sub.state = outcome, "collected"
         sub.save()
         self.outcome.update(outcome)
-        self._release_reservation(sub, paid, cost)
+        paid = sum(1 for o in outcome.values() if o["status"] in ("answered", "refused"))
+        self._release_reservation(sub, paid)
         answered = sum(1 for o in outcome.values() if o["status"] == "answered")
-        self.log(f"batch: {sub.batch_name}: {lines} result lines, {answered} answers stored, "
-                 f"{len(sub.keys) - answered} failed; estimated ${cost:.2f}")
+        self.log(
+            f"batch: {sub.batch_name}: {lines} result lines, {answered} answers with an image stored, "
+            f"{paid - answered} without, {len(sub.keys) - paid} failed"
+        )
         try:
             results.unlink()
         except FileNotFoundError:
             pass
 
-    def _store(self, sub: Submission, stem: str, gen, est_cost) -> None:
-        """One answer into the store (under the target's lock), unless this batch's answer is there already."""
+    def _result_line(self, sub: Submission, stem: str, item: dict) -> dict:
+        """One line of the results: a failed line (not billed, no answer), or an answer stored."""
+        from .accounting import estimate_cost_usd
+        from .providers.gemini import parse_response
+
+        if isinstance(item.get("error"), dict) or "response" not in item:
+            err = item.get("error") or {}
+            return {
+                "status": "failed",
+                "reason": f"BATCH_LINE_{err.get('code', 'ERROR')}",
+                "message": f"batch line failed: {err.get('code', '')} {err.get('status', '')} "
+                f"{str(err.get('message', ''))[:200]}".strip(),
+            }
         key = sub.keys[stem]
-        with locks.exclusive(layout.target_lock(self.out, stem), timeout_s=3600, what=f"target {stem}"):
-            if any(a.batch == sub.batch_name for a in self.store.list(stem)):
-                return  # collected before a crash
-            u = gen.usage
-            self.store.add(
-                stem, gen.data, mime_label=gen.mime_type, response_id=gen.response_id, model_version=gen.model_version,
-                usage={k: v for k, v in vars(u).items() if v is not None}, est_cost_usd=est_cost,
-                finish_reason=gen.finish_reason, text=(gen.text or "")[:500], attempt=1, ts=time.time(),
-                source="batch", batch=sub.batch_name, fingerprint=key.get("fingerprint") or {},
-                satisfies=list(key.get("satisfies") or []), run_id=self.run_id,
+        answer = Answer(
+            stem=stem,
+            version=int(key.get("version", 1)),
+            status=answers_mod.IMAGE,
+            fingerprint=key.get("fingerprint") or {},
+            request_key=key.get("request_key", ""),
+            calls=1,
+            source="batch",
+            batch=sub.batch_name,
+            run_id=sub.run_id,  # the run that paid for it (its budget reserved it)
+            ts=time.time(),
+        )
+        factor = batch_price_factor(self.cfg)
+        data = None
+        try:
+            gen = parse_response(item["response"])
+            usage = gen.usage
+            imaging.decode(gen.data, max_pixels=int(self.cfg["postprocess"]["max_pixels"]), what="batch answer")
+            data = gen.data
+            answer.mime_label, answer.response_id, answer.model_version = (
+                gen.mime_type,
+                gen.response_id,
+                gen.model_version,
             )
-        if key.get("satisfies"):
-            regen.record_done(self.out, key["satisfies"], stem)
+            answer.finish_reason, answer.text = gen.finish_reason, (gen.text or "")[:500]
+        except (AttemptError, imaging.DecodeError) as err:  # billed like an answer: kept as a refusal
+            usage = getattr(err, "usage", None)
+            answer.status = answers_mod.REFUSED
+            answer.reason = getattr(err, "reason", None) or "UNDECODABLE"
+            answer.message = f"batch answer without a usable image: {getattr(err, 'message', None) or err}"[:500]
+        cost = estimate_cost_usd(usage, self.cfg["api"]["pricing"], "gemini") if usage is not None else None
+        answer.est_cost_usd = cost * factor if cost is not None else batch_call_usd(self.cfg)
+        answer.usage = {k: v for k, v in vars(usage).items() if v is not None} if usage is not None else {}
+        self._store(answer, data)
+        return {"status": "answered" if data is not None else "refused", "reason": answer.reason}
+
+    def _store(self, answer: Answer, data: bytes | None) -> None:
+        """One answer file (under the target's lock), unless that version is there already (stored
+        before a crash, or bought meanwhile)."""
+        lock = layout.answer_dir(self.out, answer.stem) / ".lock"
+        with locks.exclusive(lock, timeout_s=3600, what=f"target {answer.stem}"):
+            if not self._answered(answer.stem, answer.version):
+                answers_mod.write(self.out, answer, data)
 
     # --- cancelling
     def cancel_all(self, subs: list[Submission]) -> None:
@@ -534,38 +552,35 @@ def _elapsed(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-# ---------------------------------------------------------------- the outcome file
-
-def write_outcome(path, outcome: dict) -> None:
-    atomic_write_text(path, json.dumps(outcome, indent=1, sort_keys=True))
-
-
-def read_outcome(path) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def main(argv=None) -> int:
-    import argparse
-
+def main(snakemake) -> None:
+    """Entry point of checkpoint ``batch`` (``script:``): submit, poll and collect this run's answers."""
     from .errors import UserError
+    from .jobs import job_main
+    from .pipeline import Pipeline
 
-    ap = argparse.ArgumentParser(description="Submit, poll and collect Gemini batch jobs for this run's targets.")
-    ap.add_argument("--config-json", required=True)
-    ap.add_argument("--targets", required=True)
-    ap.add_argument("--output", required=True, help="the run's outcome file (stem -> status)")
-    args = ap.parse_args(argv)
-    try:
-        cfg = config_mod.read_effective_config(Path(args.config_json))
-        from .planning import plan_for_run
+    def work():
+        pipe = Pipeline(snakemake.config)
+        pipe.load(snakemake.input.table)
+        wanted = pipe.batch_wanted()  # the plan as of now: what still needs a paid answer
+        try:
+            outcome = BatchRun(snakemake.config, snakemake.input.table).run(wanted)
+        except (BatchError, BatchApiError, locks.LockTimeout) as exc:
+            raise UserError(getattr(exc, "message", None) or str(exc)) from None
+        write_outcome(snakemake.output[0], outcome)
 
-        plan = plan_for_run(cfg, args.targets)  # the plan again, as of now: what still needs a paid answer
-        wanted = {s: d.requests for s, d in plan.actions.items() if d.action == "call"}
-        outcome = BatchRun(cfg, args.targets).run(wanted)
-        write_outcome(args.output, outcome)
-    except (BatchError, BatchApiError, UserError, locks.LockTimeout) as exc:
-        print(f"batch: {getattr(exc, 'message', None) or exc}", file=sys.stderr)
-        return 1
-    return 0
+    job_main(snakemake, work, name="batch")
+
+
+def cancel_main(snakemake) -> None:
+    """Entry point of rule ``cancel_batches``."""
+    from .errors import UserError
+    from .jobs import job_main
+
+    def work():
+        try:
+            BatchRun(snakemake.config, None).cancel()
+        except (BatchError, BatchApiError, locks.LockTimeout) as exc:
+            raise UserError(getattr(exc, "message", None) or str(exc)) from None
+        Path(snakemake.output[0]).touch()
+
+    job_main(snakemake, work, name="cancel_batches")

@@ -343,24 +343,3 @@ def file_sha256(path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def settings_main(snakemake) -> None:
-    """Entry point of rule ``settings``: the current settings of one kind, under their hash
-    (the older file of that kind is removed, so going back to it makes it new again)."""
-    from .jobs import job_main
-    from .pipeline import Pipeline
-
-    def work():
-        from .fileio import atomic_write_text
-
-        out = Path(snakemake.output[0])
-        kind = snakemake.wildcards.kind
-        pipe = Pipeline(snakemake.config)
-        settings = derive_settings(snakemake.config) if kind == "derive" else pipe.manifest_view()
-        for old in out.parent.glob(f"{kind}-*.json"):
-            if old != out:
-                old.unlink(missing_ok=True)
-        atomic_write_text(out, json.dumps(settings, sort_keys=True, indent=1, default=str))
-
-    job_main(snakemake, work, name=f"settings {snakemake.wildcards.kind}")

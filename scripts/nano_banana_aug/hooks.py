@@ -49,9 +49,11 @@ def buy_problem(cfg: dict, pipe, local_exec: bool = True) -> str:
         return short
     reason = "" if local_exec else locks.node_local_reason(config_mod.output_dir(cfg))
     if reason:
-        return (f"{reason}: jobs on different nodes could not see each other's target locks, call slots and "
-                "budget and could pay twice. Put data.output_dir on a filesystem with cluster-wide locks, or "
-                "run on one machine")
+        return (
+            f"{reason}: jobs on different nodes could not see each other's target locks, call slots and "
+            "budget and could pay twice. Put data.output_dir on a filesystem with cluster-wide locks, or "
+            "run on one machine"
+        )
     return ""
 
 
@@ -69,17 +71,23 @@ def _recent(directory, since: float):
         return []
 
 
-def bought_this_run(output_dir) -> list:
-    """The answers bought by this run (read from the answer directories changed since it started)."""
-    rid = runs.current()
+def answers_stored_this_run(output_dir) -> list:
+    """The answers stored since this run started (read from the answer directories changed since)."""
     found = []
     for entry in _recent(layout.answers_root(output_dir), STARTED):
         stem = entry.name
         for version, _ in answers_mod.versions(output_dir, stem):
             a = answers_mod.try_read(output_dir, stem, version)
-            if a is not None and a.run_id == rid and a.status != answers_mod.UNUSABLE:
+            if a is not None and a.ts >= STARTED - 1 and a.status != answers_mod.UNUSABLE:
                 found.append(a)
     return found
+
+
+def bought_this_run(output_dir) -> list:
+    """The answers this run paid for: each answer counts once, for the run that bought it (a batch
+    answer for the run that submitted the batch, whichever run collected it)."""
+    rid = runs.current()
+    return [a for a in answers_stored_this_run(output_dir) if a.run_id == rid]
 
 
 def made_this_run(output_dir) -> dict:
@@ -97,17 +105,59 @@ def made_this_run(output_dir) -> dict:
     return counts
 
 
-def summary_line(cfg: dict, failed: bool) -> str:
+def batch_words(cfg: dict, pipe) -> str:
+    """Batch mode: the answers still awaited from running batches, and the lines that failed."""
+    from .batch_records import OPEN_STATES, open_stems
+
+    from .batch_records import load_submissions
+
+    out, rid, parts = config_mod.output_dir(cfg), runs.current(), []
+    waiting = len(open_stems(out))
+    if waiting:
+        mine = [s for s in load_submissions(out) if s.state in OPEN_STATES and s.run_id == rid]
+        paid = (
+            f", {sum(len(s.keys) for s in mine)} of them submitted by this run: ${sum(s.reserved_usd for s in mine):.2f}"
+            if mine
+            else ""
+        )
+        parts.append(
+            f"{waiting} answers awaited from running batches{paid} (run the same command again to collect them)"
+        )
+    earlier = [a for a in answers_stored_this_run(out) if a.source == "batch" and a.run_id != rid]
+    if earlier:
+        parts.append(
+            f"{len(earlier)} answers collected from batches submitted earlier "
+            f"(${sum(answers_mod.spent_usd(a) for a in earlier):.2f}, counted by the run that submitted them)"
+        )
+    failed: dict = {}
+    for o in pipe.batch_outcome().values():
+        if o.get("status") in ("failed", "over_budget"):
+            failed[o.get("reason", "")] = failed.get(o.get("reason", ""), 0) + 1
+    if failed:
+        what = ", ".join(f"{n} {reason}" for reason, n in sorted(failed.items()))
+        again = "sent synchronously" if cfg["api"]["batch"]["fallback"] == "sync" else "left for the next run's batch"
+        parts.append(f"batch answers not received: {what} ({again})")
+    return "; ".join(parts)
+
+
+def summary_line(cfg: dict, failed: bool, pipe=None) -> str:
     from . import governor
 
     out = config_mod.output_dir(cfg)
     made = made_this_run(out)
-    line = (f"summary: {made.get('success', 0)} generated, {made.get('rejected', 0)} rejected by QC, "
-            f"{made.get('failed', 0)} failed in {time.time() - STARTED:.0f}s")
+    line = (
+        f"summary: {made.get('success', 0)} generated, {made.get('rejected', 0)} rejected by QC, "
+        f"{made.get('failed', 0)} failed in {time.time() - STARTED:.0f}s"
+    )
     if config_mod.is_paid(cfg):
         t = answers_mod.totals(bought_this_run(out))
-        line += (f"; {t['answers']} answers bought ({t['images']} with an image, {t['refused']} without; "
-                 f"{t['calls']} calls), ${t['cost_usd']:.2f}")
+        line += (
+            f"; {t['answers']} answers bought ({t['images']} with an image, {t['refused']} without; "
+            f"{t['calls']} calls), ${t['cost_usd']:.2f}"
+        )
+        if pipe is not None and cfg["api"].get("mode") == "batch":
+            words = batch_words(cfg, pipe)
+            line += f"; {words}" if words else ""
         stop = governor.for_config(cfg).stopped()
         if stop:
             line += f"; stopped buying: {stop.get('message') or stop.get('reason', '')}"
@@ -116,9 +166,13 @@ def summary_line(cfg: dict, failed: bool) -> str:
         from .manifest import count_by_status, read_csv_rows
 
         counts = count_by_status(read_csv_rows(manifest))
-        line += f"; {manifest}: {sum(counts.values())} rows ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})"
+        line += (
+            f"; {manifest}: {sum(counts.values())} rows ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})"
+        )
     if failed:
-        line += "; some jobs failed (each said why above; details in .pipeline/logs/): fix that, then run the same command"
+        line += (
+            "; some jobs failed (each said why above; details in .pipeline/logs/): fix that, then run the same command"
+        )
     return line
 
 
@@ -150,9 +204,11 @@ def space_problem(cfg: dict, to_buy: int, to_build: int, free_bytes: int | None 
     free = shutil.disk_usage(out).free if free_bytes is None else free_bytes
     if free >= needed:
         return ""
-    return (f"{out} has {free / 1e9:.1f} GB free; this run writes about {needed / 1e9:.1f} GB ({to_buy} answers "
-            f"and their outputs, {to_build} rebuilt outputs, ~{per / 1e6:.1f} MB each): free some space, or buy "
-            "fewer answers per run (limit, api.max_calls)")
+    return (
+        f"{out} has {free / 1e9:.1f} GB free; this run writes about {needed / 1e9:.1f} GB ({to_buy} answers "
+        f"and their outputs, {to_build} rebuilt outputs, ~{per / 1e6:.1f} MB each): free some space, or buy "
+        "fewer answers per run (limit, api.max_calls)"
+    )
 
 
 def on_end(cfg: dict, pipe, failed: bool) -> None:
@@ -166,6 +222,6 @@ def on_end(cfg: dict, pipe, failed: bool) -> None:
             report.build(cfg, path, out / "report" / "summary.html")
         except Exception as exc:  # never hide the run's own error behind this one
             print(f"note: could not rebuild the manifest after the failure: {exc}", file=sys.stderr)
-    line = summary_line(cfg, failed)
+    line = summary_line(cfg, failed, pipe)
     print(line, file=sys.stderr)
     runlog.message(cfg, line)

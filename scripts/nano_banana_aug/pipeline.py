@@ -10,6 +10,7 @@ Nothing here writes a file: dry-runs, ``--summary``, ``--lint`` and
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from . import config as config_mod
@@ -28,7 +29,9 @@ class Pipeline:
         train_csv = config_mod.train_csv_path(cfg)
         sha = config_mod.file_sha256(train_csv) if train_csv.is_file() else "missing"
         self.table = str(layout.targets_table(self.out, layout.digest(config_mod.data_settings(cfg, sha))))
-        self.derive_settings = str(layout.settings_file(self.out, "derive", layout.digest(config_mod.derive_settings(cfg))))
+        self.derive_settings = str(
+            layout.settings_file(self.out, "derive", layout.digest(config_mod.derive_settings(cfg)))
+        )
         self.manifest_settings = str(layout.settings_file(self.out, "manifest", layout.digest(self.manifest_view())))
         self._targets = None
         self._decisions = None
@@ -36,9 +39,17 @@ class Pipeline:
 
     def manifest_view(self) -> dict:
         """What the manifest's marks depend on besides the outputs (stale, orphaned, blocked)."""
-        keys = {a["name"]: config_mod.request_key(config_mod.request_settings(self.cfg, a)) for a in self.cfg["augmentations"]}
-        return {"augs": self.augs, "keys": keys, "max_total_attempts": self.cfg["api"]["max_total_attempts"],
-                "data_root": self.cfg["data"]["data_root"], "table": self.table}
+        keys = {
+            a["name"]: config_mod.request_key(config_mod.request_settings(self.cfg, a))
+            for a in self.cfg["augmentations"]
+        }
+        return {
+            "augs": self.augs,
+            "keys": keys,
+            "max_total_attempts": self.cfg["api"]["max_total_attempts"],
+            "data_root": self.cfg["data"]["data_root"],
+            "table": self.table,
+        }
 
     # --- the targets
     def load(self, table_path: str | None = None) -> list:
@@ -48,8 +59,9 @@ class Pipeline:
             if not path.is_file():
                 from .errors import UserError
 
-                raise UserError(f"{path} (checkpoint targets) was never made here: run the workflow once "
-                                "without --touch first")
+                raise UserError(
+                    f"{path} (checkpoint targets) was never made here: run the workflow once without --touch first"
+                )
             targets = read_targets(path)
             limit = int(self.cfg.get("limit") or 0)
             self._targets = targets[:limit] if limit > 0 else targets
@@ -70,8 +82,10 @@ class Pipeline:
                 for t in self.usable():
                     for stem, aug in self.stems(t):
                         scope.setdefault(aug, []).append(stem)
-            keys = {a["name"]: config_mod.request_key(config_mod.request_settings(self.cfg, a))
-                    for a in self.cfg["augmentations"]}
+            keys = {
+                a["name"]: config_mod.request_key(config_mod.request_settings(self.cfg, a))
+                for a in self.cfg["augmentations"]
+            }
             self._planner = plan.Planner(self.out, self.ext, plan.Ask.from_config(self.cfg), keys, scope)
         return self._planner
 
@@ -88,7 +102,12 @@ class Pipeline:
                         self._repair.add(stem)  # an output (or sidecar) gone although its answer is there
             from .budget import spent_in_directory
 
-            plan.apply_budget(found, plan.budget_limit(self.cfg, lambda: spent_in_directory(self.out)))
+            awaited = set()
+            if self.cfg["api"].get("mode") == "batch":
+                from .batch_records import open_stems
+
+                awaited = open_stems(self.out)
+            plan.apply_budget(found, plan.budget_limit(self.cfg, lambda: spent_in_directory(self.out)), awaited)
             self._decisions = found
         return self._decisions
 
@@ -102,8 +121,11 @@ class Pipeline:
     def answer_for(self, stem: str, aug: str) -> str:
         d = self.decision(stem, aug)
         if d.version is None:
-            what = ("it was made without this pipeline's answers (adopted); regenerate=<name> buys one"
-                    if d.action == ADOPTED else "the budget of this run does not reach it")
+            what = (
+                "it was made without this pipeline's answers (adopted); regenerate=<name> buys one"
+                if d.action == ADOPTED
+                else "the budget of this run does not reach it"
+            )
             raise ValueError(f"output {stem}: no answer to build it from: {what}")
         return str(layout.answer_path(self.out, stem, d.version))
 
@@ -117,10 +139,23 @@ class Pipeline:
         (so it runs again while one of them is still pending); None when nothing is to buy."""
         if not hasattr(self, "_batch_key"):  # fixed for the invocation: the checkpoint changes the state
             wanted = self.batch_wanted()
-            from .batch import open_state
+            from .batch_records import open_state
 
-            self._batch_key = layout.digest({"wanted": sorted(wanted.items()), "open": open_state(self.out)}) if wanted else None
+            self._batch_key = (
+                layout.digest({"wanted": sorted(wanted.items()), "open": open_state(self.out, wanted)})
+                if wanted
+                else None
+            )
         return self._batch_key
+
+    def batch_outcome(self) -> dict:
+        """What this run's batch checkpoint said per target ({} before it ran, or without one)."""
+        key = getattr(self, "_batch_key", None)
+        if not key:
+            return {}
+        from .batch_records import read_outcome
+
+        return read_outcome(layout.pipeline_dir(self.out) / "batches" / f"round-{key}.json")
 
     def after_batch(self, outcome: dict) -> None:
         """Once the batch checkpoint ran: outputs whose answer arrived are built; the others wait
@@ -182,33 +217,50 @@ class Pipeline:
         c = self.counts()
         n = sum(c.values())
         todo = c[BUY] + c[BUILD]
-        lines = [f"plan: {n} targets ({len(self.usable())} images x {len(self.augs)} augmentations), "
-                 f"{n - todo - c[DEFERRED] - c[BLOCKED]} already done, {todo} to generate; "
-                 f"provider {self.cfg['api']['provider']}, model {self.cfg['api']['model']}"]
+        lines = [
+            f"plan: {n} targets ({len(self.usable())} images x {len(self.augs)} augmentations), "
+            f"{n - todo - c[DEFERRED] - c[BLOCKED]} already done, {todo} to generate; "
+            f"provider {self.cfg['api']['provider']}, model {self.cfg['api']['model']}"
+        ]
         if self.paid:
             unit = plan.unit_price(self.cfg)
             how = " through the Gemini Batch API" if self.cfg["api"].get("mode") == "batch" else ""
-            lines.append(f"plan: {c[BUY]} answers to buy{how}, estimated ${c[BUY] * unit:.2f} "
-                         f"(${unit:.4f} each; more if retried)")
-        regen = sorted({d.why for d in self.decisions().values() if d.action == BUY
-                        and d.why.startswith(("regenerate", "qc.auto_regenerate"))})
+            lines.append(
+                f"plan: {c[BUY]} answers to buy{how}, estimated ${c[BUY] * unit:.2f} "
+                f"(${unit:.4f} each; more if retried)"
+            )
+        regen = sorted(
+            {
+                d.why
+                for d in self.decisions().values()
+                if d.action == BUY and d.why.startswith(("regenerate", "qc.auto_regenerate"))
+            }
+        )
         for why in regen:
             k = sum(1 for d in self.decisions().values() if d.action == BUY and d.why == why)
-            lines.append(f"plan: {why}: {k} outputs get a new answer (their old answers and outputs are kept until then)")
+            lines.append(
+                f"plan: {why}: {k} outputs get a new answer (their old answers and outputs are kept until then)"
+            )
         if c[BUILD]:
             lines.append(f"plan: {c[BUILD]} outputs built from answers already bought (0 calls)")
         if c[DEFERRED]:
-            lines.append(f"plan: {c[DEFERRED]} answers left for the next run: the budget of this run "
-                         f"(api.max_calls / max_cost_usd / max_total_cost_usd) buys {c[BUY]}")
+            lines.append(
+                f"plan: {c[DEFERRED]} answers left for the next run: the budget of this run "
+                f"(api.max_calls / max_cost_usd / max_total_cost_usd) buys {c[BUY]}"
+            )
         if c[BLOCKED]:
-            lines.append(f"plan: {c[BLOCKED]} outputs blocked after api.max_total_attempts="
-                         f"{self.cfg['api']['max_total_attempts']} failed attempts (raise it to try again)")
+            lines.append(
+                f"plan: {c[BLOCKED]} outputs blocked after api.max_total_attempts="
+                f"{self.cfg['api']['max_total_attempts']} failed attempts (raise it to try again)"
+            )
         if c[ADOPTED]:
             lines.append(f"plan: {c[ADOPTED]} outputs without answers (made by the original tool) are kept as they are")
         for t in targets:
             if t.problem:
                 kind = "train.csv line" if t.problem.startswith(BAD_ID_PROBLEM) else "unusable source, train.csv line"
-                lines.append(f"plan: {kind} {t.row}, image {t.image_id}: {t.problem} (no job; failed rows in the manifest)")
+                lines.append(
+                    f"plan: {kind} {t.row}, image {t.image_id}: {t.problem} (no job; failed rows in the manifest)"
+                )
         return lines
 
 
@@ -226,3 +278,23 @@ def answer_wildcards(path: str) -> dict:
     p = Path(path)
     image_id, aug, k = layout.parse_stem(p.parent.name)
     return {"image_id": image_id, "aug": aug, "k": k, "version": int(p.stem.lstrip("v"))}
+
+
+def settings_main(snakemake) -> None:
+    """Entry point of rule ``settings``: the current settings of one kind, under their hash
+    (the older file of that kind is removed, so going back to it makes it new again)."""
+    from .jobs import job_main
+
+    def work():
+        from .fileio import atomic_write_text
+
+        out = Path(snakemake.output[0])
+        kind = snakemake.wildcards.kind
+        pipe = Pipeline(snakemake.config)
+        settings = config_mod.derive_settings(snakemake.config) if kind == "derive" else pipe.manifest_view()
+        for old in out.parent.glob(f"{kind}-*.json"):
+            if old != out:
+                old.unlink(missing_ok=True)
+        atomic_write_text(out, json.dumps(settings, sort_keys=True, indent=1, default=str))
+
+    job_main(snakemake, work, name=f"settings {snakemake.wildcards.kind}")

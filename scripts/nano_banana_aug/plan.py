@@ -40,7 +40,8 @@ import os
 from dataclasses import dataclass, field
 
 from . import answers as answers_mod
-from . import layout, review
+from . import decisions as review_decisions
+from . import layout
 
 BUY, BUILD, DONE, BLOCKED, ADOPTED, DEFERRED = "buy", "build", "done", "blocked", "adopted", "deferred"
 
@@ -260,8 +261,8 @@ class Planner:
         if side is not None and side.status == "rejected":
             return True
         if self._review is None:
-            self._review = review.load(self.out)
-        return review.rejected(self._review, stem, made_from)
+            self._review = review_decisions.load(self.out)
+        return review_decisions.rejected(self._review, stem, made_from)
 
 
 def _version(answer_id: str) -> int:
@@ -271,15 +272,16 @@ def _version(answer_id: str) -> int:
         return 0
 
 
-def apply_budget(decisions: dict, limit: int | None) -> int:
+def apply_budget(decisions: dict, limit: int | None, paid_already=frozenset()) -> int:
     """Keep the first ``limit`` answers to buy (in target order); the rest wait for a later run.
-    Returns how many were deferred."""
+    ``paid_already``: answers in batches an earlier run submitted (and paid for): not this run's
+    budget. Returns how many were deferred."""
     if limit is None:
         return 0
     deferred = 0
     for stem in sorted(decisions):
         d = decisions[stem]
-        if d.action != BUY:
+        if d.action != BUY or stem in paid_already:
             continue
         if limit > 0:
             limit -= 1
