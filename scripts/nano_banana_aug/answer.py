@@ -109,6 +109,9 @@ def run(cfg: dict, stem: str, version: int, targets_table) -> Answer | None:
                 request, stem=stem, version=version, fp=fp, key=key, max_pixels=int(cfg["postprocess"]["max_pixels"])
             )
         except RunStopped as exc:
+            if exc.purchase is not None:  # what was billed before the stop is kept and counted
+                kept = store(out, exc.purchase)
+                runlog.event(cfg, kept.status, stem, answer=kept.answer_id, calls=kept.calls, reason=kept.reason)
             runlog.event(cfg, "stopped", stem, reason=exc.reason, error=exc.message[:300])
             raise StopBuying(f"not bought: {exc.message}") from None
         answer = store(out, purchase)

@@ -39,6 +39,7 @@ class RunStopped(AttemptError):
 
     def __init__(self, message: str, reason: str):
         super().__init__(message, retryable=False, reason=reason)
+        self.purchase: Purchase | None = None  # billed attempts before the stop, to be stored
 
 
 def read_source(source_path: str, data_root, max_pixels: int, where: str):
@@ -210,7 +211,8 @@ class Buyer:
 
     def buy(self, request: Request, *, stem: str, version: int, fp: dict, key: str, max_pixels: int) -> Purchase:
         """Make up to ``api.max_retries`` attempts; the answer says what came back (image, refused,
-        failed). Raises RunStopped when the run must stop buying (nothing is stored then)."""
+        failed). Raises RunStopped when the run must stop buying; its ``purchase`` holds the
+        refusal to store when attempts before the stop were billed, else None."""
         tally = _Tally(self, max_pixels)
         try:
             gen = call_with_retries(
@@ -222,7 +224,18 @@ class Buyer:
                 on_answer=tally.decode,
             )
         except GenerationFailed as failed:
-            _raise_if_stopped(failed.last)
+            try:
+                _raise_if_stopped(failed.last)
+            except RunStopped as stop:
+                # attempts made before the stop may have been billed (a refusal with usage): their
+                # answer is kept like any refusal, so the money is counted from the answer files
+                billed = [e for e in tally.errors if e.usage is not None or e.status == 200]
+                if billed:
+                    made = GenerationFailed(billed[-1], len(tally.errors), failed.seconds)
+                    stop.purchase = Purchase(
+                        tally.answer(self, stem, version, fp, key, failed=made), None, tally.errors
+                    )
+                raise stop from None
             return Purchase(tally.answer(self, stem, version, fp, key, failed=failed), None, tally.errors)
         return Purchase(tally.answer(self, stem, version, fp, key, gen=gen), gen.data, tally.errors)
 

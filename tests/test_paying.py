@@ -1,0 +1,272 @@
+"""Buying one answer (rule answer's code, no Snakemake) against the stand-in: what is stored, what
+is counted, and what is not -- a call that never got a call slot is no paid call."""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from nano_banana_aug import answer as answer_job
+from nano_banana_aug import answers, budget, layout, paying, targets
+from nano_banana_aug import config as config_mod
+from nano_banana_aug.pipeline import Pipeline
+from nano_banana_aug.plan import BUILD, BUY
+
+from .helpers import log_text, make_dataset
+from .standin.server import B
+from .test_config import checked
+
+pytest_plugins = ["tests.standin.fixtures"]
+
+RUN_ID = "20260101T000000-1-test"
+PREFIX = "Change only imaging conditions."
+AUG = {"name": "overcast", "prompt": "Make it overcast.", "num_images": 1}
+STEM = "ID1000__overcast__v0"
+INPUT_IMAGE_TOKENS, OUTPUT_IMAGE_TOKENS = 560, 1120  # what the stand-in reports (tests/standin/server.py)
+
+
+class Paid:
+    """One image, a gemini config whose base URL is the stand-in, the key in a file of its own."""
+
+    def __init__(self, root: Path, standin, **api):
+        self.root = root
+        self.data = make_dataset(root / "data", n=1)
+        self.out = root / "out"
+        self.key_file = root / "gemini.secret"
+        self.key_file.write_text(standin.api_key + "\n")
+        self.cfg = checked(
+            {
+                "api": {
+                    "provider": "gemini",
+                    "base_url": standin.gemini_base_url,
+                    "api_key_file": str(self.key_file),
+                    "concurrency": 1,
+                    "timeout_s": 10,
+                    "retry_backoff_s": 0.05,
+                    "match_aspect": False,
+                    **api,
+                },
+                "data": {"data_root": str(self.data), "output_dir": str(self.out)},
+                "prompt_prefix": PREFIX,
+                "augmentations": [copy.deepcopy(AUG)],
+            }
+        )
+        self.table = Path(Pipeline(self.cfg).table)
+        targets.make_table(self.cfg, self.table)
+        self.source = (self.data / "train" / "ID1000.jpg").read_bytes()
+
+    def buy(self, version: int = 1):
+        return answer_job.run(self.cfg, STEM, version, str(self.table))
+
+    def ledger(self) -> dict:
+        return budget.for_config(self.cfg).read()
+
+    def decision(self):
+        return Pipeline(self.cfg).decisions()[STEM]
+
+    def answer_files(self) -> list[str]:
+        d = layout.answer_dir(self.out, STEM)
+        return sorted(os.listdir(d)) if d.is_dir() else []
+
+
+@pytest.fixture
+def paid(tmp_path, standin, monkeypatch):
+    monkeypatch.setenv("NANO_BANANA_RUN_ID", RUN_ID)  # this run's ledger: .pipeline/runs/<id>/ledger.json
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    return lambda **api: Paid(tmp_path, standin, **api)
+
+
+def files_containing(root: Path, needle: str, skip: Path) -> list[str]:
+    hits = []
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            p = Path(dirpath) / name
+            if p != skip and needle.encode() in p.read_bytes():
+                hits.append(str(p.relative_to(root)))
+    return hits
+
+
+def temp_files(root: Path) -> list[str]:
+    return [str(p.relative_to(root)) for p in root.rglob("*") if p.name.endswith(".tmp")]
+
+
+def prompt_tokens(prompt: str) -> int:
+    """The stand-in's promptTokenCount for a request with one input image."""
+    return max(1, len(prompt) // 4) + INPUT_IMAGE_TOKENS
+
+
+# ---------------------------------------------------------------- the key regression
+
+
+def test_a_slot_wait_that_times_out_is_no_paid_call(paid, standin, monkeypatch):
+    p = paid(max_calls=1)  # a run that may pay exactly one call
+    monkeypatch.setattr(paying, "slot_wait_s", lambda cfg: 0.3)  # normally 2 x timeout_s + 60 s
+    slots = p.out / ".pipeline" / "slots"
+    slots.mkdir(parents=True)
+    holder = os.open(slots / "slot-0.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process's call in flight: the one slot
+    try:
+        assert p.ledger() == budget.EMPTY
+        with pytest.raises(answer_job.StopBuying, match=r"not bought: no API call slot free within 0\.3 s"):
+            p.buy()
+        assert standin.count == 0  # no request went out
+        assert p.ledger() == budget.EMPTY  # nothing reserved is left, nothing billed, nothing refused
+        assert budget.spent_in_directory(p.out) == 0.0
+        assert answers.versions(p.out, STEM) == [] and p.answer_files() == [".lock"]
+        assert list(answers.iter_all(p.out)) == []
+        assert temp_files(p.out) == []
+        # not blocked, not failed: the target is simply still to buy
+        d = p.decision()
+        assert (d.action, d.version, d.why) == (BUY, 1, "new")
+        assert "SLOT_TIMEOUT" in log_text(p.root, "out")
+    finally:
+        os.close(holder)
+    # the slot free again, the same job buys the answer -- within max_calls=1: the wait cost nothing
+    bought = p.buy()
+    assert bought is not None and bought.status == answers.IMAGE and bought.calls == 1
+    assert standin.count == 1
+    ledger = p.ledger()
+    assert (ledger["calls"], ledger["billable"], ledger["refused"]) == (1, 1, 0)
+
+
+# ---------------------------------------------------------------- a paid answer
+
+
+def test_a_paid_answer_is_stored_once_with_what_was_asked_and_paid(paid, standin):
+    p = paid()
+    bought = p.buy()
+    (rec,) = standin.requests
+    assert (rec.kind, rec.status, rec.model) == ("ok", 200, "gemini-3-pro-image-preview")
+    assert rec.prompt == f"{PREFIX}\n\n{AUG['prompt']}" and rec.image_bytes == p.source
+
+    # exactly one answer: its record and its image bytes, each under its final name (no temp file)
+    assert p.answer_files() == [".lock", "v1.json", "v1.png"]
+    assert temp_files(p.out) == []
+    assert answers.versions(p.out, STEM) == [(1, True)]
+    stored = answers.read(p.out, STEM, 1)
+    assert stored == bought
+    assert (stored.status, stored.version, stored.calls, stored.attempts) == (answers.IMAGE, 1, 1, [])
+    assert (stored.source, stored.run_id, stored.image_file) == ("call", RUN_ID, "v1.png")
+
+    # what was asked: the fingerprint and the request key the plan compares with the config
+    assert stored.fingerprint == {
+        "provider": "gemini",
+        "model": "gemini-3-pro-image-preview",
+        "prompt_sha256": hashlib.sha256(rec.prompt.encode()).hexdigest(),
+        "image_config": None,
+        "match_aspect": False,
+        "local": None,
+        "source_sha256": hashlib.sha256(p.source).hexdigest(),
+    }
+    settings = config_mod.request_settings(p.cfg, p.cfg["augmentations"][0])
+    assert stored.request_key == config_mod.request_key(settings)
+
+    # what the service said: its response id and usage, and what that costs
+    assert stored.response_id.startswith(f"standin-{rec.index:06d}-")
+    assert stored.model_version == "gemini-3-pro-image-preview" and stored.finish_reason == "STOP"
+    tokens = prompt_tokens(rec.prompt)
+    assert stored.usage == {
+        "prompt_tokens": tokens,
+        "candidates_tokens": OUTPUT_IMAGE_TOKENS,
+        "output_image_tokens": OUTPUT_IMAGE_TOKENS,
+        "total_tokens": tokens + OUTPUT_IMAGE_TOKENS,
+    }
+    cost = round((tokens * 2.0 + OUTPUT_IMAGE_TOKENS * 120.0) / 1e6, 6)
+    assert stored.est_cost_usd == pytest.approx(cost) and stored.cost_usd is None
+
+    # the image bytes as received, read-only, matching the record
+    image = layout.answer_dir(p.out, STEM) / "v1.png"
+    data = image.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and stored.mime_type == "image/png"
+    assert (hashlib.sha256(data).hexdigest(), len(data)) == (stored.image_sha256, stored.image_bytes)
+    assert stat.S_IMODE(image.stat().st_mode) & 0o222 == 0
+
+    # counted once: one billable call at its estimated cost (the reservation replaced, not added)
+    ledger = p.ledger()
+    assert (ledger["calls"], ledger["billable"], ledger["refused"]) == (1, 1, 0)
+    assert ledger["cost_usd"] == pytest.approx(cost)
+    assert budget.spent_in_directory(p.out) == pytest.approx(cost)
+
+    # the key travelled only in its header and is in no file written
+    assert standin.key_leaks(standin.api_key) == []
+    assert files_containing(p.root, standin.api_key, skip=p.key_file) == []
+
+    # the same job again (a second run, an orphan): nothing bought, nothing changed
+    before = (layout.answer_path(p.out, STEM, 1).stat().st_mtime_ns, image.stat().st_mtime_ns)
+    assert p.buy() is None
+    assert standin.count == 1 and p.ledger() == ledger
+    assert (layout.answer_path(p.out, STEM, 1).stat().st_mtime_ns, image.stat().st_mtime_ns) == before
+    assert (p.decision().action, p.decision().version) == (BUILD, 1)
+
+
+# ---------------------------------------------------------------- a refused answer
+
+
+@pytest.mark.parametrize("attempts", [1, 2])
+def test_a_safety_block_is_stored_as_a_refusal_and_counted_once(paid, standin, attempts):
+    p = paid(max_retries=attempts)
+    standin.set_default("gemini", B("image_safety"))
+    refused = p.buy()
+    assert [r.kind for r in standin.requests] == ["image_safety"] * attempts
+    assert p.answer_files() == [".lock", "v1.json"]  # no image
+    assert temp_files(p.out) == []
+    stored = answers.read(p.out, STEM, 1)
+    assert stored == refused
+    assert (stored.status, stored.reason, stored.calls) == (answers.REFUSED, "IMAGE_SAFETY", attempts)
+    assert stored.message.startswith(f"after {attempts} attempt(s): no usable image: finishReason=IMAGE_SAFETY")
+    assert (stored.image_file, stored.image_sha256) == ("", "")
+    tokens = prompt_tokens(standin.requests[0].prompt)
+    assert stored.usage == {"prompt_tokens": tokens, "candidates_tokens": 0, "total_tokens": tokens}
+    # every attempt is kept with its usage and cost (such answers can be billed)
+    assert [(a["reason"], a["status"], a["usage"]["prompt_tokens"]) for a in stored.attempts] == [
+        ("IMAGE_SAFETY", 200, tokens)
+    ] * attempts
+    per_call = round(tokens * 2.0 / 1e6, 6)
+    assert [a["est_cost_usd"] for a in stored.attempts] == [pytest.approx(per_call)] * attempts
+    assert stored.est_cost_usd == pytest.approx(per_call * attempts)
+
+    # counted once: one answer, its calls, its cost -- in the answers and in the ledger alike
+    assert answers.totals(answers.iter_all(p.out)) == {
+        "answers": 1,
+        "images": 0,
+        "refused": 1,
+        "calls": attempts,
+        "cost_usd": pytest.approx(per_call * attempts),
+    }
+    ledger = p.ledger()
+    assert (ledger["calls"], ledger["billable"], ledger["refused"]) == (attempts, attempts, 0)
+    assert ledger["cost_usd"] == pytest.approx(per_call * attempts)
+    assert files_containing(p.root, standin.api_key, skip=p.key_file) == []
+
+    # bought once: the same job again makes no request; the plan builds its placeholder next
+    assert p.buy() is None and standin.count == attempts
+    assert (p.decision().action, p.decision().version) == (BUILD, 1)
+
+
+def test_a_billed_refusal_before_a_stop_is_kept_and_counted(paid, standin):
+    """Attempt 1 is a billed safety block, attempt 2 is stopped by the budget: the job fails
+    (the run stops buying) but the billed attempt is stored, so it is counted from the
+    answer files (max_total_cost_usd, the summary) and not bought blind again."""
+    p = paid(max_retries=2, max_calls=1)
+    standin.set_default("gemini", B("image_safety"))
+    with pytest.raises(answer_job.StopBuying, match=r"not bought: budget reached"):
+        p.buy()
+    assert standin.count == 1
+    assert p.answer_files() == [".lock", "v1.json"] and temp_files(p.out) == []
+    stored = answers.read(p.out, STEM, 1)
+    tokens = prompt_tokens(standin.requests[0].prompt)
+    per_call = round(tokens * 2.0 / 1e6, 6)
+    assert (stored.status, stored.reason, stored.calls) == (answers.REFUSED, "IMAGE_SAFETY", 1)
+    assert stored.est_cost_usd == pytest.approx(per_call)
+    assert budget.spent_in_directory(p.out) == pytest.approx(per_call)
+    ledger = p.ledger()
+    assert (ledger["calls"], ledger["billable"]) == (1, 1)
+    # a stop before any billed attempt stores nothing (the slot test above); the next plan
+    # builds the refusal's placeholder and retries it as a new version
+    assert (p.decision().action, p.decision().version) == (BUILD, 1)
