@@ -112,7 +112,13 @@ def measure(cmd, cwd, log, timeout=3600, env=None) -> dict:
         done.set()
         th.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
-    res = {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss_mb": ru.ru_maxrss / 1024, "tree_mb": peak[0] / 2**20, "rc": proc.returncode}
+    res = {
+        "wall": wall,
+        "cpu": ru.ru_utime + ru.ru_stime,
+        "rss_mb": ru.ru_maxrss / 1024,
+        "tree_mb": peak[0] / 2**20,
+        "rc": proc.returncode,
+    }
     if proc.returncode != 0:
         tail = Path(log).read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{' '.join(map(str, cmd))} (cwd {cwd}) failed rc={proc.returncode}:\n{tail}")
@@ -181,11 +187,17 @@ PATCHES = {
     "stamp": ("rules/generate.smk", "stamp=get_regenerate_stamp,", 'stamp=str(PIPE / "regenerate") + "/{aug}.stamp",'),
     # load_targets: skip checkpoints.targets.get() (re-expands the checkpoint's output on every call)
     # once the checkpoint output is known to be complete in this process
-    "ckpt": ("rules/common.smk", '    path = checkpoints.targets.get().output[0]\n',
-             '    path = TARGETS_CSV if TARGETS_CSV in checkpoints.created_output else checkpoints.targets.get().output[0]\n'),
+    "ckpt": (
+        "rules/common.smk",
+        "    path = checkpoints.targets.get().output[0]\n",
+        "    path = TARGETS_CSV if TARGETS_CSV in checkpoints.created_output else checkpoints.targets.get().output[0]\n",
+    ),
     # get_all_outputs: plain string formatting (no Path per output)
-    "outputs": ("rules/common.smk", "        str(layout.output_path(OUT, t.image_id, aug, k, EXT))\n",
-                '        f"{OUT}/{t.image_id}__{aug}__v{k}.{EXT}"\n'),
+    "outputs": (
+        "rules/common.smk",
+        "        str(layout.output_path(OUT, t.image_id, aug, k, EXT))\n",
+        '        f"{OUT}/{t.image_id}__{aug}__v{k}.{EXT}"\n',
+    ),
     # no `src` input at all: the source path is in targets.csv (checked by the checkpoint, read by generate.py)
     "nosrc": ("rules/generate.smk", "        src=get_source_image,\n", ""),
 }
@@ -204,7 +216,8 @@ def apply_patches(work: Path, names) -> list[str]:
     return applied
 
 
-PLAIN_SNAKEFILE = r'''
+PLAIN_SNAKEFILE = (
+    r"""
 # Plain Snakemake, same shape as the pipeline: checkpoint -> 4 outputs per id -> aggregate.
 N = int(config["nimg"])
 K = 4
@@ -238,7 +251,9 @@ rule agg:
 rule gen:
     output: "out/{id}__a{k}.txt"
     shell: CMD
-''' % PY
+"""
+    % PY
+)
 
 
 def make_plain(work: Path, n: int) -> Path:
@@ -280,10 +295,27 @@ def fabricate_outputs(work: Path, n: int) -> int:
                 if count and count % 60000 == 0:
                     one = new_one()
                 os.link(one, png)
-            rec = Record(iid, aug, 0, src_image_path=f"train/{iid}.jpg", image_path=f"out/{png.name}",
-                         status="success", ts=now, orig_w=16, orig_h=8, aspect_w=16, aspect_h=8, out_w=16, out_h=8,
-                         provider="local", model="recipes-v1", attempts=1, seconds=0.1, api_seconds=0.01,
-                         output_bytes=size)
+            rec = Record(
+                iid,
+                aug,
+                0,
+                src_image_path=f"train/{iid}.jpg",
+                image_path=f"out/{png.name}",
+                status="success",
+                ts=now,
+                orig_w=16,
+                orig_h=8,
+                aspect_w=16,
+                aspect_h=8,
+                out_w=16,
+                out_h=8,
+                provider="local",
+                model="recipes-v1",
+                attempts=1,
+                seconds=0.1,
+                api_seconds=0.01,
+                output_bytes=size,
+            )
             layout.sidecar_path(out, iid, aug, 0).write_text(rec.to_json())
             count += 1
     for one in ones:
@@ -322,8 +354,18 @@ def clear_outputs(out: Path) -> None:
 
 
 # ---------------------------------------------------------------- one size
-def bench_size(base: Path, n: int, repeats: int, jobs: int, logs: Path, profile: bool, lean: bool = False,
-               dag_batches: int = 0, only_dry: bool = False, skip_plain_noop: bool = False) -> dict:
+def bench_size(
+    base: Path,
+    n: int,
+    repeats: int,
+    jobs: int,
+    logs: Path,
+    profile: bool,
+    lean: bool = False,
+    dag_batches: int = 0,
+    only_dry: bool = False,
+    skip_plain_noop: bool = False,
+) -> dict:
     r: dict = {"n_images": n, "targets": 4 * n, "load_before": loadavg()}
     print(f"\n=== {n} images ({4 * n} targets), load {r['load_before']}", flush=True)
     t = time.perf_counter()
@@ -338,55 +380,83 @@ def bench_size(base: Path, n: int, repeats: int, jobs: int, logs: Path, profile:
 
     # a. checkpoint
     sm_ck, direct, plain_ck, direct_cpu = [], [], [], []
-    for i in range(repeats):
+    for _ in range(repeats):
         (ours / targets_csv).unlink(missing_ok=True)
         sm_ck.append(measure([*SNAKEMAKE, targets_csv, "-j", "1", *cfg], ours, L("ours_checkpoint"))["wall"])
-        res = measure([PY, "scripts/make_targets.py", "--config-json", latest_run_config(ours),
-                       "--output", "/tmp/_bench_targets.csv"], ours, L("ours_make_targets"))
+        res = measure(
+            [
+                PY,
+                "scripts/make_targets.py",
+                "--config-json",
+                latest_run_config(ours),
+                "--output",
+                "/tmp/_bench_targets.csv",
+            ],
+            ours,
+            L("ours_make_targets"),
+        )
         direct.append(res["wall"])
         direct_cpu.append(res["cpu"])
         (plain / "ids.txt").unlink(missing_ok=True)
-        plain_ck.append(measure([*SNAKEMAKE, "ids.txt", "-j", "1", "--config", f"nimg={n}"], plain,
-                                L("plain_checkpoint"))["wall"])
+        plain_ck.append(
+            measure([*SNAKEMAKE, "ids.txt", "-j", "1", "--config", f"nimg={n}"], plain, L("plain_checkpoint"))["wall"]
+        )
     r["ckpt_direct_s"], r["ckpt_sm_s"], r["plain_ckpt_sm_s"] = med(direct), med(sm_ck), med(plain_ck)
     r["ckpt_direct_cpu"] = med(direct_cpu)
-    print(f"  a. checkpoint: make_targets {r['ckpt_direct_s']:.2f}s, via snakemake {r['ckpt_sm_s']:.2f}s; "
-          f"plain {r['plain_ckpt_sm_s']:.2f}s", flush=True)
+    print(
+        f"  a. checkpoint: make_targets {r['ckpt_direct_s']:.2f}s, via snakemake {r['ckpt_sm_s']:.2f}s; "
+        f"plain {r['plain_ckpt_sm_s']:.2f}s",
+        flush=True,
+    )
 
     # b. dry-run planning (checkpoint already ran, nothing generated yet)
     def dry(work, extra, name):
         runs = [measure([*SNAKEMAKE, "-n", *extra], work, L(name)) for _ in range(repeats)]
-        return (med([x["wall"] for x in runs]), max(x["rss_mb"] for x in runs), max(x["tree_mb"] for x in runs),
-                med([x["cpu"] for x in runs]))
+        return (
+            med([x["wall"] for x in runs]),
+            max(x["rss_mb"] for x in runs),
+            max(x["tree_mb"] for x in runs),
+            med([x["cpu"] for x in runs]),
+        )
 
     r["dry_s"], r["dry_rss"], r["dry_tree"], r["dry_cpu"] = dry(ours, cfg, "ours_dry")
     r["plain_dry_s"], r["plain_dry_rss"], r["plain_dry_tree"], r["plain_dry_cpu"] = dry(
-        plain, ["--config", f"nimg={n}"], "plain_dry")
+        plain, ["--config", f"nimg={n}"], "plain_dry"
+    )
     if lean:
         r["plainst_dry_s"] = r["plainst_dry_rss"] = r["plainst_dry_cpu"] = float("nan")
     else:
         r["plainst_dry_s"], r["plainst_dry_rss"], _, r["plainst_dry_cpu"] = dry(
-            plain_static, ["--config", f"nimg={n}", "checkpoint=False"], "plainstatic_dry")
+            plain_static, ["--config", f"nimg={n}", "checkpoint=False"], "plainstatic_dry"
+        )
     check = Path(L("ours_dry")).read_text()
     m = re.search(r"generate\s+(\d+)", check)
     r["dry_generate_jobs"] = int(m.group(1)) if m else -1
-    print(f"  b. dry-run: ours {r['dry_s']:.1f}s (cpu {r['dry_cpu']:.1f}s) {r['dry_rss']:.0f}MB ({r['dry_generate_jobs']} generate jobs); "
-          f"plain {r['plain_dry_s']:.1f}s (cpu {r['plain_dry_cpu']:.1f}s) {r['plain_dry_rss']:.0f}MB; plain static {r['plainst_dry_s']:.1f}s "
-          f"{r['plainst_dry_rss']:.0f}MB", flush=True)
+    print(
+        f"  b. dry-run: ours {r['dry_s']:.1f}s (cpu {r['dry_cpu']:.1f}s) {r['dry_rss']:.0f}MB ({r['dry_generate_jobs']} generate jobs); "
+        f"plain {r['plain_dry_s']:.1f}s (cpu {r['plain_dry_cpu']:.1f}s) {r['plain_dry_rss']:.0f}MB; plain static {r['plainst_dry_s']:.1f}s "
+        f"{r['plainst_dry_rss']:.0f}MB",
+        flush=True,
+    )
     if dag_batches:
         # one slice of a run batched with Snakemake's --batch (the README's way for very large data sets):
         # ours over `all_outputs`, plain static over its aggregate (plain's checkpoint cannot be batched)
         spec = f"1/{dag_batches}"
         r["dag_batches"] = dag_batches
         r["batch_dry_s"], r["batch_dry_rss"], _, r["batch_dry_cpu"] = dry(
-            ours, [*cfg, "--batch", f"all_outputs={spec}"], "ours_batch_dry")
+            ours, [*cfg, "--batch", f"all_outputs={spec}"], "ours_batch_dry"
+        )
         m = re.search(r"generate\s+(\d+)", Path(L("ours_batch_dry")).read_text())
         r["batch_generate_jobs"] = int(m.group(1)) if m else -1
         r["plain_batch_dry_s"], r["plain_batch_dry_rss"], _, r["plain_batch_dry_cpu"] = dry(
-            plain_static, ["--config", f"nimg={n}", "checkpoint=False", "--batch", f"agg={spec}"], "plain_batch_dry")
-        print(f"  b'. dry-run of batch {spec}: ours {r['batch_dry_s']:.1f}s (cpu {r['batch_dry_cpu']:.1f}s) "
-              f"{r['batch_dry_rss']:.0f}MB ({r['batch_generate_jobs']} generate jobs); plain static "
-              f"{r['plain_batch_dry_s']:.1f}s (cpu {r['plain_batch_dry_cpu']:.1f}s) {r['plain_batch_dry_rss']:.0f}MB", flush=True)
+            plain_static, ["--config", f"nimg={n}", "checkpoint=False", "--batch", f"agg={spec}"], "plain_batch_dry"
+        )
+        print(
+            f"  b'. dry-run of batch {spec}: ours {r['batch_dry_s']:.1f}s (cpu {r['batch_dry_cpu']:.1f}s) "
+            f"{r['batch_dry_rss']:.0f}MB ({r['batch_generate_jobs']} generate jobs); plain static "
+            f"{r['plain_batch_dry_s']:.1f}s (cpu {r['plain_batch_dry_cpu']:.1f}s) {r['plain_batch_dry_rss']:.0f}MB",
+            flush=True,
+        )
     if profile:
         prof = logs / f"ours_dry_{n}.prof"
         measure([PY, "-m", "cProfile", "-o", str(prof), "-m", "snakemake", "-n", *cfg], ours, L("ours_dry_prof"))
@@ -416,24 +486,45 @@ def bench_size(base: Path, n: int, repeats: int, jobs: int, logs: Path, profile:
     r["manifest_rows"] = manifest_rows
     # --skip-plain-noop: plain's no-op was measured in an earlier run of the same size (long at 10^5): nan here
     plain_runs = 0 if skip_plain_noop else repeats
-    runs = [measure([*SNAKEMAKE, "-j", str(jobs), "--config", f"nimg={n}"], plain, L("plain_noop"))
-            for _ in range(plain_runs)]
-    r["plain_noop_s"], r["plain_noop_rss"] = med([x["wall"] for x in runs]), max((x["rss_mb"] for x in runs), default=float("nan"))
+    runs = [
+        measure([*SNAKEMAKE, "-j", str(jobs), "--config", f"nimg={n}"], plain, L("plain_noop"))
+        for _ in range(plain_runs)
+    ]
+    r["plain_noop_s"], r["plain_noop_rss"] = (
+        med([x["wall"] for x in runs]),
+        max((x["rss_mb"] for x in runs), default=float("nan")),
+    )
     r["plain_noop_cpu"] = med([x["cpu"] for x in runs])
-    runs = [measure([*SNAKEMAKE, "-j", str(jobs), "--config", f"nimg={n}", "-R", "agg"], plain, L("plain_noop_agg"))
-            for _ in range(plain_runs)]
+    runs = [
+        measure([*SNAKEMAKE, "-j", str(jobs), "--config", f"nimg={n}", "-R", "agg"], plain, L("plain_noop_agg"))
+        for _ in range(plain_runs)
+    ]
     r["plain_noop_agg_s"] = med([x["wall"] for x in runs])
     r["plain_noop_agg_cpu"] = med([x["cpu"] for x in runs])
-    runs = [] if lean else [measure([*SNAKEMAKE, "-j", str(jobs), "--config", f"nimg={n}", "checkpoint=False"],
-                                    plain_static, L("plainstatic_noop")) for _ in range(plain_runs)]
+    runs = (
+        []
+        if lean
+        else [
+            measure(
+                [*SNAKEMAKE, "-j", str(jobs), "--config", f"nimg={n}", "checkpoint=False"],
+                plain_static,
+                L("plainstatic_noop"),
+            )
+            for _ in range(plain_runs)
+        ]
+    )
     r["plainst_noop_s"] = med([x["wall"] for x in runs])
-    print(f"     no-op: ours {r['noop_s']:.1f}s cpu {r['noop_cpu']:.1f}s (first {r['noop_first_s']:.1f}s, {r['noop_generate_jobs']} generate "
-          f"jobs, manifest {manifest_rows} rows) {r['noop_rss']:.0f}MB; plain {r['plain_noop_s']:.1f}s, "
-          f"plain+aggregate {r['plain_noop_agg_s']:.1f}s cpu {r['plain_noop_agg_cpu']:.1f}s, plain static {r['plainst_noop_s']:.1f}s", flush=True)
+    print(
+        f"     no-op: ours {r['noop_s']:.1f}s cpu {r['noop_cpu']:.1f}s (first {r['noop_first_s']:.1f}s, {r['noop_generate_jobs']} generate "
+        f"jobs, manifest {manifest_rows} rows) {r['noop_rss']:.0f}MB; plain {r['plain_noop_s']:.1f}s, "
+        f"plain+aggregate {r['plain_noop_agg_s']:.1f}s cpu {r['plain_noop_agg_cpu']:.1f}s, plain static {r['plainst_noop_s']:.1f}s",
+        flush=True,
+    )
     if profile:
         prof = logs / f"ours_noop_{n}.prof"
-        measure([PY, "-m", "cProfile", "-o", str(prof), "-m", "snakemake", "-j", str(jobs), *cfg], ours,
-                L("ours_noop_prof"))
+        measure(
+            [PY, "-m", "cProfile", "-o", str(prof), "-m", "snakemake", "-j", str(jobs), *cfg], ours, L("ours_noop_prof")
+        )
         r["profile_noop"] = str(prof)
     r["load_after"] = loadavg()
     return r
@@ -448,7 +539,7 @@ def bench_dispatch(base: Path, d: int, repeats: int, jobs: int, logs: Path) -> d
     cfg = ["--configfile", "bench.yaml"]
     measure([*SNAKEMAKE, "data/out/.pipeline/targets.csv", "-j", "1", *cfg], ours, logs / "dispatch_ckpt.log")
     walls = []
-    for i in range(repeats):
+    for _ in range(repeats):
         clear_outputs(ours / "data/out")
         res = measure([*SNAKEMAKE, "-j", str(jobs), *cfg], ours, logs / "dispatch_ours.log")
         made = len(list((ours / "data/out").glob("*.png")))
@@ -458,24 +549,49 @@ def bench_dispatch(base: Path, d: int, repeats: int, jobs: int, logs: Path) -> d
     r["ours_s"] = med(walls)
     r["ours_tps"] = 4 * n / r["ours_s"]
     # one generate job alone (what each job costs before Snakemake's share)
-    one = measure([PY, "scripts/generate.py", "--config-json", latest_run_config(ours), "--targets",
-                   "data/out/.pipeline/targets.csv", "--image-id", "ID1000000", "--aug", "a0", "--variant", "0",
-                   "--output", "/tmp/_bench_one.png"], ours, logs / "dispatch_one.log")
+    one = measure(
+        [
+            PY,
+            "scripts/generate.py",
+            "--config-json",
+            latest_run_config(ours),
+            "--targets",
+            "data/out/.pipeline/targets.csv",
+            "--image-id",
+            "ID1000000",
+            "--aug",
+            "a0",
+            "--variant",
+            "0",
+            "--output",
+            "/tmp/_bench_one.png",
+        ],
+        ours,
+        logs / "dispatch_one.log",
+    )
     r["one_job_s"] = one["wall"]
     for job in ("touch", "python"):
         plain = make_plain(base / f"dispatch_plain_{job}", n)
         measure([*SNAKEMAKE, "ids.txt", "-j", "1", "--config", f"nimg={n}"], plain, logs / "dispatch_pckpt.log")
         walls = []
-        for i in range(repeats):
+        for _ in range(repeats):
             shutil.rmtree(plain / "out", ignore_errors=True)
             (plain / "agg.txt").unlink(missing_ok=True)
-            walls.append(measure([*SNAKEMAKE, "-j", str(jobs), "--config", f"nimg={n}", f"job={job}"], plain,
-                                 logs / f"dispatch_plain_{job}.log")["wall"])
+            walls.append(
+                measure(
+                    [*SNAKEMAKE, "-j", str(jobs), "--config", f"nimg={n}", f"job={job}"],
+                    plain,
+                    logs / f"dispatch_plain_{job}.log",
+                )["wall"]
+            )
         r[f"plain_{job}_s"] = med(walls)
         r[f"plain_{job}_tps"] = 4 * n / r[f"plain_{job}_s"]
     r["load_after"] = loadavg()
-    print(f"  ours {r['ours_tps']:.1f} targets/s ({r['ours_s']:.1f}s; one generate.py alone {r['one_job_s']:.2f}s); "
-          f"plain touch {r['plain_touch_tps']:.1f}/s; plain python+PIL/numpy {r['plain_python_tps']:.1f}/s", flush=True)
+    print(
+        f"  ours {r['ours_tps']:.1f} targets/s ({r['ours_s']:.1f}s; one generate.py alone {r['one_job_s']:.2f}s); "
+        f"plain touch {r['plain_touch_tps']:.1f}/s; plain python+PIL/numpy {r['plain_python_tps']:.1f}/s",
+        flush=True,
+    )
     return r
 
 
@@ -485,7 +601,7 @@ def profile_summary(path: str, top: int = 25) -> str:
     st = pstats.Stats(path)
     total = st.total_tt
     rows = []
-    for (fname, line, func), (cc, nc, tt, ct, callers) in st.stats.items():
+    for (fname, line, func), (_cc, nc, tt, ct, _callers) in st.stats.items():
         rows.append((ct, tt, nc, fname, line, func))
     ours = [x for x in rows if ("/rules/" in x[3] or x[3].endswith("Snakefile") or "nano_banana_aug" in x[3])]
     ours.sort(reverse=True)
@@ -504,10 +620,14 @@ def profile_summary(path: str, top: int = 25) -> str:
 def machine() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     sm = subprocess.run(SNAKEMAKE + ["--version"], capture_output=True, text=True).stdout.strip()
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "rules", "scripts", "Snakefile",
-                            "profiles/default"], capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "rules", "scripts", "Snakefile", "profiles/default"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,
@@ -543,8 +663,12 @@ def table(sizes: list[dict], disp: dict | None) -> str:
             f"| {r['noop_cpu']:.1f} / {r['plain_noop_agg_cpu']:.1f} "
             f"| {ratio(r['dry_s'], r['plain_dry_s'])}, {ratio(r['dry_cpu'], r['plain_dry_cpu'])}, "
             f"{ratio(r['noop_s'], r['plain_noop_agg_s'])}, {ratio(r['noop_cpu'], r['plain_noop_agg_cpu'])} "
-            + (f"| 1/{r['dag_batches']}: {r['batch_dry_s']:.1f} / {r['batch_dry_rss']:.0f}, "
-               f"{r['plain_batch_dry_s']:.1f} / {r['plain_batch_dry_rss']:.0f} |" if r.get("dag_batches", 0) > 0 else "| |")
+            + (
+                f"| 1/{r['dag_batches']}: {r['batch_dry_s']:.1f} / {r['batch_dry_rss']:.0f}, "
+                f"{r['plain_batch_dry_s']:.1f} / {r['plain_batch_dry_rss']:.0f} |"
+                if r.get("dag_batches", 0) > 0
+                else "| |"
+            )
         )
     if disp:
         lines += [
@@ -568,8 +692,12 @@ def main(argv=None) -> int:
     ap.add_argument("--dispatch-repeats", type=int, default=None, help="default: --repeats")
     ap.add_argument("--lean", action="store_true", help="skip the plain static variant (saves time at large sizes)")
     ap.add_argument("--patches", default="", help="apply recommended changes to the copy: stamp,ckpt,outputs,nosrc")
-    ap.add_argument("--dag-batches", type=int, default=0,
-                    help="also time the dry-run of one slice of `--batch all_outputs=1/K` (K slices)")
+    ap.add_argument(
+        "--dag-batches",
+        type=int,
+        default=0,
+        help="also time the dry-run of one slice of `--batch all_outputs=1/K` (K slices)",
+    )
     ap.add_argument("--skip-plain-noop", action="store_true", help="no no-op measurement of plain Snakemake")
     ap.add_argument("--only-dry", action="store_true", help="stop after the dry-runs (no no-op measurement)")
     ap.add_argument("--quick", action="store_true", help="sizes 500, 1 repeat, 200 dispatch targets")
@@ -600,9 +728,20 @@ def main(argv=None) -> int:
     disp = None
     try:
         for n in sizes:
-            results.append(bench_size(base, n, args.repeats, args.jobs, logs, profile=(n == args.profile), lean=args.lean,
-                                      dag_batches=args.dag_batches, only_dry=args.only_dry,
-                                      skip_plain_noop=args.skip_plain_noop))
+            results.append(
+                bench_size(
+                    base,
+                    n,
+                    args.repeats,
+                    args.jobs,
+                    logs,
+                    profile=(n == args.profile),
+                    lean=args.lean,
+                    dag_batches=args.dag_batches,
+                    only_dry=args.only_dry,
+                    skip_plain_noop=args.skip_plain_noop,
+                )
+            )
             for key in ("profile_dry", "profile_noop"):
                 if key in results[-1]:
                     summary = profile_summary(results[-1][key])

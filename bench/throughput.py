@@ -43,9 +43,22 @@ KEY = "bench-key-not-secret"
 def start_standin(latency: float, workdir: Path):
     ready = workdir / "standin.url"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.standin.server", "--port", "0", "--latency", str(latency),
-         "--api-key", KEY, "--ready-file", str(ready)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "tests.standin.server",
+            "--port",
+            "0",
+            "--latency",
+            str(latency),
+            "--api-key",
+            KEY,
+            "--ready-file",
+            str(ready),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 30
     while not ready.exists():
@@ -60,13 +73,25 @@ def setup(workdir: Path, n: int, variants: int, url: str, concurrency: int, prov
     n_images = -(-n // variants)
     make_dataset(wf / "data", n=n_images, size=(2000, 1000))
     cfg = {
-        "api": {"provider": provider, "model": "recipes-v1" if provider == "local" else None,
-                "base_url": f"{url}/v1beta" if provider == "gemini" else None,
-                "concurrency": concurrency, "max_retries": 1, "timeout_s": 60, "match_aspect": False},
+        "api": {
+            "provider": provider,
+            "model": "recipes-v1" if provider == "local" else None,
+            "base_url": f"{url}/v1beta" if provider == "gemini" else None,
+            "concurrency": concurrency,
+            "max_retries": 1,
+            "timeout_s": 60,
+            "match_aspect": False,
+        },
         "data": {"data_root": "data", "output_dir": "data/aug"},
         "postprocess": {"enforce_aspect_ratio": 2.0, "mode": "pad", "png_compress_level": png_level},
-        "augmentations": [{"name": "overcast", "prompt": "Overcast.", "num_images": variants,
-                           "local": {"exposure": -0.3, "white_balance": 7000, "gaussian_noise": 0.01}}],
+        "augmentations": [
+            {
+                "name": "overcast",
+                "prompt": "Overcast.",
+                "num_images": variants,
+                "local": {"exposure": -0.3, "white_balance": 7000, "gaussian_noise": 0.01},
+            }
+        ],
     }
     (wf / "run.yaml").write_text(yaml.safe_dump(cfg))
     (wf / "gemini.secret").write_text(KEY)
@@ -78,12 +103,12 @@ def clear_outputs(wf: Path):
     shutil.rmtree(wf / ".snakemake", ignore_errors=True)
 
 
-def run_pipeline(wf: Path, jobs: int, limit_images: int | None = None) -> float:
+def run_pipeline(wf: Path, jobs: int, limit_images: int | None = None, env: dict | None = None) -> float:
     args = [sys.executable, "-m", "snakemake", "-j", str(jobs), "--configfile", "run.yaml", "--quiet", "all"]
     if limit_images:
         args += ["--config", f"limit={limit_images}"]
     t0 = time.monotonic()
-    res = subprocess.run(args, cwd=wf, capture_output=True, text=True)
+    res = subprocess.run(args, cwd=wf, capture_output=True, text=True, env=env)
     wall = time.monotonic() - t0
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-3000:])
@@ -98,8 +123,14 @@ def baseline(wf: Path, threads: int, concurrency: int, url: str, png_level: int)
 
     cfg = yaml.safe_load((wf / "run.yaml").read_text())
     variants = cfg["augmentations"][0]["num_images"]
-    pp = {"enforce_aspect_ratio": 2.0, "mode": "pad", "pad_mode": "reflect", "target_size": None,
-          "resample": "bicubic", "png_compress_level": png_level}
+    pp = {
+        "enforce_aspect_ratio": 2.0,
+        "mode": "pad",
+        "pad_mode": "reflect",
+        "target_size": None,
+        "resample": "bicubic",
+        "png_compress_level": png_level,
+    }
     out = wf / "baseline_out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
@@ -123,6 +154,41 @@ def baseline(wf: Path, threads: int, concurrency: int, url: str, png_level: int)
     return time.monotonic() - t0
 
 
+SITECUSTOMIZE = """
+import atexit, os, resource, sys
+def _report():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    with open(os.environ["NB_BENCH_CPU_LOG"], "a") as f:
+        f.write(f"{r.ru_utime + r.ru_stime:.4f}\\t{' '.join(sys.argv)[:200]}\\n")
+atexit.register(_report)
+"""
+
+
+def job_cpu(wf: Path, jobs: int) -> dict:
+    """CPU seconds per process kind in one pipeline run (each Python process reports its own
+    getrusage at exit through a sitecustomize on PYTHONPATH): where a target's CPU goes."""
+    import re
+    from collections import defaultdict
+
+    hook = wf / "cpu_hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    log = wf / "cpu.log"
+    log.unlink(missing_ok=True)
+    clear_outputs(wf)
+    env = {**os.environ, "PYTHONPATH": str(hook), "NB_BENCH_CPU_LOG": str(log)}
+    wall = run_pipeline(wf, jobs, env=env)
+    kinds = defaultdict(list)
+    for line in log.read_text().splitlines():
+        cpu, argv = line.split("\t", 1)
+        m = re.search(r"tmp\w+\.(\w+)\.py", argv)
+        kinds[m.group(1) + " job" if m else "snakemake (main process)"].append(float(cpu))
+    out = {"wall (s)": wall}
+    for kind, cpus in sorted(kinds.items(), key=lambda kv: -sum(kv[1])):
+        out[f"{kind}: {len(cpus)} process(es), CPU s total / each"] = f"{sum(cpus):.1f} / {statistics.median(cpus):.3f}"
+    return out
+
+
 def _stats(url: str) -> dict:
     import requests
 
@@ -143,8 +209,10 @@ def stage_profile(wf: Path, png_levels=(1, 6), repeats: int = 5) -> dict:
             times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
-    startup = med(lambda: subprocess.run([sys.executable, str(ROOT / "scripts" / "generate.py"), "--help"],
-                                         capture_output=True, check=True))
+    def start(modules: str):
+        code = f"import sys; sys.path.insert(0, {str(ROOT / 'scripts')!r}); import {modules}"
+        return med(lambda: subprocess.run([sys.executable, "-c", code], capture_output=True, check=True))
+
     src = sorted((wf / "data" / "train").glob("*.jpg"))[0]
     answer = io.BytesIO()
     Image.open(src).convert("RGB").resize((1376, 768)).save(answer, "PNG")
@@ -153,14 +221,22 @@ def stage_profile(wf: Path, png_levels=(1, 6), repeats: int = 5) -> dict:
     image = imaging.decode(answer, max_pixels=50_000_000)
     geo = postprocess.plan(*image.size, pp)
     padded = postprocess.apply(image, geo, pp)
+    from nano_banana_aug import qc
+
+    qc_cfg = {}
+    reference = image.resize((geo.out_w, geo.out_h)).reduce(2)
     out = {
-        "process start + imports": startup,
+        "answer job: process start + imports": start("snakemake.script, nano_banana_aug.answer"),
+        "generate job: process start + imports": start("snakemake.script, nano_banana_aug.generate"),
+        "QC of one output": med(lambda: qc.check(reference, padded, qc_cfg)),
         "read source + base64": med(lambda: __import__("base64").b64encode(src.read_bytes())),
         "decode 1376x768 PNG answer": med(lambda: imaging.decode(answer, max_pixels=50_000_000)),
         "pad to 1536x768": med(lambda: postprocess.apply(image, geo, pp)),
     }
     for level in png_levels:
-        out[f"PNG encode, level {level}"] = med(lambda: imaging.encode(padded, "png", {"png_compress_level": level}))
+        out[f"PNG encode, level {level}"] = med(
+            lambda level=level: imaging.encode(padded, "png", {"png_compress_level": level})
+        )
         out[f"PNG size, level {level} (KB)"] = len(imaging.encode(padded, "png", {"png_compress_level": level})) / 1024
     return out
 
@@ -196,10 +272,13 @@ def local_rate(wf: Path, repeats: int) -> dict:
 
     loop_full = loop(True)
     loop_io = loop(False)
-    return {"targets": n, "pipeline wall (s, -j 2)": statistics.median(walls),
-            "pipeline images/s": n / statistics.median(walls),
-            "same ops in one loop, images/s (1 core)": n / loop_full,
-            "decode + encode only, images/s (1 core)": n / loop_io}
+    return {
+        "targets": n,
+        "pipeline wall (s, -j 2)": statistics.median(walls),
+        "pipeline images/s": n / statistics.median(walls),
+        "same ops in one loop, images/s (1 core)": n / loop_full,
+        "decode + encode only, images/s (1 core)": n / loop_io,
+    }
 
 
 def machine() -> str:
@@ -213,8 +292,10 @@ def machine() -> str:
         pass
     import snakemake
 
-    return (f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, Snakemake {snakemake.__version__}, "
-            f"load average at start {os.getloadavg()[0]:.2f}")
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, Snakemake {snakemake.__version__}, "
+        f"load average at start {os.getloadavg()[0]:.2f}"
+    )
 
 
 def main(argv=None) -> int:
@@ -244,11 +325,14 @@ def main(argv=None) -> int:
             clear_outputs(wf)
             pipe.append(run_pipeline(wf, args.jobs))
             base.append(baseline(wf, args.threads, args.concurrency, url, args.png_level))
-            print(f"repeat {r + 1}: pipeline {pipe[-1]:.1f}s, baseline {base[-1]:.1f}s (ideal {ideal:.1f}s)", flush=True)
+            print(
+                f"repeat {r + 1}: pipeline {pipe[-1]:.1f}s, baseline {base[-1]:.1f}s (ideal {ideal:.1f}s)", flush=True
+            )
         stats = _stats(url)
         # a re-run over the finished outputs must make no call at all
         run_pipeline(wf, args.jobs)
         repeat_calls = _stats(url).get("count", 0) - stats.get("count", 0)
+        cpu = job_cpu(wf, args.jobs)
         profile = stage_profile(wf)
         local = local_rate(wf, max(1, args.repeats - 1))
     finally:
@@ -270,6 +354,12 @@ def main(argv=None) -> int:
         f"Stand-in max calls in flight: {stats.get('max_in_flight', 'n/a')} (cap {args.concurrency}); "
         f"calls made by a re-run over the finished outputs: {repeat_calls}.",
         "",
+        "CPU by process kind in one more pipeline run (getrusage of each process at its exit):",
+        "",
+        "| process | value |",
+        "|---|---|",
+        *[f"| {k} | {v:.1f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in cpu.items()],
+        "",
         "Per-target stages (medians, seconds, one process alone):",
         "",
         "| stage | value |",
@@ -285,8 +375,13 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.write_results:
-        write_section(ROOT / "bench" / "RESULTS.md", "## Throughput", text,
-                      "python bench/throughput.py --write-results   # about 10 minutes")
+        write_section(
+            ROOT / "bench" / "RESULTS.md",
+            f"## Throughput at L = {args.latency:g} s, C = {args.concurrency}",
+            text,
+            f"python bench/throughput.py --n {args.n} --latency {args.latency:g} --concurrency {args.concurrency} "
+            f"--jobs {args.jobs} --threads {args.threads} --write-results",
+        )
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
@@ -298,7 +393,7 @@ def write_section(path: Path, heading: str, body: str, command: str) -> None:
     if heading in old:
         start = old.index(heading)
         nxt = old.find("\n## ", start + len(heading))
-        new = old[:start] + block + (old[nxt + 1:] if nxt != -1 else "")
+        new = old[:start] + block + (old[nxt + 1 :] if nxt != -1 else "")
     else:
         new = old.rstrip("\n") + "\n\n" + block
     path.write_text(new)
