@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import multiprocessing
+import re
 import time
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 from nano_banana_aug import governor, locks
 from nano_banana_aug.providers.base import AttemptError
 
-from .helpers import make_paid_run, snakemake
+from .helpers import make_paid_run, said, snakemake
 from .standin.server import B, StandinServer
 
 pytest_plugins = ["tests.standin.fixtures"]
@@ -295,3 +296,20 @@ def test_per_minute_quota_with_the_run_wide_rate_limit(tmp_path, standin):
     assert len(rows(wf)) == 40
     starts = sorted(r.started for r in standin.requests)
     assert starts[-1] - starts[0] >= 39 * 0.5 * 0.95  # the ticks: one start every 0.5 s
+
+
+def test_an_answer_jobs_time_limit_covers_every_wait(tmp_path, standin):
+    """SLURM kills a job at its time limit, and a job killed mid-call loses a billed answer:
+    an answer job's `runtime` covers every attempt timing out after the longest retry wait,
+    a wait for a call slot and the rate limit's queue (minutes, rounded down, plus 5)."""
+    api = dict(timeout_s=100, max_retries=3, max_retry_wait_s=60, concurrency=4, max_requests_per_minute=10)
+    wf = make_paid_run(tmp_path, standin, n_images=1, **api)
+    run(wf, "--until", "targets")
+    dry = run(wf, "-n", "--workflow-profile", "none")  # Snakemake's own job blocks show resources
+    calls = 3 * (100 + 60)  # every attempt times out, then waits the longest retry wait
+    slot = 2 * 100 + 60  # a wait for a free call slot
+    queue = 60 * 2 * 4 / 10  # the rate limit's queue of the jobs allowed in flight (api resource)
+    expected = 5 + int((calls + slot + queue) / 60)
+    limits = re.findall(r"rule answer:.*?resources: [^\n]*\bruntime=(\d+)\b", said(dry), re.S)
+    assert limits == [str(expected)] * 2, said(dry)[-3000:]
+    assert expected == 18 and standin.count == 0
