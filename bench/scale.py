@@ -86,7 +86,9 @@ def make_images(root: Path, n: int) -> None:
     for i in range(n):
         iid = f"ID{FIRST + i}"
         os.link(one, root / "train" / f"{iid}.jpg")
-        lines += [f"{iid}__{t},train/{iid}.jpg,2015/09/04,Tas,Ryegrass,0.62,4.0,{t},{10 + i % 50}.5" for t in TARGET_NAMES]
+        lines += [
+            f"{iid}__{t},train/{iid}.jpg,2015/09/04,Tas,Ryegrass,0.62,4.0,{t},{10 + i % 50}.5" for t in TARGET_NAMES
+        ]
     (root / "train.csv").write_text("\n".join(lines) + "\n")
 
 
@@ -212,16 +214,16 @@ def bench(base: Path, n: int, repeats: int) -> dict:
         m["ours_plan"].append(
             run([*SNAKEMAKE, "-n", *cfg], ours, logs / "ours_plan.log", expect=rf"answer\s+{targets}\b")
         )
-        m["plain_plan"].append(
-            run([*SNAKEMAKE, "-n"], plain, logs / "plain_plan.log", expect=rf"answer\s+{targets}\b")
-        )
+        m["plain_plan"].append(run([*SNAKEMAKE, "-n"], plain, logs / "plain_plan.log", expect=rf"answer\s+{targets}\b"))
     r["aggregate"] = finish(ours, n, logs)
     finish_plain(plain, n)
     for _ in range(repeats):
         m["ours_noop"].append(
             run([*SNAKEMAKE, "-j", "8", *cfg], ours, logs / "ours_noop.log", expect="Nothing to be done")
         )
-        m["plain_noop"].append(run([*SNAKEMAKE, "-j", "8"], plain, logs / "plain_noop.log", expect="Nothing to be done"))
+        m["plain_noop"].append(
+            run([*SNAKEMAKE, "-j", "8"], plain, logs / "plain_noop.log", expect="Nothing to be done")
+        )
     r.update({k: statistics.median(v) for k, v in m.items()})
     r["load_after"] = os.getloadavg()[0]
     return r
@@ -244,7 +246,7 @@ def report(r: dict, repeats: int) -> str:
             "|---|---|---|---|",
             row("checkpoint (`--until targets` / `ids.txt`)", "ours_ckpt", "plain_ckpt"),
             row("planning (`snakemake -n`, table there)", "ours_plan", "plain_plan"),
-            row("no-op re-run (\"Nothing to be done\")", "ours_noop", "plain_noop"),
+            row('no-op re-run ("Nothing to be done")', "ours_noop", "plain_noop"),
             "",
             f"The aggregate after the outputs were made (manifest parts, manifest, summary over "
             f"{r['targets']:,} outputs): {r['aggregate']:.1f} s.",

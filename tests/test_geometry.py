@@ -165,14 +165,16 @@ def test_stale_outputs_are_counted_and_regenerate_stale_pays_only_for_them(tmp_p
     cfg["postprocess"]["target_size"] = [600, 300]
     (wf / "run.yaml").write_text(yaml.safe_dump(cfg))
     res = run(wf)
-    assert "2 made with another provider/model/prompt" in res.stderr and "2 only in post-processing" in res.stderr
+    assert "2 made with another provider/model/prompt (regenerate=stale pays for them)" in res.stderr
     assert len(standin.requests) == 4  # nothing is paid unless asked
+    # a post-processing change rebuilds every output from its answer, for free
+    assert {(r["out_w"], r["out_h"]) for r in rows(wf)} == {("600", "300")}
     stale = {r["aug_name"]: r["stale"] for r in rows(wf)}
-    assert stale == {"overcast": "model/prompt", "noise": "postprocess"}
+    assert stale == {"overcast": "model/prompt", "noise": ""}
     manifest = pd.read_csv(wf / "data" / "aug" / "manifest.csv", dtype=str, keep_default_na=False)
     selected, skipped = training.select_manifest_rows(manifest, ["ID1000", "ID1001"], None)
     assert set(selected["aug_name"]) == {"noise"} and skipped["stale"] == 2
-    res = run(wf, "--config", "regenerate=stale", "rederive=true")
+    res = run(wf, "--config", "regenerate=stale")
     assert len(standin.requests) == 6  # the two stale overcast outputs, nothing else
     assert all(r["stale"] == "" for r in rows(wf))
     assert {(r["out_w"], r["out_h"]) for r in rows(wf)} == {("600", "300")}

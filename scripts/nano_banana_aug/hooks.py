@@ -165,15 +165,29 @@ def summary_line(cfg: dict, failed: bool, pipe=None) -> str:
     if manifest.is_file():
         from .manifest import count_by_status, read_csv_rows
 
-        counts = count_by_status(read_csv_rows(manifest))
+        rows = read_csv_rows(manifest)
+        counts = count_by_status(rows)
         line += (
             f"; {manifest}: {sum(counts.values())} rows ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})"
         )
+        line += differ_words(rows, counts.get("orphaned", 0))
     if failed:
         line += (
             "; some jobs failed (each said why above; details in .pipeline/logs/): fix that, then run the same command"
         )
     return line
+
+
+def differ_words(rows, orphaned: int) -> str:
+    """The outputs that differ from the config, and what each kind costs to bring in line."""
+    stale = sum(1 for r in rows if r.get("stale") == "model/prompt")
+    if not stale and not orphaned:
+        return ""
+    return (
+        f"; outputs that differ from the config: {stale} made with another provider/model/prompt "
+        f"(regenerate=stale pays for them), {orphaned} of augmentations or variants no longer in the config "
+        "(orphaned: kept, never joined into training)"
+    )
 
 
 #: what one answer and one output take when the directory has none yet to measure (a 2K PNG, generous)
