@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -153,8 +154,15 @@ def run(wf: Path, *args, check=True, jobs="8", config="run.yaml", target=None, p
     return res
 
 
+def like_a_terminal_job() -> None:
+    """``preexec_fn``: Ctrl-C (SIGINT) acts as in a terminal's foreground job. A shell without job
+    control starts background commands with SIGINT ignored, and that is inherited (the test suite
+    itself may run so, e.g. ``bash .ci/run &``); Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(wf: Path, *args, log_name="bg.log", jobs="8", env=None) -> subprocess.Popen:
-    """A run in the background (its own process group), stderr into a file."""
+    """A run in the background (its own process group, Ctrl-C as in a terminal), stderr into a file."""
     log = open(wf / log_name, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "snakemake", "-j", jobs, "--configfile", "run.yaml", *args],
@@ -162,6 +170,7 @@ def start(wf: Path, *args, log_name="bg.log", jobs="8", env=None) -> subprocess.
         stdout=subprocess.DEVNULL,
         stderr=log,
         start_new_session=True,
+        preexec_fn=like_a_terminal_job,
         env=env,
     )
     proc.log_path = wf / log_name

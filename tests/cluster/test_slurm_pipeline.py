@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import copy_workflow, make_dataset, snakemake, wait_for
+from tests.helpers import copy_workflow, like_a_terminal_job, make_dataset, snakemake, wait_for
 from tests.standin.server import B
 
 from .test_slurm_smoke import slurm  # noqa: F401  (fixture: fails in CI without SLURM)
@@ -148,7 +148,13 @@ class _Background:
         ]
         with open(self.log, "w") as fh:
             self.proc = subprocess.Popen(
-                cmd, cwd=wf, stdout=fh, stderr=subprocess.STDOUT, env=_env(), start_new_session=True
+                cmd,
+                cwd=wf,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=_env(),
+                start_new_session=True,
+                preexec_fn=like_a_terminal_job,
             )
 
     def alive(self) -> bool:
