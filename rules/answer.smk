@@ -10,9 +10,6 @@ rule answer:
         update(f"{OUT}/answers/{STEM}/v{{version}}.json"),
     log:
         LOGS / "answer" / f"{STEM}.v{{version}}.log",
-    priority: 1
-    group:
-        "target"
     resources:
         api=1,
         runtime=answer_runtime_min(),  # minutes, for cluster schedulers

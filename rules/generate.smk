@@ -12,8 +12,7 @@ rule generate:
         sidecar=f"{OUT}/sidecars/{STEM}.json",
     log:
         LOGS / "generate" / f"{STEM}.log",
-    group:
-        "target"
+    priority: 1  # a ready output is made before another answer job takes a job place
     resources:
         mem_mb=1500,
     script:

@@ -36,6 +36,8 @@ class Pipeline:
         self._targets = None
         self._decisions = None
         self._planner = None
+        self._by_shard = None  # shard -> outputs and sidecars (manifest part inputs)
+        self._shards = None
 
     def manifest_view(self) -> dict:
         """What the manifest's marks depend on besides the outputs (stale, orphaned, blocked)."""
@@ -161,6 +163,7 @@ class Pipeline:
         """Once the batch checkpoint ran: outputs whose answer arrived are built; the others wait
         (a batch still running, a failed line) unless api.batch.fallback is sync."""
         fallback = self.cfg["api"]["batch"]["fallback"] == "sync"
+        self._by_shard = None
         for stem, d in list(self.decisions().items()):
             if d.action != BUY:
                 continue
@@ -171,18 +174,23 @@ class Pipeline:
 
     # --- the manifest shards
     def shard_outputs(self, shard: int) -> list[str]:
-        """Outputs and sidecars of one shard that this run makes or keeps (not adopted or deferred)."""
-        decisions = self.decisions()
-        paths = []
-        for t in self.usable():
-            if layout.shard_of(t.image_id) != shard:
-                continue
-            for stem, _aug in self.stems(t):
-                if decisions[stem].action in (ADOPTED, DEFERRED):
-                    continue
-                paths.append(str(layout.output_path(self.out, stem, self.ext)))
-                paths.append(str(layout.sidecar_path(self.out, stem)))
-        return paths
+        """Outputs and sidecars of one shard that this run makes or keeps (not adopted or
+        deferred): the manifest part's inputs. Both, not the sidecar alone: Snakemake remakes a
+        missing file only when a job asks for it."""
+        return self._shard_index().get(shard, [])
+
+    def _shard_index(self) -> dict[int, list[str]]:
+        if self._by_shard is None:
+            decisions = self.decisions()
+            index: dict[int, list[str]] = {}
+            for t in self.usable():
+                paths = index.setdefault(layout.shard_of(t.image_id), [])
+                for stem, _aug in self.stems(t):
+                    if decisions[stem].action not in (ADOPTED, DEFERRED):
+                        paths.append(str(layout.output_path(self.out, stem, self.ext)))
+                        paths.append(str(layout.sidecar_path(self.out, stem)))
+            self._by_shard = index
+        return self._by_shard
 
     def part(self, shard: int) -> str:
         """The manifest part of a shard. Its name changes when an output or sidecar of the shard is
@@ -195,15 +203,25 @@ class Pipeline:
     def parts(self) -> list[str]:
         return [self.part(s) for s in self.shards()]
 
+    def previous_part(self, shard: int) -> str | None:
+        """The part made before this shard's (None for the first): the parts are made one after
+        another. Snakemake sizes up the inputs of every ready job each time it schedules (after
+        every finished job), so 100 parts ready at once would cost 100 x 10^5 file checks."""
+        shards = self.shards()
+        i = shards.index(shard) if shard in shards else 0
+        return self.part(shards[i - 1]) if i > 0 else None
+
     def shards(self) -> list[int]:
-        found = {layout.shard_of(t.image_id) for t in self.load()}
-        side = layout.sidecar_dir(self.out)
-        if side.is_dir():
-            for name in _listdir(side):
-                key = layout.parse_stem(name)
-                if key is not None:
-                    found.add(layout.shard_of(key[0]))
-        return sorted(found)
+        if self._shards is None:
+            found = {layout.shard_of(t.image_id) for t in self.load()}
+            side = layout.sidecar_dir(self.out)
+            if side.is_dir():
+                for name in _listdir(side):
+                    key = layout.parse_stem(name)
+                    if key is not None:
+                        found.add(layout.shard_of(key[0]))
+            self._shards = sorted(found)
+        return self._shards
 
     # --- the plan
     def counts(self) -> dict:

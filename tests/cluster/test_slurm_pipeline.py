@@ -2,7 +2,8 @@
 
 Start the cluster first: bash tests/cluster/start_slurm.sh (as root; .ci/run does).
 
-Rules `answer` (paid) and `generate` (free) share `group: "target"`, so one
+Rules `answer` (paid) and `generate` (free) form the group "target" (the profile's
+`groups:`), so one
 target's answer and output are made in one SLURM job, and
 `--group-components target=N` puts N targets into one SLURM job. The light
 rules are localrules and run in the Snakemake process. Checked here: a run
@@ -215,8 +216,8 @@ def test_sample_pipeline_through_slurm_matches_local_run(tmp_path, slurm):  # no
         "--configfile",
         "configs/sample.yaml",
         "--group-components",
-        "target=7",
-        timeout=RUN_TIMEOUT_S,
+        "target=14",  # 2 SLURM jobs, one after the other (api.concurrency 1): the first stays in
+        timeout=RUN_TIMEOUT_S,  # squeue (MinJobAge 300 s) until the checks below, on a slow machine too
         env=_env(),
     )
     assert res.returncode == 0, res.stderr[-4000:]
@@ -228,10 +229,10 @@ def test_sample_pipeline_through_slurm_matches_local_run(tmp_path, slurm):  # no
     assert {r["status"] for r in rows_c} == {"success"}
 
     # every answer and its output were made inside a SLURM job, both in the same one; 28 targets
-    # in groups of 7 are 4 SLURM jobs; the light rules ran here
+    # in groups of 14 are 2 SLURM jobs; the light rules ran here
     job_of = {_stem(r): r["slurm_job_id"] for r in rows_c}
     assert "" not in job_of.values()
-    assert sorted(Counter(job_of.values()).values()) == [7, 7, 7, 7], job_of
+    assert sorted(Counter(job_of.values()).values()) == [14, 14], job_of
     answers_c = {stem: _answer(out_c, stem) for stem in job_of}
     assert {stem: a["slurm_job_id"] for stem, a in answers_c.items()} == job_of
     assert all(r["slurm_job_id"] == "" for r in rows_l)
