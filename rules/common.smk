@@ -78,14 +78,6 @@ def shard_outputs(wildcards):
     return PIPE.shard_outputs(int(wildcards.shard))
 
 
-def previous_part(wildcards):
-    """Order only: a newer previous part is no reason to rebuild (ancient); see
-    Pipeline.previous_part."""
-    planned()
-    prev = PIPE.previous_part(int(wildcards.shard))
-    return ancient(prev) if prev else []
-
-
 def manifest_parts(wildcards=None):
     planned()
     return PIPE.parts()

@@ -6,7 +6,6 @@
 rule manifest_part:
     input:
         shard_outputs,
-        after=previous_part,
         table=ancient(PIPE.table),
     output:
         f"{OUT}/.pipeline/manifest/part-{{shard}}-{{part_key}}.csv",

@@ -203,14 +203,6 @@ class Pipeline:
     def parts(self) -> list[str]:
         return [self.part(s) for s in self.shards()]
 
-    def previous_part(self, shard: int) -> str | None:
-        """The part made before this shard's (None for the first): the parts are made one after
-        another. Snakemake sizes up the inputs of every ready job each time it schedules (after
-        every finished job), so 100 parts ready at once would cost 100 x 10^5 file checks."""
-        shards = self.shards()
-        i = shards.index(shard) if shard in shards else 0
-        return self.part(shards[i - 1]) if i > 0 else None
-
     def shards(self) -> list[int]:
         if self._shards is None:
             found = {layout.shard_of(t.image_id) for t in self.load()}
