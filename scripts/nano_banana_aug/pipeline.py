@@ -37,7 +37,6 @@ class Pipeline:
         self._decisions = None
         self._planner = None
         self._by_shard = None  # shard -> outputs and sidecars (manifest part inputs)
-        self._shards = None
 
     def manifest_view(self) -> dict:
         """What the manifest's marks depend on besides the outputs (stale, orphaned, blocked)."""
@@ -204,16 +203,14 @@ class Pipeline:
         return [self.part(s) for s in self.shards()]
 
     def shards(self) -> list[int]:
-        if self._shards is None:
-            found = {layout.shard_of(t.image_id) for t in self.load()}
-            side = layout.sidecar_dir(self.out)
-            if side.is_dir():
-                for name in _listdir(side):
-                    key = layout.parse_stem(name)
-                    if key is not None:
-                        found.add(layout.shard_of(key[0]))
-            self._shards = sorted(found)
-        return self._shards
+        found = {layout.shard_of(t.image_id) for t in self.load()}
+        side = layout.sidecar_dir(self.out)
+        if side.is_dir():
+            for name in _listdir(side):
+                key = layout.parse_stem(name)
+                if key is not None:
+                    found.add(layout.shard_of(key[0]))
+        return sorted(found)
 
     # --- the plan
     def counts(self) -> dict:
