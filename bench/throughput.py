@@ -36,36 +36,13 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 from tests.helpers import copy_workflow, make_dataset  # noqa: E402
+from tests.standin.launch import start_process  # noqa: E402
 
 KEY = "bench-key-not-secret"
 
 
 def start_standin(latency: float, workdir: Path):
-    ready = workdir / "standin.url"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.standin.server",
-            "--port",
-            "0",
-            "--latency",
-            str(latency),
-            "--api-key",
-            KEY,
-            "--ready-file",
-            str(ready),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 30
-    while not ready.exists():
-        if time.time() > deadline or proc.poll() is not None:
-            raise RuntimeError("stand-in did not start")
-        time.sleep(0.05)
-    return proc, ready.read_text().strip()
+    return start_process(workdir / "standin.url", api_key=KEY, latency=latency)
 
 
 def setup(workdir: Path, n: int, variants: int, url: str, concurrency: int, provider: str, png_level: int) -> Path:

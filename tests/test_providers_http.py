@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +22,7 @@ from nano_banana_aug.providers.base import AttemptError, GenerationFailed, Reque
 from nano_banana_aug.providers.gemini import GeminiProvider
 from nano_banana_aug.providers.openrouter import OpenRouterProvider
 from tests.standin import DEFAULT_API_KEY, B
+from tests.standin.launch import start_process
 
 pytest_plugins = ["tests.standin.fixtures"]
 
@@ -563,32 +561,8 @@ def test_standin_match_rules(standin, make):
 
 
 def test_standin_cli_subprocess(tmp_path):
-    ready = tmp_path / "url"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "scripts")])}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.standin.server",
-            "--port",
-            "0",
-            "--latency",
-            "0.05",
-            "--api-key",
-            KEY,
-            "--ready-file",
-            str(ready),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc, url = start_process(tmp_path / "url", api_key=KEY, latency=0.05)
     try:
-        deadline = time.monotonic() + 20
-        while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        url = ready.read_text().strip()
         assert requests.get(f"{url}/_standin/health", timeout=5).json() == {"ok": True}
         requests.post(
             f"{url}/_standin/script", json={"protocol": "openrouter", "behaviours": [{"kind": "no_credits"}]}, timeout=5
