@@ -100,6 +100,7 @@ def test_edits_never_regenerate(local_finished, tmp_path):
     assert outputs(wf) == files and answers_bought(wf) == 9
 
 
+@pytest.mark.slow  # CI: pytest -m slow
 def test_train_csv_edits_add_new_images_only(tmp_path):
     wf = make_run(tmp_path, n_images=3)
     run(wf, "--config", "limit=2")
@@ -203,7 +204,7 @@ def test_config_typo_stops_before_anything(tmp_path):
     assert not (wf / "data" / "aug").exists()
 
 
-@pytest.mark.parametrize("how", ["SIGKILL process group", "Ctrl-C"])
+@pytest.mark.parametrize("how", ["SIGKILL process group", pytest.param("Ctrl-C", marks=pytest.mark.slow)])
 def test_kill_mid_run_then_resume(tmp_path, how):
     wf = make_run(tmp_path, n_images=3)
     hold = tmp_path / "hold"
@@ -277,6 +278,7 @@ def test_legacy_output_dir_adopted(tmp_path):
     assert "Nothing to be done" in said(run(wf))
 
 
+@pytest.mark.slow  # CI: pytest -m slow (the README's first command, twice)
 def test_bundled_sample_twice(tmp_path):
     """The README's first command on the bundled sample; the second run has nothing to do."""
     wf = copy_workflow(tmp_path / "wf")

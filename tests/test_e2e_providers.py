@@ -54,7 +54,7 @@ def files_containing(root: Path, needle: str, skip=()) -> list[str]:
     return hits
 
 
-@pytest.mark.parametrize("provider", ["gemini", "openrouter"])
+@pytest.mark.parametrize("provider", ["gemini", pytest.param("openrouter", marks=pytest.mark.slow)])
 def test_retries_recovered_accounting_and_no_key_anywhere(tmp_path, standin, provider):
     wf = make_run(tmp_path, standin, provider)
     if provider == "gemini":
@@ -276,6 +276,7 @@ def test_qc_rejects_mirrored_answer_and_training_never_sees_it(tmp_path, standin
     assert len(standin.requests) - before == 1
 
 
+@pytest.mark.slow  # CI: pytest -m slow
 def test_qc_auto_regenerate(tmp_path, standin):
     augs = [{"name": "overcast", "prompt": "Make it overcast.", "num_images": 1}]
     wf = make_run(tmp_path, standin, n_images=1, augs=augs)
@@ -298,6 +299,7 @@ def test_qc_auto_regenerate(tmp_path, standin):
     assert len(standin.requests) == 2 and "Nothing to be done" in said(res)
 
 
+@pytest.mark.slow  # CI: pytest -m slow
 def test_a_report_after_a_failed_run(tmp_path, standin):
     """Defect: after a failed target the summary was not rewritten and `snakemake --report` aborted."""
     wf = make_run(tmp_path, standin, n_images=3)

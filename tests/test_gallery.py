@@ -344,6 +344,7 @@ def test_browser_screenshot(tmp_path):
 
 # ------------------------------------------------------------------ end to end
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_report_gallery_rule_on_the_sample(tmp_path):
     """The real snakemake on a copy of the workflow and of data/sample (images
     downscaled to 400x200 to keep it fast): report_gallery after the pipeline."""
@@ -381,6 +382,7 @@ def test_report_gallery_rule_on_the_sample(tmp_path):
 # ------------------------------------------------------------------ snakemake --report
 @pytest.mark.e2e
 @pytest.mark.browser
+@pytest.mark.slow
 def test_snakemake_report_shows_the_run_summary(tmp_path):
     """`snakemake --report` works from the install and carries the summary page
     (counts, cost, QC histograms, outputs beside sources); the HTML report renders in Chromium."""

@@ -152,6 +152,7 @@ def _start_server(wf: Path) -> tuple[subprocess.Popen, str]:
 
 @pytest.mark.e2e
 @pytest.mark.browser
+@pytest.mark.slow
 def test_review_in_the_browser_flows_into_manifest_join_and_regeneration(tmp_path, standin):
     exe = find_chromium()
     wf = make_paid_run(tmp_path, standin, n_images=2)
@@ -210,6 +211,7 @@ def test_review_in_the_browser_flows_into_manifest_join_and_regeneration(tmp_pat
 
 @pytest.mark.e2e
 @pytest.mark.browser
+@pytest.mark.slow
 def test_review_without_the_server_exports_a_file_the_user_drops_in(local_finished, tmp_path):
     """The page opened from disk: marks stay in the browser across reloads; "export decisions"
     gives a review.json that, put into the output directory, counts like the server's."""
