@@ -41,10 +41,6 @@ from tests.standin.launch import start_process  # noqa: E402
 KEY = "bench-key-not-secret"
 
 
-def start_standin(latency: float, workdir: Path):
-    return start_process(workdir / "standin.url", api_key=KEY, latency=latency)
-
-
 def setup(workdir: Path, n: int, variants: int, url: str, concurrency: int, provider: str, png_level: int) -> Path:
     wf = copy_workflow(workdir / "wf")
     n_images = -(-n // variants)
@@ -292,7 +288,7 @@ def main(argv=None) -> int:
     variants = 8
     work = Path(tempfile.mkdtemp(prefix="nbthroughput-"))
     print(machine())
-    proc, url = start_standin(args.latency, work)
+    proc, url = start_process(work / "standin.url", api_key=KEY, latency=args.latency)
     try:
         wf = setup(work, args.n, variants, url, args.concurrency, "gemini", args.png_level)
         n = len(list((wf / "data" / "train").glob("*.jpg"))) * variants

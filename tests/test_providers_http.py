@@ -8,7 +8,6 @@ import base64
 import io
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -26,7 +25,6 @@ from tests.standin.launch import start_process
 
 pytest_plugins = ["tests.standin.fixtures"]
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = DEFAULT_API_KEY
 PROMPT = "Edit this photograph of a pasture quadrat.\n\nRe-light the scene as under an overcast sky."
 
