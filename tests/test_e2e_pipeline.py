@@ -74,6 +74,24 @@ def test_full_run_then_nothing_to_do(local_finished, tmp_path):
     assert "Nothing to be done" in said(dry)
 
 
+def test_the_settings_every_output_waits_for_come_before_answer_jobs(tmp_path):
+    """Every generate job (and every manifest part) needs a settings file. Tied with the answer
+    jobs, it ran whenever the scheduler happened to pick it: a paid run of 96 targets (L = 5 s,
+    C = 8, -j 16) bought answers for 33 s before the first output could be made, then spent 10 s
+    with every job place making outputs and no call in flight. With one job place the order of
+    Snakemake's choice shows directly."""
+    import re
+
+    wf = make_run(tmp_path)
+    run(wf, jobs="1")
+    log = next((wf / ".snakemake" / "log").glob("*.snakemake.log")).read_text()
+    order = re.findall(r"^(?:local)?rule (\w+):", log, re.M)
+    assert order.count("settings") == 2 and order.count("answer") == 9 and order.count("generate") == 9
+    assert order.index("answer") > max(i for i, rule in enumerate(order) if rule == "settings"), order
+    # a ready output is made before the next answer is bought
+    assert order[order.index("answer") :][:6] == ["answer", "generate"] * 3, order
+
+
 def test_edits_never_regenerate(local_finished, tmp_path):
     wf = clone(local_finished, tmp_path / "wf")
     files = outputs(wf)
