@@ -33,6 +33,7 @@ include: "rules/extras.smk"
 rule all:
     default_target: True
     input:
+        settings_files,
         get_final_targets,
 
 

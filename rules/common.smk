@@ -113,6 +113,16 @@ def review_decisions(wildcards=None):
     return [REVIEW] if os.path.exists(REVIEW) else []
 
 
+def settings_files(wildcards):
+    """The settings every output and the manifest wait for. Asked for apart from the outputs
+    (no checkpoint in the way), they are made at the start beside the targets table, before
+    any answer job exists to compete for a job place (among many ready jobs the scheduler only
+    looks at a sample of them, whatever their priority)."""
+    if ASKED.get("plan") or ASKED.get("cancel_batches"):
+        return []
+    return [PIPE.derive_settings, PIPE.manifest_settings]
+
+
 def get_final_targets(wildcards):
     """The manifest and the summary; the targets table and the manifest's parts themselves, so
     that a new table (other data settings, another train.csv) or a part that is missing (its

@@ -28,7 +28,7 @@ rule settings:
         LOGS / "settings-{kind}-{key}.log",
     wildcard_constraints:
         kind="derive|manifest",
-    priority: 2  # every output waits for it: made before another answer job takes a job place
+    priority: 2  # every output waits for it: made before any answer job (also with -j 1)
     localrule: True
     script:
         "../scripts/write_settings.py"

@@ -78,11 +78,15 @@ def test_the_settings_every_output_waits_for_come_before_answer_jobs(tmp_path):
     """Every generate job (and every manifest part) needs a settings file. Tied with the answer
     jobs, it ran whenever the scheduler happened to pick it: a paid run of 96 targets (L = 5 s,
     C = 8, -j 16) bought answers for 33 s before the first output could be made, then spent 10 s
-    with every job place making outputs and no call in flight. With one job place the order of
-    Snakemake's choice shows directly."""
+    with every job place making outputs and no call in flight. So they are asked for at the
+    start, beside the targets checkpoint, before any answer job exists (among many ready jobs the
+    scheduler looks at a sample of 300, whatever their priority), and they outrank answer jobs.
+    With one job place the order of Snakemake's choice shows directly."""
     import re
 
     wf = make_run(tmp_path)
+    first = run(wf, "-n")
+    assert jobs_run(first, "settings") == 2 and jobs_run(first, "targets") == 1 and not jobs_run(first, "answer")
     run(wf, jobs="1")
     log = next((wf / ".snakemake" / "log").glob("*.snakemake.log")).read_text()
     order = re.findall(r"^(?:local)?rule (\w+):", log, re.M)
