@@ -12,8 +12,10 @@ threads, each doing the same call, decode, pad, PNG encode and write, and no
 label-safety QC (the original tool had none).  So the pipeline runs twice per
 repeat: as configured (QC on, the default) and with ``qc.enabled: false``, the
 baseline's processing (the pipeline still checks that each answer decodes and
-writes sidecars and the manifest).  Also measured: where a job's time goes
-(per-stage profile), and the `local` provider's images/s against the same
+writes sidecars and the manifest).  Also measured: when the API was left idle
+(the stand-in's record of each call: before the first call, empty call places
+in between, after the last answer), where a job's time goes (CPU per process
+kind, per-stage profile), and the `local` provider's images/s against the same
 operations in a plain loop.
 """
 
@@ -173,6 +175,26 @@ def job_cpu(wf: Path, jobs: int) -> dict:
     for kind, cpus in sorted(kinds.items(), key=lambda kv: -sum(kv[1])):
         out[f"{kind}: {len(cpus)} process(es), CPU s total / each"] = f"{sum(cpus):.1f} / {statistics.median(cpus):.3f}"
     return out
+
+
+def call_timeline(url: str, t0: float, wall: float, concurrency: int) -> dict:
+    """Where the calls of one pipeline run (started at wall-clock ``t0``) left the API idle, from the
+    stand-in's record of each request: seconds until the first call, the call places left empty
+    between the first call and the last answer (slot-seconds / C: wall seconds at full concurrency)
+    and the seconds after the last answer. Ideal + these + latency overhead = the run's wall time."""
+    import requests
+
+    calls = [
+        (r["started"] - t0, r["finished"] - t0)
+        for r in requests.get(f"{url}/_standin/requests", timeout=30).json()
+        if r.get("finished") and t0 <= r["started"] <= t0 + wall
+    ]
+    first, last = min(s for s, _ in calls), max(e for _, e in calls)
+    idle, in_flight, prev = 0.0, 0, first
+    for t, step in sorted([(s, 1) for s, _ in calls] + [(e, -1) for _, e in calls]):
+        idle += (concurrency - in_flight) * (t - prev)
+        in_flight, prev = in_flight + step, t
+    return {"first call": first, "call places empty": idle / concurrency, "after the last answer": wall - last}
 
 
 def _stats(url: str) -> dict:
@@ -339,10 +361,12 @@ def main(argv=None) -> int:
         wf = setup(work, args.n, variants, url, args.concurrency, "gemini", args.png_level)
         n = len(list((wf / "data" / "train").glob("*.jpg"))) * variants
         ideal = n * args.latency / args.concurrency
-        pipe, pipe_no_qc, base = [], [], []
+        pipe, pipe_no_qc, base, timelines = [], [], [], []
         for r in range(args.repeats):
             clear_outputs(wf)
+            t0 = time.time()
             pipe.append(run_pipeline(wf, args.jobs))
+            timelines.append(call_timeline(url, t0, pipe[-1], args.concurrency))
             clear_outputs(wf)
             pipe_no_qc.append(run_pipeline(wf, args.jobs, configfile=NO_QC))
             base.append(baseline(wf, args.threads, args.concurrency, url, args.png_level))
@@ -377,6 +401,12 @@ def main(argv=None) -> int:
         "",
         f"Stand-in max calls in flight: {stats.get('max_in_flight', 'n/a')} (cap {args.concurrency}); "
         f"calls made by a re-run over the finished outputs: {repeat_calls}.",
+        "",
+        "Where the pipeline (QC on) leaves the API idle, from the stand-in's record of each call (medians, s):",
+        "",
+        "| span | seconds |",
+        "|---|---|",
+        *[f"| {k} | {statistics.median(t[k] for t in timelines):.1f} |" for k in timelines[0]],
         "",
         "CPU by process kind in one more pipeline run (getrusage of each process at its exit):",
         "",
