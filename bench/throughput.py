@@ -4,6 +4,7 @@
     python bench/throughput.py                      # N=96, L=5 s, C=8, -j 16, 3 repeats
     python bench/throughput.py --quick              # N=32, L=2 s, 1 repeat
     python bench/throughput.py --write-results      # also update bench/RESULTS.md
+    python bench/throughput.py --load 2             # the same with 2 busy processes beside it
 
 The physical limit of a paid run is ``concurrency / latency`` calls per
 second, so the efficiency of a run of N calls is ``N*L/C / wall`` (1.0 = the
@@ -16,7 +17,9 @@ writes sidecars and the manifest).  Also measured: when the API was left idle
 (the stand-in's record of each call: before the first call, empty call places
 in between, after the last answer), where a job's time goes (CPU per process
 kind, per-stage profile), and the `local` provider's images/s against the same
-operations in a plain loop.
+operations in a plain loop.  ``--load K`` runs K busy processes (one
+CPU-bound loop each) through every timed run, pipeline and baseline alike:
+how each degrades on a machine that is doing other work.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,7 +274,9 @@ print(time.process_time() - t0)
 
 def first_qc_cpu(wf: Path) -> float:
     """CPU seconds of the first QC in a fresh process (the workflow copy's package): lazy imports
-    and per-source set-up included, as each generate job pays them (a repeated call costs less)."""
+    and per-source set-up included, as each generate job pays them (a repeated call costs less).
+    With one BLAS thread, as Snakemake runs a job of ``threads: 1`` (OPENBLAS_NUM_THREADS=1 &c.):
+    spare BLAS threads spin after each matrix product and would add ~0.1 CPU-s here."""
     args = [
         sys.executable,
         "-c",
@@ -279,7 +285,8 @@ def first_qc_cpu(wf: Path) -> float:
         str(wf / "qc_reference.png"),
         str(wf / "qc_output.png"),
     ]
-    return float(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return float(subprocess.run(args, capture_output=True, text=True, check=True, env=env).stdout)
 
 
 def local_rate(wf: Path, repeats: int) -> dict:
@@ -322,6 +329,18 @@ def local_rate(wf: Path, repeats: int) -> dict:
     }
 
 
+@contextmanager
+def busy(k: int):
+    """K CPU-bound processes for the duration of the block: a machine doing other work."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(k)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
 def machine() -> str:
     cpu = "unknown"
     try:
@@ -349,13 +368,15 @@ def main(argv=None) -> int:
     ap.add_argument("--png-level", type=int, default=6, help="postprocess.png_compress_level")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="N=32, L=2, 1 repeat")
+    ap.add_argument("--load", type=int, default=0, help="busy processes running beside every timed run")
     ap.add_argument("--write-results", action="store_true", help="update the Throughput section of bench/RESULTS.md")
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.latency, args.repeats = 32, 2.0, 1
     variants = 8
     work = Path(tempfile.mkdtemp(prefix="nbthroughput-"))
-    print(machine())
+    info = machine()  # before the runs: their own load is not the machine's "at start"
+    print(info)
     proc, url = start_process(work / "standin.url", api_key=KEY, latency=args.latency)
     try:
         wf = setup(work, args.n, variants, url, args.concurrency, "gemini", args.png_level)
@@ -364,12 +385,15 @@ def main(argv=None) -> int:
         pipe, pipe_no_qc, base, timelines = [], [], [], []
         for r in range(args.repeats):
             clear_outputs(wf)
-            t0 = time.time()
-            pipe.append(run_pipeline(wf, args.jobs))
+            with busy(args.load):
+                t0 = time.time()
+                pipe.append(run_pipeline(wf, args.jobs))
             timelines.append(call_timeline(url, t0, pipe[-1], args.concurrency))
             clear_outputs(wf)
-            pipe_no_qc.append(run_pipeline(wf, args.jobs, configfile=NO_QC))
-            base.append(baseline(wf, args.threads, args.concurrency, url, args.png_level))
+            with busy(args.load):
+                pipe_no_qc.append(run_pipeline(wf, args.jobs, configfile=NO_QC))
+            with busy(args.load):
+                base.append(baseline(wf, args.threads, args.concurrency, url, args.png_level))
             print(
                 f"repeat {r + 1}: pipeline {pipe[-1]:.1f}s, without QC {pipe_no_qc[-1]:.1f}s, "
                 f"baseline {base[-1]:.1f}s (ideal {ideal:.1f}s)",
@@ -379,18 +403,21 @@ def main(argv=None) -> int:
         # a re-run over the finished outputs (those of the last run) must make no call at all
         run_pipeline(wf, args.jobs, configfile=NO_QC)
         repeat_calls = _stats(url).get("count", 0) - stats.get("count", 0)
-        cpu = job_cpu(wf, args.jobs)
-        profile = stage_profile(wf)
-        local = local_rate(wf, max(1, args.repeats - 1))
+        # the per-process and per-stage figures are the quiet machine's (a --load run compares walls)
+        cpu = {} if args.load else job_cpu(wf, args.jobs)
+        profile = {} if args.load else stage_profile(wf)
+        local = {} if args.load else local_rate(wf, max(1, args.repeats - 1))
     finally:
         proc.terminate()
         proc.wait()
     p, p0, b = statistics.median(pipe), statistics.median(pipe_no_qc), statistics.median(base)
     lines = [
-        f"Machine: {machine()}",
+        f"Machine: {info}",
         "",
         f"N = {n} targets, L = {args.latency:g} s, C = {args.concurrency}, snakemake -j {args.jobs}, "
-        f"baseline {args.threads} threads, PNG level {args.png_level}, {args.repeats} repeat(s), medians:",
+        f"baseline {args.threads} threads, PNG level {args.png_level}, {args.repeats} repeat(s), "
+        + (f"{args.load} busy process(es) beside every timed run, " if args.load else "")
+        + "medians:",
         "",
         "| run | wall (s) | efficiency N·L/C / wall | vs. baseline |",
         "|---|---|---|---|",
@@ -407,6 +434,28 @@ def main(argv=None) -> int:
         "| span | seconds |",
         "|---|---|",
         *[f"| {k} | {statistics.median(t[k] for t in timelines):.1f} |" for k in timelines[0]],
+    ]
+    if not args.load:
+        lines += extras_lines(cpu, profile, local)
+    text = "\n".join(lines)
+    print(text)
+    if args.write_results:
+        loaded = f", {args.load} busy processes beside it" if args.load else ""
+        write_section(
+            ROOT / "bench" / "RESULTS.md",
+            f"## Throughput at L = {args.latency:g} s, C = {args.concurrency}{loaded}",
+            text,
+            f"python bench/throughput.py --n {args.n} --latency {args.latency:g} --concurrency {args.concurrency} "
+            f"--jobs {args.jobs} --threads {args.threads}"
+            + (f" --load {args.load}" if args.load else "")
+            + " --write-results",
+        )
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def extras_lines(cpu: dict, profile: dict, local: dict) -> list[str]:
+    return [
         "",
         "CPU by process kind in one more pipeline run (getrusage of each process at its exit):",
         "",
@@ -426,26 +475,14 @@ def main(argv=None) -> int:
         "|---|---|",
         *[f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in local.items()],
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write_results:
-        write_section(
-            ROOT / "bench" / "RESULTS.md",
-            f"## Throughput at L = {args.latency:g} s, C = {args.concurrency}",
-            text,
-            f"python bench/throughput.py --n {args.n} --latency {args.latency:g} --concurrency {args.concurrency} "
-            f"--jobs {args.jobs} --threads {args.threads} --write-results",
-        )
-    shutil.rmtree(work, ignore_errors=True)
-    return 0
 
 
 def write_section(path: Path, heading: str, body: str, command: str) -> None:
     """Replace (or append) one '## ' section of RESULTS.md."""
     old = path.read_text() if path.exists() else "# Benchmark results\n"
     block = f"{heading}\n\nReproduce: `{command}`\n\n{body}\n"
-    if heading in old:
-        start = old.index(heading)
+    if f"{heading}\n" in old:  # the whole heading line: one heading may begin another
+        start = old.index(f"{heading}\n")
         nxt = old.find("\n## ", start + len(heading))
         new = old[:start] + block + (old[nxt + 1 :] if nxt != -1 else "")
     else:
