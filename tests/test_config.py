@@ -116,6 +116,8 @@ def test_schema_qc_defaults_are_the_qc_modules():
 
     cfg = checked({"augmentations": [{"name": "a", "prompt": "p"}], "qc": {}})
     assert cfg["qc"] == DEFAULT_THRESHOLDS
+    with pytest.raises(ConfigError, match=r"unknown config key 'qc\.max_ssim_drop' \(allowed keys here: .*min_ssim"):
+        checked({"augmentations": [{"name": "a", "prompt": "p"}], "qc": {"max_ssim_drop": 0.1}})
 
 
 def test_label_safe_geometry_is_the_one_default():

@@ -113,8 +113,8 @@ def test_defaults_and_model_normalisation():
     assert keys.normalise_model("openrouter", "openai/gpt-5-image") == "openai/gpt-5-image"
     assert keys.normalise_model("openrouter", None) == "google/gemini-3-pro-image-preview"
     assert keys.normalise_model("gemini", "models/gemini-2.5-flash-image") == "gemini-2.5-flash-image"
-    assert keys.resolve_base_url(cfg()) == "https://generativelanguage.googleapis.com/v1beta"
+    assert keys.check_base_url(keys.default_base_url("gemini")) == "https://generativelanguage.googleapis.com/v1beta"
     with pytest.raises(ConfigError):
-        keys.resolve_base_url(cfg(base_url="http://example.org"))
+        keys.check_base_url("http://example.org")
     with pytest.raises(ConfigError):
         keys.default_model("local")

@@ -18,7 +18,7 @@ broken, apply that filter through the checkboxes and write a JSON report into
 ``<pre id="selftest-result">`` (read back by the headless-browser test via
 ``chromium --headless --dump-dom``).
 
-Entry point of rule ``report_gallery``: ``build_gallery.py --config-json C``.
+Entry point of rule ``report_gallery``: :func:`main` (``scripts/gallery.py``).
 """
 
 from __future__ import annotations

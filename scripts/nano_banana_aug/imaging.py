@@ -36,34 +36,6 @@ def sniff_mime(data: bytes) -> str | None:
     return found[1] if found else None
 
 
-def looks_complete(path, size: int) -> bool:
-    """Cheap check that an image file was not truncated: its format's end marker is there.
-
-    PNG ends with the IEND chunk, JPEG with the EOI marker (FF D9, which cannot
-    occur inside entropy-coded data), WEBP's RIFF header states the file size,
-    GIF ends with 0x3B.  Other formats: non-empty is all we check.
-    """
-    if size <= 0:
-        return False
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-        fh.seek(max(0, size - 32))
-        tail = fh.read(32)
-    found = sniff_format(head)
-    if found is None:
-        return True
-    fmt = found[0]
-    if fmt == "PNG":
-        return tail.endswith(b"IEND\xaeB`\x82")
-    if fmt == "JPEG":
-        return b"\xff\xd9" in tail
-    if fmt == "WEBP":
-        return int.from_bytes(head[4:8], "little") + 8 <= size
-    if fmt == "GIF":
-        return tail.endswith(b"\x3b")
-    return True
-
-
 class DecodeError(UserError):
     """Image bytes that cannot (or must not) be decoded."""
 

@@ -93,13 +93,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def resolve_base_url(cfg: dict) -> str:
-    """``api.base_url`` (checked) or the provider default."""
-    provider = _provider(cfg)
-    url = (cfg.get("api") or {}).get("base_url") or default_base_url(provider)
-    return check_base_url(url)
-
-
 def resolve_key_source(cfg: dict, repo_root) -> tuple[Path, tuple[str, ...]]:
     """Where the key comes from: the key file (absolute) and the fallback variables."""
     provider = _provider(cfg)

@@ -185,13 +185,6 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return y.astype(np.uint8)
 
 
-def to_image(x: np.ndarray):
-    """float32 sRGB array -> RGB PIL image."""
-    from PIL import Image
-
-    return Image.fromarray(to_uint8(x), "RGB")
-
-
 def srgb_to_linear(x: np.ndarray) -> np.ndarray:
     """Exact sRGB decoding (IEC 61966-2-1); float32 in, new float32 array out."""
     x = np.asarray(x, dtype=np.float32)

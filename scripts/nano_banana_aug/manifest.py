@@ -47,8 +47,6 @@ from .fileio import atomic_write_text
 from .sidecar import Record
 from .targets import BAD_ID_PROBLEM, read_targets
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
-
 
 def _int(value, default=0) -> int:
     try:

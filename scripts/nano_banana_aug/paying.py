@@ -17,7 +17,7 @@ import io
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import config as config_mod
@@ -131,7 +131,6 @@ class Purchase:
 
     answer: Answer
     data: bytes | None = None
-    attempt_errors: list = field(default_factory=list)
 
 
 def _attempt_record(err: AttemptError, cost) -> dict:
@@ -232,12 +231,10 @@ class Buyer:
                 billed = [e for e in tally.errors if e.usage is not None or e.status == 200]
                 if billed:
                     made = GenerationFailed(billed[-1], len(tally.errors), failed.seconds)
-                    stop.purchase = Purchase(
-                        tally.answer(self, stem, version, fp, key, failed=made), None, tally.errors
-                    )
+                    stop.purchase = Purchase(tally.answer(self, stem, version, fp, key, failed=made), None)
                 raise stop from None
-            return Purchase(tally.answer(self, stem, version, fp, key, failed=failed), None, tally.errors)
-        return Purchase(tally.answer(self, stem, version, fp, key, gen=gen), gen.data, tally.errors)
+            return Purchase(tally.answer(self, stem, version, fp, key, failed=failed), None)
+        return Purchase(tally.answer(self, stem, version, fp, key, gen=gen), gen.data)
 
 
 def _raise_if_stopped(last: AttemptError) -> None:

@@ -280,13 +280,6 @@ def _listdir(path) -> list[str]:
         return []
 
 
-def answer_wildcards(path: str) -> dict:
-    """The wildcards of an answer path (tests)."""
-    p = Path(path)
-    image_id, aug, k = layout.parse_stem(p.parent.name)
-    return {"image_id": image_id, "aug": aug, "k": k, "version": int(p.stem.lstrip("v"))}
-
-
 def settings_main(snakemake) -> None:
     """Entry point of rule ``settings``: the current settings of one kind, under their hash
     (the older file of that kind is removed, so going back to it makes it new again)."""
