@@ -7,6 +7,7 @@ rule manifest_part:
     input:
         shard_outputs,
         table=ancient(PIPE.table),
+        settings=PIPE.manifest_settings,  # the rows' marks (stale, orphaned, blocked) follow the config
     output:
         f"{OUT}/.pipeline/manifest/part-{{shard}}-{{part_key}}.csv",
     log:
