@@ -89,6 +89,16 @@ def test_openrouter_defaults():
         ),
         ({"augmentations": [{"name": "a", "prompt": "p"}, {"name": "a", "prompt": "q"}]}, "duplicate name(s) a"),
         ({"limit": "ten"}, "config key 'limit' = 'ten' has the wrong type; expected integer"),
+        # YAML 1.1 reads "2:1" as 2*60+1 = 121: was accepted and made 121000x1000 outputs
+        (
+            {"postprocess": {"mode": "pad", "enforce_aspect_ratio": "2:1"}},
+            "config key 'postprocess.enforce_aspect_ratio' = '2:1' has the wrong type; expected number",
+        ),
+        (
+            {"postprocess": {"mode": "pad", "enforce_aspect_ratio": 121}},  # an unquoted 2:1
+            "config key 'postprocess.enforce_aspect_ratio': 121 is greater than the maximum of 10",
+        ),
+        ({"api": {"timeout_s": "1:30"}}, "config key 'api.timeout_s' = '1:30' has the wrong type"),
     ],
 )
 def test_bad_values_one_line(patch, expected):
@@ -167,3 +177,19 @@ def test_shipped_config_shows_the_keys_a_user_sets():
 
     keys = list(leaves(SHIPPED))
     assert len(keys) <= 22, keys
+
+
+def test_an_aspect_ratio_the_default_mode_does_not_apply_is_said_once():
+    said = []
+    cfg = {"augmentations": [{"name": "a", "prompt": "p"}], "postprocess": {"enforce_aspect_ratio": 1.5}}
+    checked(cfg, say=said.append)
+    assert said == [
+        "note: postprocess.enforce_aspect_ratio=1.5 is not applied with postprocess.mode resize (the default: "
+        "each output takes its source's size); set postprocess.mode: pad or crop for the original tool's geometry"
+    ]
+    said.clear()
+    checked(
+        {"augmentations": [{"name": "a", "prompt": "p"}], "postprocess": {"enforce_aspect_ratio": 1.5, "mode": "pad"}},
+        say=said.append,
+    )
+    assert said == []

@@ -125,6 +125,8 @@ def _coerce(value, schema: dict, root: dict):
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             return value
+        if ":" in value and isinstance(parsed, (int, float)):
+            return value  # YAML 1.1 reads "2:1" as 2*60+1 = 121: left as text for the schema to refuse
         wanted = {"integer": int, "number": (int, float), "boolean": bool, "object": dict, "array": list}
         if any(
             isinstance(parsed, wanted[t]) and not (t in ("integer", "number") and isinstance(parsed, bool))
@@ -258,6 +260,13 @@ def prepare(cfg: dict, validate, say=None) -> dict:
     asked = cfg.pop("_asked", {})
     validate(cfg, str(SCHEMA_PATH))
     cfg["_asked"] = asked
+    pp = cfg["postprocess"]
+    if pp["enforce_aspect_ratio"] is not None and pp["mode"] == "resize":
+        (say or (lambda m: print(m, file=sys.stderr)))(
+            f"note: postprocess.enforce_aspect_ratio={pp['enforce_aspect_ratio']} is not applied with "
+            "postprocess.mode resize (the default: each output takes its source's size); "
+            "set postprocess.mode: pad or crop for the original tool's geometry"
+        )
     return finalise(cfg)
 
 
