@@ -41,7 +41,10 @@ def test_cost_cap_reserves_then_settles(tmp_path):
     ledger.settle(0.1355)
     ledger.reserve()
     ledger.settle(0.1355)
-    with pytest.raises(BudgetExceeded, match=r"budget reached: \$0.27 estimated of api.max_cost_usd=\$0.30"):
+    with pytest.raises(
+        BudgetExceeded,
+        match=r"budget reached: \$0.27 estimated in this run; one more call \(\$0.1345\) would pass api.max_cost_usd=\$0.30",
+    ):
         ledger.reserve()
     assert ledger.read()["cost_usd"] == pytest.approx(0.271)
 

@@ -189,7 +189,8 @@ def test_budget_plans_what_fits_and_the_guard_holds_under_retries(tmp_path, stan
     wf = make_run(tmp_path, standin, n_images=2, augs=augs, concurrency=2, max_calls=4)
     run(wf, "--until", "targets")
     res = run(wf)  # the plan buys what the budget allows; the rest waits for the next run
-    assert "plan: 4 answers to buy" in res.stderr and "2 answers left for the next run" in res.stderr
+    assert "plan: 4 answers to buy" in res.stderr
+    assert "plan: 2 answers left for the next run: api.max_calls=4 lets this run buy 4" in res.stderr
     assert len(standin.requests) == 4  # never more than api.max_calls, across parallel jobs
     assert sorted(r["status"] for r in rows(wf)) == ["success"] * 4
     # the next run has its own budget and pays only for what is missing
@@ -221,7 +222,7 @@ def test_cumulative_budget_of_the_output_directory(tmp_path, standin):
     run(wf)
     res = run(wf)
     assert len(standin.requests) == 2  # $0.27 of answers bought; a third at the planning price would pass $0.40
-    assert "4 answers left for the next run" in res.stderr
+    assert "plan: 4 answers left: api.max_total_cost_usd=$0.40 lets this output directory buy 0 more" in res.stderr
 
 
 def _mirrored_answer(source: Path) -> dict:

@@ -8,6 +8,7 @@ sidecars written by rule generate's code, review decisions by ``decisions.save``
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -347,9 +348,25 @@ def test_no_budget_defers_nothing():
     assert actions(found) == actions(some_decisions())
 
 
+def test_the_plan_prices_an_answer_at_what_calls_cost_here_when_that_is_more(ws):
+    """Defect: the plan priced every answer at api.pricing.image_usd_per_call ($0.1345) while the
+    budget guard adds up each call's estimate from its usage (prompt text and thinking billed too,
+    ~$0.1358): `max_cost_usd: 3.5` planned 26 answers, the guard refused the 26th and the run failed."""
+    paid = ws.config(lambda raw: raw["api"].update(provider="gemini", model=None, max_cost_usd=3.5))
+    assert plan.budget_limit(paid, lambda: 0.0, lambda: None) == (26, "api.max_cost_usd")  # nothing bought yet
+    refused = ws.refusal(BRIGHT, 1, calls=2, cfg=paid)
+    answers.write(ws.out, dataclasses.replace(refused, est_cost_usd=2 * 0.1358))
+    pipe = Pipeline(paid)
+    assert pipe.cost_per_call_seen() == pytest.approx(0.1358)
+    assert plan.budget_limit(paid, lambda: 0.0, pipe.cost_per_call_seen) == (25, "api.max_cost_usd")
+    assert plan.unit_price(paid, 0.1) == 0.1345  # never below the configured price
+    assert "plan: 1 answers to buy, estimated $0.14 ($0.1358 each; more if retried)" in pipe.plan_lines()
+
+
 def test_the_plan_of_a_paid_run_applies_its_max_calls(ws):
     paid = ws.config(lambda raw: raw["api"].update(provider="gemini", model=None, max_calls=1))
-    assert plan.budget_limit(paid, lambda: pytest.fail("the directory's spending is not needed")) == 1
+    unneeded = lambda: pytest.fail("not needed for max_calls")  # noqa: E731
+    assert plan.budget_limit(paid, unneeded, unneeded) == (1, "api.max_calls")
     found = ws.decisions(paid)
     assert actions(found) == {BLUR: (BUY, 1), BRIGHT: (DEFERRED, None)}  # ID1000__blur < ID1000__bright
     lines = Pipeline(paid).plan_lines()

@@ -192,6 +192,19 @@ def iter_all(output_dir):
                 yield answer
 
 
+def cost_per_call(output_dir, source: str, sample: int = 500) -> float | None:
+    """What one call has cost in this directory (USD per attempt, from up to ``sample`` answers
+    bought by ``source``: "call" or "batch"); None before the first."""
+    usd, calls, seen = 0.0, 0, 0
+    for answer in iter_all(output_dir):
+        if answer.source != source or not answer.calls:
+            continue
+        usd, calls, seen = usd + spent_usd(answer), calls + int(answer.calls), seen + 1
+        if seen >= sample:
+            break
+    return usd / calls if calls else None
+
+
 def spent_usd(answer: Answer) -> float:
     """What one answer cost: the service's figure when it gave one, else the estimate."""
     if answer.cost_usd is not None:

@@ -100,14 +100,14 @@ class Ledger:
         cost = state["cost_usd"] + n * unit_usd
         if self.max_cost_usd is not None and cost > self.max_cost_usd + 1e-9:
             return (
-                f"budget reached: ${state['cost_usd']:.2f} estimated of api.max_cost_usd="
-                f"${self.max_cost_usd:.2f} in this run"
+                f"budget reached: ${state['cost_usd']:.2f} estimated in this run; one more call "
+                f"(${unit_usd:.4f}) would pass api.max_cost_usd=${self.max_cost_usd:.2f}"
             )
         before = state.get("before_usd") or 0.0
         if self.max_total_cost_usd is not None and before + cost > self.max_total_cost_usd + 1e-9:
             return (
-                f"budget reached: ${before + state['cost_usd']:.2f} spent in this output "
-                f"directory of api.max_total_cost_usd=${self.max_total_cost_usd:.2f}"
+                f"budget reached: ${before + state['cost_usd']:.2f} spent in this output directory; "
+                f"one more call (${unit_usd:.4f}) would pass api.max_total_cost_usd=${self.max_total_cost_usd:.2f}"
             )
         return ""
 

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from . import config as config_mod
+from . import answers as answers_mod
 from . import layout, plan
 from .plan import ADOPTED, BLOCKED, BUILD, BUY, DEFERRED, Decision
 from .targets import BAD_ID_PROBLEM, read_targets
@@ -37,6 +38,8 @@ class Pipeline:
         self._decisions = None
         self._planner = None
         self._by_shard = None  # shard -> outputs and sidecars (manifest part inputs)
+        self._budget_key = ""  # the budget key that sets how many answers this run buys
+        self._per_call = None
 
     def manifest_view(self) -> dict:
         """What the manifest's marks depend on besides the outputs (stale, orphaned, blocked)."""
@@ -108,9 +111,20 @@ class Pipeline:
                 from .batch_records import open_stems
 
                 awaited = open_stems(self.out)
-            plan.apply_budget(found, plan.budget_limit(self.cfg, lambda: spent_in_directory(self.out)), awaited)
+            limit, self._budget_key = plan.budget_limit(
+                self.cfg, lambda: spent_in_directory(self.out), self.cost_per_call_seen
+            )
+            plan.apply_budget(found, limit, awaited)
             self._decisions = found
         return self._decisions
+
+    def cost_per_call_seen(self) -> float | None:
+        """What one call has cost in this directory so far (the plan's price when it is more than
+        the configured one)."""
+        if self._per_call is None:
+            source = "batch" if self.cfg["api"].get("mode") == "batch" else "call"
+            self._per_call = [answers_mod.cost_per_call(self.out, source)]
+        return self._per_call[0]
 
     def decision(self, stem: str, aug: str) -> Decision:
         """For the input function of rule generate: the shared decision, or (a cluster job step,
@@ -230,7 +244,7 @@ class Pipeline:
             f"provider {self.cfg['api']['provider']}, model {self.cfg['api']['model']}"
         ]
         if self.paid:
-            unit = plan.unit_price(self.cfg)
+            unit = plan.unit_price(self.cfg, self.cost_per_call_seen() if c[BUY] else None)
             how = " through the Gemini Batch API" if self.cfg["api"].get("mode") == "batch" else ""
             lines.append(
                 f"plan: {c[BUY]} answers to buy{how}, estimated ${c[BUY] * unit:.2f} "
@@ -250,10 +264,16 @@ class Pipeline:
             )
         if c[BUILD]:
             lines.append(f"plan: {c[BUILD]} outputs built from answers already bought (0 calls)")
-        if c[DEFERRED]:
+        over = sum(1 for d in self.decisions().values() if d.action == DEFERRED and d.why == plan.OVER_BUDGET)
+        if over:
+            key = self._budget_key
+            value = self.cfg["api"][key.split(".")[1]]
+            shown = f"{key}={value}" if key == "api.max_calls" else f"{key}=${float(value):.2f}"
             lines.append(
-                f"plan: {c[DEFERRED]} answers left for the next run: the budget of this run "
-                f"(api.max_calls / max_cost_usd / max_total_cost_usd) buys {c[BUY]}"
+                f"plan: {over} answers left for the next run: {shown} lets this run buy {c[BUY]}"
+                if key != "api.max_total_cost_usd"
+                else f"plan: {over} answers left: {shown} lets this output directory buy {c[BUY]} more "
+                "(raise it to buy the rest)"
             )
         if c[BLOCKED]:
             lines.append(

@@ -272,6 +272,9 @@ def _version(answer_id: str) -> int:
         return 0
 
 
+OVER_BUDGET = "budget of this run"
+
+
 def apply_budget(decisions: dict, limit: int | None, paid_already=frozenset()) -> int:
     """Keep the first ``limit`` answers to buy (in target order); the rest wait for a later run.
     ``paid_already``: answers in batches an earlier run submitted (and paid for): not this run's
@@ -286,35 +289,41 @@ def apply_budget(decisions: dict, limit: int | None, paid_already=frozenset()) -
         if limit > 0:
             limit -= 1
         else:
-            decisions[stem] = Decision(DEFERRED, None, "budget of this run")
+            decisions[stem] = Decision(DEFERRED, None, OVER_BUDGET)
             deferred += 1
     return deferred
 
 
-def budget_limit(cfg: dict, spent_before_usd) -> int | None:
-    """How many answers this run may buy (None = no budget set); ``spent_before_usd()`` is called
-    only when the cumulative cap is set."""
+def budget_limit(cfg: dict, spent_before_usd, per_call_seen=lambda: None) -> tuple[int | None, str]:
+    """How many answers this run may buy and the key that sets it ((None, "") = no budget set).
+    ``spent_before_usd()`` is called only when the cumulative cap is set, ``per_call_seen()`` (see
+    :func:`unit_price`) only when a cost cap is."""
     from . import config as config_mod
 
     if not config_mod.is_paid(cfg):
-        return None
+        return None, ""
     api = cfg["api"]
-    unit = unit_price(cfg)
     limits = []
     if api.get("max_calls") is not None:
-        limits.append(int(api["max_calls"]))
-    if api.get("max_cost_usd") is not None and unit > 0:
-        limits.append(int(float(api["max_cost_usd"]) / unit + 1e-9))
-    if api.get("max_total_cost_usd") is not None and unit > 0:
-        left = float(api["max_total_cost_usd"]) - spent_before_usd()
-        limits.append(max(0, int(left / unit + 1e-9)))
-    return min(limits) if limits else None
+        limits.append((int(api["max_calls"]), "api.max_calls"))
+    if api.get("max_cost_usd") is not None or api.get("max_total_cost_usd") is not None:
+        unit = unit_price(cfg, per_call_seen())
+        if api.get("max_cost_usd") is not None and unit > 0:
+            limits.append((int(float(api["max_cost_usd"]) / unit + 1e-9), "api.max_cost_usd"))
+        if api.get("max_total_cost_usd") is not None and unit > 0:
+            left = float(api["max_total_cost_usd"]) - spent_before_usd()
+            limits.append((max(0, int(left / unit + 1e-9)), "api.max_total_cost_usd"))
+    return min(limits) if limits else (None, "")
 
 
-def unit_price(cfg: dict) -> float:
-    """The planning price of one answer (batch price in batch mode)."""
+def unit_price(cfg: dict, per_call_seen: float | None = None) -> float:
+    """The planning price of one answer: the configured one (batch price in batch mode), or what a
+    call has cost in this output directory so far when that is more (``per_call_seen``, see
+    :func:`nano_banana_aug.answers.cost_per_call`): the prompt's text and the model's thinking are
+    billed too, and the budget guard counts them, so a plan at the configured price alone could
+    promise one answer more than the guard then lets a run buy."""
     pricing = cfg["api"]["pricing"]
     unit = float(pricing["image_usd_per_call"])
     if cfg["api"].get("mode") == "batch":
         unit *= float(pricing["batch_factor"])
-    return unit
+    return max(unit, per_call_seen or 0.0)
