@@ -193,3 +193,15 @@ def test_an_aspect_ratio_the_default_mode_does_not_apply_is_said_once():
         say=said.append,
     )
     assert said == []
+
+
+def test_match_aspect_applies_only_to_paid_calls_without_an_aspect_ratio_of_the_users_own():
+    base = {"augmentations": [{"name": "a", "prompt": "p"}]}
+    assert cfgmod.matches_aspect(checked({**base, "api": {"provider": "gemini"}}))
+    assert not cfgmod.matches_aspect(checked({**base, "api": {"provider": "local"}}))
+    assert not cfgmod.matches_aspect(checked({**base, "api": {"provider": "gemini", "match_aspect": False}}))
+    for own in ({"aspectRatio": "4:3"}, {"aspect_ratio": "4:3", "image_size": "1K"}):
+        cfg = checked({**base, "api": {"provider": "openrouter", "image_config": own}})
+        assert not cfgmod.matches_aspect(cfg)
+        assert cfgmod.request_settings(cfg, cfg["augmentations"][0])["match_aspect"] is False
+    assert cfgmod.matches_aspect(checked({**base, "api": {"provider": "gemini", "image_config": {"imageSize": "4K"}}}))

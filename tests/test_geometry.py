@@ -89,6 +89,28 @@ def test_match_aspect_writes_an_output_aligned_with_the_source(tmp_path, standin
         assert edge_corr > 0.95, edge_corr  # the borders are the photo's, not mirrored strips
 
 
+def test_an_aspect_ratio_in_image_config_is_passed_through_as_it_is(tmp_path, standin):
+    """Defect: match_aspect (on by default) replaced the user's image_config.aspectRatio with its
+    own 21:9, padded the source and ignored the pad geometry; the answer record said 4:3."""
+    wf = make_paid_run(
+        tmp_path,
+        standin,
+        n_images=1,
+        augs=ONE,
+        size=SIZE,
+        match_aspect=True,
+        image_config={"aspectRatio": "4:3", "imageSize": "1K"},
+    )  # mode: pad, enforce 2.0
+    run(wf)
+    (req,) = standin.requests
+    assert req.json["generationConfig"]["imageConfig"] == {"aspectRatio": "4:3", "imageSize": "1K"}
+    part = req.json["contents"][0]["parts"][0]["inlineData"]["data"]
+    assert Image.open(io.BytesIO(base64.b64decode(part))).size == SIZE  # the source as it is
+    (r,) = rows(wf)
+    assert r["status"] == "success" and r["geometry"].startswith("pad "), r
+    assert int(r["aspect_w"]) == 2 * int(r["aspect_h"])
+
+
 def test_resize_maps_the_16_9_answer_back_onto_the_source(tmp_path, standin):
     wf = make_paid_run(
         tmp_path,

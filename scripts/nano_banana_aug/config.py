@@ -277,6 +277,14 @@ def is_paid(cfg: dict) -> bool:
     return cfg["api"]["provider"] in PAID_PROVIDERS
 
 
+def matches_aspect(cfg: dict) -> bool:
+    """``api.match_aspect`` applies: a paid provider, and no aspect ratio of the user's own in
+    ``api.image_config`` (which is passed through as it is, as by the original tool)."""
+    api = cfg["api"]
+    own = any(k in (api.get("image_config") or {}) for k in ("aspectRatio", "aspect_ratio"))
+    return bool(api.get("match_aspect")) and api["provider"] != "local" and not own
+
+
 def full_prompt(cfg: dict, aug: dict) -> str:
     """prompt_prefix + blank line + the augmentation's prompt (as the original tool)."""
     prefix = (cfg.get("prompt_prefix") or "").strip()
@@ -318,7 +326,7 @@ def request_settings(cfg: dict, aug: dict) -> dict:
         "model": api["model"],
         "prompt_sha256": sha256_text(full_prompt(cfg, aug)),
         "image_config": api.get("image_config"),
-        "match_aspect": bool(api.get("match_aspect")) and not local,
+        "match_aspect": matches_aspect(cfg),
         "local": {"recipe": aug.get("local") or {}, "seed": int(cfg.get("seed", 0))} if local else None,
     }
 

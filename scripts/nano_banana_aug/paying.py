@@ -68,7 +68,7 @@ def source_of(cfg: dict, target) -> Path:
 def source_request(cfg: dict, source_bytes: bytes, source_image):
     """What is sent for a source: (bytes, region). With ``api.match_aspect`` the source padded to
     the nearest supported aspect ratio (JPEG, quality 95) and the region that shows the source."""
-    if not cfg["api"].get("match_aspect") or cfg["api"]["provider"] == "local":
+    if not config_mod.matches_aspect(cfg):
         return source_bytes, None
     region = postprocess.match_aspect_request(source_image.width, source_image.height)
     padded = postprocess.pad_source(source_image, region)
