@@ -67,7 +67,8 @@ def test_symlink_escaping_data_root_is_refused(tmp_path):
     with open(root / "train.csv", "a") as fh:
         fh.write("IDlink__Dry_Total_g,train/link.jpg,,,,,,Dry_Total_g,1\n")
     by_id = {t.image_id: t for t in build_targets(root / "train.csv", root, ["Dry_Total_g"])}
-    assert "outside data_root" in by_id["IDlink"].problem
+    assert "train/link.jpg is a symlink (or lies below one) leading outside data_root" in by_id["IDlink"].problem
+    assert f"to {outside}" in by_id["IDlink"].problem
 
 
 def test_round_trip(tmp_path):

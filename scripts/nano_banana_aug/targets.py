@@ -97,7 +97,15 @@ def check_source(
     root = Path(data_root).resolve()
     resolved = (root / image_path).resolve()
     if not resolved.is_relative_to(root):
-        return str(resolved), f"path resolves outside data_root ({root}): {image_path}", 0, 0
+        if Path(os.path.normpath(root / image_path)).is_relative_to(root):
+            problem = (
+                f"{image_path} is a symlink (or lies below one) leading outside data_root ({root}) "
+                f"to {resolved}: sources are read only inside data_root (move or copy the images "
+                "under it, or make data_root the directory that holds them and train.csv)"
+            )
+        else:
+            problem = f"path resolves outside data_root ({root}): {image_path}"
+        return str(resolved), problem, 0, 0
     if not resolved.is_file():
         return str(resolved), f"source image missing: {resolved}", 0, 0
     if not os.access(resolved, os.R_OK):
