@@ -37,6 +37,13 @@ envvars:
 
 
 PIPE = Pipeline(config)
+if workflow.is_main_process and not os.path.exists(PIPE.table):
+    print(
+        "note: no targets table for these data settings and train.csv yet: it is made first, and "
+        "a dry-run (-n) cannot list the answers to buy before it is there; `snakemake plan` makes "
+        "it and prints the plan (nothing is paid)",
+        file=sys.stderr,
+    )
 OUT = PIPE.out
 EXT = PIPE.ext
 LOGS = layout.log_dir(OUT)

@@ -150,15 +150,18 @@ def test_a_new_train_csv_with_an_old_mtime_is_followed(tmp_path):
     wf = make_run(tmp_path, n_images=2)
     res = run(wf, "-n")  # no table yet: a dry-run cannot see past the checkpoint
     assert jobs_run(res, "targets") == 1 and "plan:" not in res.stderr
+    assert "note: no targets table for these data settings and train.csv yet" in res.stderr
     run(wf, "--until", "targets")
     res = run(wf, "-n")
     assert "plan: 6 targets (2 images x 2 augmentations)" in res.stderr and jobs_run(res, "answer") == 6
+    assert "note: no targets table" not in res.stderr
     csv_path = wf / "data" / "train.csv"
     old = csv_path.stat().st_mtime
     csv_path.write_text(csv_path.read_text() + "ID2000__Dry_Total_g,train/ID1000.jpg,,,,,,Dry_Total_g,1\n")
     os.utime(csv_path, (old - 3600, old - 3600))  # older than the table
     res = run(wf, "-n")
     assert jobs_run(res, "targets") == 1  # the table is made again
+    assert "`snakemake plan` makes it and prints the plan" in res.stderr
     run(wf, "--until", "targets")
     res = run(wf, "-n")
     assert "plan: 9 targets (3 images x 2 augmentations)" in res.stderr and jobs_run(res, "answer") == 9
