@@ -549,6 +549,9 @@ def test_load_train_config_validates(tmp_path):
     cfg.write_text("data:\n  root: d\n  quadrat: {width_m: 0.7}\n")
     with pytest.raises(ConfigError, match="length_m"):
         load_train_config(cfg)
+    # the block the original tool's README documents (no quadrat): the CSIRO frame
+    cfg.write_text("data:\n  root: data\n  aigc_aug:\n    enabled: true\n    subdir: nano_banana_pro/train\n")
+    assert load_train_config(cfg).base_area_m2 == pytest.approx(0.21)
     with pytest.raises(ConfigError, match="not found"):
         load_train_config(tmp_path / "missing.yaml")
 

@@ -183,7 +183,9 @@ def load_train_config(path: str | os.PathLike) -> TrainConfig:
     for key, value in (("data.root", root), ("data.train_csv", train_csv)):
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{path}: {key}: expected a non-empty string, got {value!r}")
-    quadrat = data.get("quadrat") or {}
+    # the original tool's train.yaml block names only data.root and data.aigc_aug: without a
+    # quadrat, the CSIRO frame (70 cm x 30 cm); one side alone is a mistake
+    quadrat = data.get("quadrat") or {"width_m": 0.7, "length_m": 0.3}
     sides = []
     for side in ("width_m", "length_m"):
         value = quadrat.get(side) if isinstance(quadrat, Mapping) else None
