@@ -193,14 +193,13 @@ def iter_all(output_dir):
 
 
 def cost_per_call(output_dir, source: str, sample: int = 500) -> float | None:
-    """What one call has cost in this directory (USD per attempt, from up to ``sample`` answers
-    bought by ``source``: "call" or "batch"); None before the first."""
-    usd, calls, seen = 0.0, 0, 0
-    for answer in iter_all(output_dir):
-        if answer.source != source or not answer.calls:
-            continue
-        usd, calls, seen = usd + spent_usd(answer), calls + int(answer.calls), seen + 1
-        if seen >= sample:
+    """What one call has cost in this directory (USD per attempt, from the answers bought by
+    ``source``, "call" or "batch", among the first ``sample`` answers read); None before the first."""
+    usd, calls = 0.0, 0
+    for n, answer in enumerate(iter_all(output_dir), 1):
+        if answer.source == source and answer.calls:
+            usd, calls = usd + spent_usd(answer), calls + int(answer.calls)
+        if n >= sample:
             break
     return usd / calls if calls else None
 
