@@ -254,6 +254,10 @@ def _usage_dict(usage) -> dict:
     return {k: v for k, v in vars(usage).items() if v is not None} if usage is not None else {}
 
 
+# a 200 whose body was lost on the way (the transport's reasons): the answer was made and billed
+LOST_BODY = frozenset({"TIMEOUT", "CONNECTION", "TRANSFER"})
+
+
 class _Tally:
     """One answer's attempts: the guards before each, the accounting after each, the decoding."""
 
@@ -292,11 +296,14 @@ class _Tally:
         self.calls += 1
         usage = gen.usage if gen is not None else err.usage
         cost = self.buyer.estimate(usage)
+        if cost is None and err is not None and err.status == 200 and err.reason in LOST_BODY:
+            cost = float(self.buyer.cfg["api"]["pricing"]["image_usd_per_call"])  # made, billed, never seen
         self.cost = _add(self.cost, cost)
         if usage is not None and usage.cost_usd is not None:
             self.reported = _add(self.reported, usage.cost_usd)
         if ledger is not None:
-            ledger.settle(cost, billable=gen is not None or (err is not None and err.usage is not None))
+            billable = gen is not None or (err is not None and (err.usage is not None or err.status == 200))
+            ledger.settle(cost, billable=billable)
         if err is not None:
             self.errors.append(err)
             self.records.append(_attempt_record(err, cost))

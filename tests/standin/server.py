@@ -138,6 +138,8 @@ KINDS = {
           "usage (bool), image_details (bool), cost (OpenRouter usage.cost; None = omit)",
     "jpeg_as_png": "ok, but JPEG bytes labelled image/png",
     "slow": "wait `delay` seconds (default 5), then answer as `then` (default ok)",
+    "slow_body": "answer as `then` (default ok) at once, its body sent in `pieces` (default 8) with `pause` "
+                 "seconds (default 0.3) before each (a slow link: every read gets data, the whole takes long)",
     "hold": "hold the answer until the test calls release() (or the server stops), then answer as `then` "
             "(default ok); lets a test act while calls are in flight without timing anything",
     "drop": "close the connection without any response",
@@ -1159,11 +1161,23 @@ class StandinServer:
                 release.wait(0.5)
             rec.held = False
             b = as_behaviour(b.get("then", "ok"))
+        if b.kind == "slow_body":
+            reply = proto.answer(rec, as_behaviour(b.get("then", "ok")), info)
+            reply.stream = _pieces(json.dumps(reply.body).encode(), int(b.get("pieces", 8)), float(b.get("pause", 0.3)))
+            reply.headers = {**reply.headers, "Content-Type": "application/json; charset=UTF-8"}
+            return reply
         if b.kind == "drop":
             return Reply(drop=True, delay=delay)
         reply = proto.answer(rec, b, info)
         reply.delay += delay
         return reply
+
+
+def _pieces(data: bytes, n: int, pause: float):
+    step = -(-len(data) // n)
+    for i in range(0, len(data), step):
+        time.sleep(pause)
+        yield data[i : i + step]
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -1320,7 +1334,10 @@ class _Handler(BaseHTTPRequestHandler):
         rec.status = reply.status
         st._notify()
         try:
-            self._send(reply.status, reply.body, reply.headers)
+            if reply.stream is not None:
+                self._send_stream(reply.status, reply.stream, reply.headers)
+            else:
+                self._send(reply.status, reply.body, reply.headers)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             self.close_connection = True  # the client gave up (timeout)
 

@@ -146,18 +146,23 @@ def post_json(
     timeout_s: float,
     secret: str | None = None,
 ) -> HttpResponse:
-    """POST ``body`` as JSON and read the whole answer within ``timeout_s``.
+    """POST ``body`` as JSON and read the whole answer.
 
-    The headers must arrive within ``timeout_s``; the body is then read in
-    chunks and abandoned once ``timeout_s`` has passed since the start.
-    Timeouts, refused or dropped connections and truncated bodies raise a
-    retryable :class:`AttemptError`; HTTP statuses are returned as they are
-    (see :func:`status_error`).
+    The headers must arrive within ``timeout_s``. A 200's body is then read to
+    its end however long it takes, as long as no read waits more than
+    ``timeout_s``: the answer has been made (and billed) before its headers are
+    sent, so abandoning a slow body would throw a paid answer away and pay for
+    it again. Any other status's body must be complete ``timeout_s`` after the
+    start. Timeouts, refused or dropped connections and truncated bodies raise
+    a retryable :class:`AttemptError` (with ``status=200`` when the 200's
+    headers had arrived); HTTP statuses are returned as they are (see
+    :func:`status_error`).
     """
     started = time.monotonic()
     deadline = started + timeout_s
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     send_headers = {"Content-Type": "application/json", **headers}
+    status = None  # once the headers are in
     try:
         # never follow a redirect: requests would send the key header along, even to another host over http
         resp = session.post(
@@ -181,6 +186,7 @@ def post_json(
                 status=resp.status_code,
                 reason="REDIRECT",
             )
+        status, resp_headers = resp.status_code, resp.headers
         try:
             chunks, size = [], 0
             for chunk in resp.iter_content(chunk_size=256 * 1024):
@@ -190,31 +196,23 @@ def post_json(
                     raise AttemptError(
                         f"response larger than {MAX_RESPONSE_BYTES // (1024 * 1024)} MiB; refused",
                         retryable=False,
-                        status=resp.status_code,
+                        status=status,
                         reason="RESPONSE_TOO_LARGE",
                     )
-                if time.monotonic() > deadline:
+                if status != 200 and time.monotonic() > deadline:
                     raise requests.Timeout("response body not complete within the timeout")
-            status, resp_headers = resp.status_code, resp.headers
         finally:
             resp.close()
-    except requests.Timeout as exc:
+    except requests.RequestException as exc:
+        after = " after HTTP 200 (the answer was made: billed)" if status == 200 else ""
+        if isinstance(exc, requests.Timeout):
+            message, reason = f"request timed out after {timeout_s:g} s (api.timeout_s){after}", "TIMEOUT"
+        elif isinstance(exc, requests.ConnectionError):
+            message, reason = f"connection failed{after}", "CONNECTION"
+        else:  # ChunkedEncodingError, ContentDecodingError, ...
+            message, reason = f"transfer failed{after}", "TRANSFER"
         raise AttemptError(
-            redact(f"request timed out after {timeout_s:g} s (api.timeout_s): {_describe(exc)}", secret),
-            retryable=True,
-            reason="TIMEOUT",
-        ) from None
-    except requests.ConnectionError as exc:
-        raise AttemptError(
-            redact(f"connection failed: {_describe(exc)}", secret),
-            retryable=True,
-            reason="CONNECTION",
-        ) from None
-    except requests.RequestException as exc:  # ChunkedEncodingError, ContentDecodingError, ...
-        raise AttemptError(
-            redact(f"transfer failed: {_describe(exc)}", secret),
-            retryable=True,
-            reason="TRANSFER",
+            redact(f"{message}: {_describe(exc)}", secret), retryable=True, status=status, reason=reason
         ) from None
     return HttpResponse(status=status, headers=resp_headers, body=b"".join(chunks), seconds=time.monotonic() - started)
 
