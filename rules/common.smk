@@ -18,8 +18,8 @@ from nano_banana_aug import hooks, layout, runs
 from nano_banana_aug.errors import UserError
 from nano_banana_aug.pipeline import Pipeline
 
-try:
-    cfgmod.prepare(config, validate)
+try:  # notes (old keys, settings that do nothing) once, by the process that plans
+    cfgmod.prepare(config, validate, say=None if workflow.is_main_process else (lambda m: None))
 except UserError as exc:
     raise SystemExit(f"ERROR: {exc}")
 
@@ -37,7 +37,8 @@ envvars:
 
 
 PIPE = Pipeline(config)
-if workflow.is_main_process and not os.path.exists(PIPE.table):
+ASKED = config["_asked"]
+if workflow.is_main_process and not ASKED.get("plan") and not os.path.exists(PIPE.table):
     print(
         "note: no targets table for these data settings and train.csv yet: it is made first, and "
         "a dry-run (-n) cannot list the answers to buy before it is there; `snakemake plan` makes "
@@ -47,7 +48,6 @@ if workflow.is_main_process and not os.path.exists(PIPE.table):
 OUT = PIPE.out
 EXT = PIPE.ext
 LOGS = layout.log_dir(OUT)
-ASKED = config["_asked"]
 BATCH = config["api"]["mode"] == "batch" and cfgmod.is_paid(config)
 MANIFEST = f"{OUT}/{config['data']['manifest']}"
 SUMMARY = f"{OUT}/report/summary.html"

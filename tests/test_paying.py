@@ -253,12 +253,12 @@ def test_a_200_whose_body_is_lost_is_counted_as_billed(paid, standin):
     """Attempt 1: the 200's headers arrive, then the body stops for longer than timeout_s (the
     answer was made and billed, but never seen); attempt 2 answers. Before, attempt 1 was booked
     as not billable with no cost: the budgets did not see it."""
-    p = paid(max_retries=2, timeout_s=0.5)
-    standin.script("gemini", B("slow_body", pieces=2, pause=1.5), "ok")
+    p = paid(max_retries=2, timeout_s=2)
+    standin.script("gemini", B("slow_body", pieces=2, stall=True), "ok")
     bought = p.buy()
     assert bought.status == answers.IMAGE and bought.calls == 2
     lost = bought.attempts[0]
-    assert (lost["status"], lost["est_cost_usd"]) == (200, 0.1345) and lost["reason"] in ("TIMEOUT", "CONNECTION")
+    assert (lost["status"], lost["reason"], lost["est_cost_usd"]) == (200, "TIMEOUT", 0.1345)
     ledger = p.ledger()
     assert (ledger["calls"], ledger["billable"]) == (2, 2)
     assert ledger["cost_usd"] == pytest.approx(bought.est_cost_usd) and bought.est_cost_usd > 0.1345 * 2

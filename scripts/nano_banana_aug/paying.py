@@ -228,7 +228,7 @@ class Buyer:
             except RunStopped as stop:
                 # attempts made before the stop may have been billed (a refusal with usage): their
                 # answer is kept like any refusal, so the money is counted from the answer files
-                billed = [e for e in tally.errors if e.usage is not None or e.status == 200]
+                billed = [e for e in tally.errors if _billed(e)]
                 if billed:
                     made = GenerationFailed(billed[-1], len(tally.errors), failed.seconds)
                     stop.purchase = Purchase(tally.answer(self, stem, version, fp, key, failed=made), None)
@@ -254,8 +254,10 @@ def _usage_dict(usage) -> dict:
     return {k: v for k, v in vars(usage).items() if v is not None} if usage is not None else {}
 
 
-# a 200 whose body was lost on the way (the transport's reasons): the answer was made and billed
-LOST_BODY = frozenset({"TIMEOUT", "CONNECTION", "TRANSFER"})
+def _billed(err: AttemptError) -> bool:
+    """A failed attempt the service may bill: it reported usage, or answered 200 (a refusal, an
+    undecodable image, a body lost after its headers)."""
+    return err.usage is not None or err.status == 200
 
 
 class _Tally:
@@ -296,13 +298,13 @@ class _Tally:
         self.calls += 1
         usage = gen.usage if gen is not None else err.usage
         cost = self.buyer.estimate(usage)
-        if cost is None and err is not None and err.status == 200 and err.reason in LOST_BODY:
-            cost = float(self.buyer.cfg["api"]["pricing"]["image_usd_per_call"])  # made, billed, never seen
+        billable = gen is not None or _billed(err)
+        if cost is None and billable and self.buyer.paid:  # billed, usage unknown: the planning price
+            cost = float(self.buyer.cfg["api"]["pricing"]["image_usd_per_call"])
         self.cost = _add(self.cost, cost)
         if usage is not None and usage.cost_usd is not None:
             self.reported = _add(self.reported, usage.cost_usd)
         if ledger is not None:
-            billable = gen is not None or (err is not None and (err.usage is not None or err.status == 200))
             ledger.settle(cost, billable=billable)
         if err is not None:
             self.errors.append(err)
@@ -342,7 +344,7 @@ class _Tally:
             )
         else:
             last = failed.last
-            billed = any(e.usage is not None or e.status == 200 for e in self.errors)
+            billed = any(_billed(e) for e in self.errors)
             answer.status = "refused" if billed else "failed"
             answer.reason, answer.usage = last.reason or "FAILED", _usage_dict(last.usage)
             answer.message = f"after {failed.attempts} attempt(s): {last.message}"[:500]

@@ -138,8 +138,9 @@ KINDS = {
           "usage (bool), image_details (bool), cost (OpenRouter usage.cost; None = omit)",
     "jpeg_as_png": "ok, but JPEG bytes labelled image/png",
     "slow": "wait `delay` seconds (default 5), then answer as `then` (default ok)",
-    "slow_body": "answer as `then` (default ok) at once, its body sent in `pieces` (default 8) with `pause` "
-                 "seconds (default 0.3) before each (a slow link: every read gets data, the whole takes long)",
+    "slow_body": "answer as `then` (default ok) after `delay` seconds (default 0), its body sent in `pieces` "
+                 "(default 8) with `pause` seconds (default 0.3) before each (a slow link); with `stall` the body "
+                 "stops after its first piece until the stand-in is reset (a connection that hangs after the headers)",
     "hold": "hold the answer until the test calls release() (or the server stops), then answer as `then` "
             "(default ok); lets a test act while calls are in flight without timing anything",
     "drop": "close the connection without any response",
@@ -1163,8 +1164,11 @@ class StandinServer:
             b = as_behaviour(b.get("then", "ok"))
         if b.kind == "slow_body":
             reply = proto.answer(rec, as_behaviour(b.get("then", "ok")), info)
-            reply.stream = _pieces(json.dumps(reply.body).encode(), int(b.get("pieces", 8)), float(b.get("pause", 0.3)))
+            stall = rec.cancel if b.get("stall") else None
+            reply.stream = _pieces(json.dumps(reply.body).encode(), int(b.get("pieces", 8)), float(b.get("pause", 0.3)),
+                                   stall)
             reply.headers = {**reply.headers, "Content-Type": "application/json; charset=UTF-8"}
+            reply.delay += float(b.get("delay", 0.0))
             return reply
         if b.kind == "drop":
             return Reply(drop=True, delay=delay)
@@ -1173,10 +1177,13 @@ class StandinServer:
         return reply
 
 
-def _pieces(data: bytes, n: int, pause: float):
+def _pieces(data: bytes, n: int, pause: float, stall: threading.Event | None = None):
     step = -(-len(data) // n)
     for i in range(0, len(data), step):
-        time.sleep(pause)
+        if i and stall is not None:
+            stall.wait(60)  # until the stand-in is reset (the client has long given up)
+        else:
+            time.sleep(pause)
         yield data[i : i + step]
 
 

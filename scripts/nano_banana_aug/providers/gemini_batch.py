@@ -151,7 +151,7 @@ class BatchClient:
                 )
             except requests.RequestException as exc:
                 err = BatchApiError(
-                    transport.redact(f"{what}: connection failed: {transport._describe(exc)}", self._key),
+                    transport.redact(f"{what}: connection failed: {transport._describe(exc, self._key)}", self._key),
                     retryable=True,
                     ambiguous=True,
                 )
@@ -300,7 +300,7 @@ class BatchClient:
                 if n == self.retries:
                     raise BatchApiError(
                         transport.redact(
-                            f"download {file_name}: transfer failed: {transport._describe(exc)}", self._key
+                            f"download {file_name}: transfer failed: {transport._describe(exc, self._key)}", self._key
                         ),
                         retryable=True,
                     ) from None

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 import requests
+from urllib3.exceptions import ReadTimeoutError
 
 from .base import AttemptError
 
@@ -131,10 +132,10 @@ def _root_cause(exc: BaseException) -> BaseException:
     return cur
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, secret: str | None = None) -> str:
     root = _root_cause(exc)
-    text = str(root) or type(root).__name__
-    return f"{type(root).__name__}: {quote(text, 160)[1:-1]}" if str(root) else type(root).__name__
+    text = redact(str(root), secret)  # before cutting: a cut key would no longer be found
+    return f"{type(root).__name__}: {quote(text, 160)[1:-1]}" if text else type(root).__name__
 
 
 def post_json(
@@ -148,14 +149,16 @@ def post_json(
 ) -> HttpResponse:
     """POST ``body`` as JSON and read the whole answer.
 
-    The headers must arrive within ``timeout_s``. A 200's body is then read to
-    its end however long it takes, as long as no read waits more than
-    ``timeout_s``: the answer has been made (and billed) before its headers are
-    sent, so abandoning a slow body would throw a paid answer away and pay for
-    it again. Any other status's body must be complete ``timeout_s`` after the
-    start. Timeouts, refused or dropped connections and truncated bodies raise
-    a retryable :class:`AttemptError` (with ``status=200`` when the 200's
-    headers had arrived); HTTP statuses are returned as they are (see
+    The headers must arrive within ``timeout_s``. A 200's body then has
+    ``timeout_s`` of its own: the answer was made (and billed) before its
+    headers were sent, so a body cut short by a deadline counted from the
+    request (the model's minutes of work) would throw a paid answer away and
+    pay for it again. Any other status's body is given up ``timeout_s`` after
+    the start (checked between reads; no read waits longer than ``timeout_s``).
+    So an attempt ends within 2 x ``timeout_s`` (what the call slots' and locks'
+    waits assume). Timeouts, refused or dropped connections and truncated
+    bodies raise a retryable :class:`AttemptError` (with ``status=200`` when
+    the 200's headers had arrived); HTTP statuses are returned as they are (see
     :func:`status_error`).
     """
     started = time.monotonic()
@@ -187,6 +190,8 @@ def post_json(
                 reason="REDIRECT",
             )
         status, resp_headers = resp.status_code, resp.headers
+        if status == 200:
+            deadline = time.monotonic() + timeout_s
         try:
             chunks, size = [], 0
             for chunk in resp.iter_content(chunk_size=256 * 1024):
@@ -199,20 +204,20 @@ def post_json(
                         status=status,
                         reason="RESPONSE_TOO_LARGE",
                     )
-                if status != 200 and time.monotonic() > deadline:
+                if time.monotonic() > deadline:
                     raise requests.Timeout("response body not complete within the timeout")
         finally:
             resp.close()
     except requests.RequestException as exc:
         after = " after HTTP 200 (the answer was made: billed)" if status == 200 else ""
-        if isinstance(exc, requests.Timeout):
+        if isinstance(exc, requests.Timeout) or isinstance(_root_cause(exc), (TimeoutError, ReadTimeoutError)):
             message, reason = f"request timed out after {timeout_s:g} s (api.timeout_s){after}", "TIMEOUT"
         elif isinstance(exc, requests.ConnectionError):
             message, reason = f"connection failed{after}", "CONNECTION"
         else:  # ChunkedEncodingError, ContentDecodingError, ...
             message, reason = f"transfer failed{after}", "TRANSFER"
         raise AttemptError(
-            redact(f"{message}: {_describe(exc)}", secret), retryable=True, status=status, reason=reason
+            redact(f"{message}: {_describe(exc, secret)}", secret), retryable=True, status=status, reason=reason
         ) from None
     return HttpResponse(status=status, headers=resp_headers, body=b"".join(chunks), seconds=time.monotonic() - started)
 
