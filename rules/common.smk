@@ -19,7 +19,9 @@ from nano_banana_aug.errors import UserError
 from nano_banana_aug.pipeline import Pipeline
 
 try:  # notes (old keys, settings that do nothing) once, by the process that plans
-    cfgmod.prepare(config, validate, say=None if workflow.is_main_process else (lambda m: None))
+    cfgmod.prepare(
+        config, validate, say=None if workflow.is_main_process else (lambda m: None)
+    )
 except UserError as exc:
     raise SystemExit(f"ERROR: {exc}")
 
@@ -38,7 +40,11 @@ envvars:
 
 PIPE = Pipeline(config)
 ASKED = config["_asked"]
-if workflow.is_main_process and not ASKED.get("plan") and not os.path.exists(PIPE.table):
+if (
+    workflow.is_main_process
+    and not ASKED.get("plan")
+    and not os.path.exists(PIPE.table)
+):
     print(
         "note: no targets table for these data settings and train.csv yet: it is made first, and "
         "a dry-run (-n) cannot list the answers to buy before it is there; `snakemake plan` makes "
