@@ -253,6 +253,7 @@ def prepare(cfg: dict, validate, say=None) -> dict:
     """The whole start-up check: command-line types, old keys, schema, defaults, provider defaults.
 
     ``validate`` is ``snakemake.utils.validate`` (fills the schema's defaults)."""
+    say = say or (lambda m: print(m, file=sys.stderr))
     schema = load_schema()
     coerce_command_line(cfg, schema)
     map_deprecated(cfg, say)
@@ -262,7 +263,7 @@ def prepare(cfg: dict, validate, say=None) -> dict:
     cfg["_asked"] = asked
     pp = cfg["postprocess"]
     if pp["enforce_aspect_ratio"] is not None and pp["mode"] == "resize":
-        (say or (lambda m: print(m, file=sys.stderr)))(
+        say(
             f"note: postprocess.enforce_aspect_ratio={pp['enforce_aspect_ratio']} is not applied with "
             "postprocess.mode resize (the default: each output takes its source's size); "
             "set postprocess.mode: pad or crop for the original tool's geometry"

@@ -299,8 +299,8 @@ class _Tally:
         usage = gen.usage if gen is not None else err.usage
         cost = self.buyer.estimate(usage)
         billable = gen is not None or _billed(err)
-        if cost is None and billable and self.buyer.paid:  # billed, usage unknown: the planning price
-            cost = float(self.buyer.cfg["api"]["pricing"]["image_usd_per_call"])
+        if cost is None and billable and ledger is not None:  # billed, usage unknown: what was reserved
+            cost = ledger.reserve_usd
         self.cost = _add(self.cost, cost)
         if usage is not None and usage.cost_usd is not None:
             self.reported = _add(self.reported, usage.cost_usd)

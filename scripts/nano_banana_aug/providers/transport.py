@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 
 import requests
-from urllib3.exceptions import ReadTimeoutError
 
 from .base import AttemptError
 
@@ -210,7 +209,8 @@ def post_json(
             resp.close()
     except requests.RequestException as exc:
         after = " after HTTP 200 (the answer was made: billed)" if status == 200 else ""
-        if isinstance(exc, requests.Timeout) or isinstance(_root_cause(exc), (TimeoutError, ReadTimeoutError)):
+        if isinstance(exc, requests.Timeout) or isinstance(_root_cause(exc), TimeoutError):  # a read timeout
+            # inside a body comes as ConnectionError(urllib3's ReadTimeoutError from the socket's TimeoutError)
             message, reason = f"request timed out after {timeout_s:g} s (api.timeout_s){after}", "TIMEOUT"
         elif isinstance(exc, requests.ConnectionError):
             message, reason = f"connection failed{after}", "CONNECTION"
