@@ -304,6 +304,25 @@ def test_legacy_output_dir_adopted(tmp_path):
     assert "Nothing to be done" in said(run(wf))
 
 
+def test_a_limited_run_keeps_every_row_of_the_original_tools_manifest(tmp_path):
+    """`limit` on a directory of the original tool: the images outside the limit keep their
+    manifest rows (and the values only those rows hold), also in the full run after it."""
+    wf = make_run(tmp_path, n_images=3, augs=[{"name": "sun", "prompt": "p", "local": {"exposure": 0.3}}])
+    out = wf / "data" / "aug"
+    out.mkdir(parents=True)
+    lines = ["image_id,aug_name,variant_idx,src_image_path,image_path,status,error,ts,pad_area_px,area_scale"]
+    for i in range(3):
+        textured(172, 96, 7 + i).save(out / f"ID100{i}__sun__v0.png")
+        lines.append(f"ID100{i},sun,0,train/ID100{i}.jpg,aug/ID100{i}__sun__v0.png,success,,100,1234,1.05")
+    (out / "manifest.csv").write_text("\n".join(lines) + "\n")
+    for args in (("--config", "limit=1"), ()):
+        run(wf, *args)
+        got = {r["image_id"]: r for r in rows(wf)}
+        assert sorted(got) == ["ID1000", "ID1001", "ID1002"], args
+        assert {(r["origin"], r["area_scale"], r["pad_area_px"]) for r in got.values()} == {("adopted", "1.05", "1234")}
+    assert answers_bought(wf) == 0
+
+
 @pytest.mark.slow  # CI: pytest -m slow (the README's first command, twice)
 def test_bundled_sample_twice(tmp_path):
     """The README's first command on the bundled sample; the second run has nothing to do."""

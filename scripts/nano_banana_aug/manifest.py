@@ -296,7 +296,7 @@ def rebuild(cfg: dict, targets) -> Path:
     out = config_mod.output_dir(cfg)
     shards = {layout.shard_of(t.image_id) for t in targets}
     shards |= {layout.shard_of(k[0]) for k in map(layout.parse_stem, _listdir(layout.sidecar_dir(out))) if k}
-    shards |= {layout.shard_of(k[0]) for k in _legacy_rows(out / cfg["data"]["manifest"])}
+    shards |= {layout.shard_of(k[0]) for k in legacy_keys(out / cfg["data"]["manifest"])}
     records = [r for s in sorted(shards) for r in shard_rows(cfg, targets, s)]
     dest = out / cfg["data"]["manifest"]
     _write_rows([r.to_row() for r in records], dest, review_decisions.load(out))
@@ -339,13 +339,29 @@ def _legacy_rows(manifest_path) -> dict:
     key = str(manifest_path)
     if key not in _LEGACY_ROWS:
         found: dict = {}
-        rows = read_csv_rows(manifest_path)
-        for row in rows if rows and "origin" not in rows[0] else ():
+        rows = read_csv_rows(manifest_path) if _written_by_original_tool(manifest_path) else []
+        for row in rows:
             k = (str(row.get("image_id", "")), str(row.get("aug_name", "")), _int(row.get("variant_idx"), -1))
             if k[0] and k[1] and k[2] >= 0:
                 found.setdefault(k, []).append(row)
         _LEGACY_ROWS[key] = found
     return _LEGACY_ROWS[key]
+
+
+def _written_by_original_tool(manifest_path) -> bool:
+    """A manifest.csv without this workflow's column ``origin`` (its header alone is read)."""
+    try:
+        with open(manifest_path, newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh), [])
+    except FileNotFoundError:
+        return False
+    return bool(header) and "origin" not in header
+
+
+def legacy_keys(manifest_path) -> set:
+    """(image_id, aug_name, k) of each output a manifest of the original tool names (empty for one
+    of this workflow's): its rows are carried into this workflow's manifest, shard by shard."""
+    return set(_legacy_rows(manifest_path))
 
 
 def adopt_if_legacy(cfg: dict, stem: str, target) -> bool:

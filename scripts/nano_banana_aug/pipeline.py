@@ -16,6 +16,7 @@ from pathlib import Path
 from . import config as config_mod
 from . import answers as answers_mod
 from . import layout, plan
+from .manifest import legacy_keys
 from .plan import ADOPTED, BLOCKED, BUILD, BUY, DEFERRED, Decision
 from .targets import BAD_ID_PROBLEM, read_targets
 
@@ -217,7 +218,10 @@ class Pipeline:
         return [self.part(s) for s in self.shards()]
 
     def shards(self) -> list[int]:
+        """Shards of the targets, of the sidecars there are, and of the rows of a manifest the
+        original tool wrote (adopted shard by shard: with `limit` no target names them)."""
         found = {layout.shard_of(t.image_id) for t in self.load()}
+        found |= {layout.shard_of(k[0]) for k in legacy_keys(Path(self.out) / self.cfg["data"]["manifest"])}
         side = layout.sidecar_dir(self.out)
         if side.is_dir():
             for name in _listdir(side):
