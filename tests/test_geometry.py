@@ -187,7 +187,10 @@ def test_stale_outputs_are_counted_and_regenerate_stale_pays_only_for_them(tmp_p
     cfg["postprocess"]["target_size"] = [600, 300]
     (wf / "run.yaml").write_text(yaml.safe_dump(cfg))
     res = run(wf)
-    assert "2 made with another provider/model/prompt (regenerate=stale pays for them)" in res.stderr
+    assert (
+        "2 made with another provider/model/prompt (kept, left out of training until regenerate=stale pays for new ones)"
+        in res.stderr
+    )
     assert len(standin.requests) == 4  # nothing is paid unless asked
     # a post-processing change rebuilds every output from its answer, for free
     assert {(r["out_w"], r["out_h"]) for r in rows(wf)} == {("600", "300")}

@@ -385,6 +385,21 @@ def test_duplicate_triples_use_the_last_row_only(root):
     assert join.skipped == {"status:failed": 1, "status:rejected": 1, "superseded": 4}
 
 
+def test_review_json_beside_the_manifest_decides_also_when_the_last_decision_was_undone(root):
+    train = long_frame(["ID1"])
+    put_output(root, "ID1", "a")
+    write_manifest(
+        root, [mrow("ID1", "a", answer_id="v1", review="reject")], [*MANIFEST_COLUMNS, "answer_id", "review"]
+    )
+    review = root / SUBDIR / "review.json"
+    assert join_aigc(train, root, ON, AREA).skipped == {"review:reject": 1}  # no review.json: as the manifest says
+    review.write_text('{"version": 1, "decisions": {"ID1__a__v0": {"decision": "reject", "answer_id": "v1"}}}')
+    assert join_aigc(train, root, ON, AREA).skipped == {"review:reject": 1}
+    review.write_text('{"version": 1, "decisions": {}}')  # the reject undone (the review page's `u`)
+    join = join_aigc(train, root, ON, AREA)
+    assert join.skipped == {} and join.added_files == 1
+
+
 def test_variant_idx_written_as_float_is_the_same_triple(root):
     train = long_frame(["ID1"])
     put_output(root, "ID1", "a")

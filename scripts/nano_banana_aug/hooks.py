@@ -185,7 +185,7 @@ def differ_words(rows, orphaned: int) -> str:
         return ""
     return (
         f"; outputs that differ from the config: {stale} made with another provider/model/prompt "
-        f"(regenerate=stale pays for them), {orphaned} of augmentations or variants no longer in the config "
+        f"(kept, left out of training until regenerate=stale pays for new ones), {orphaned} of augmentations or variants no longer in the config "
         "(orphaned: kept, never joined into training)"
     )
 

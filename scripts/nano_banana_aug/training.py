@@ -246,13 +246,14 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _apply_review(df: pd.DataFrame, output_dir: Path) -> None:
-    """The ``review`` column from ``review.json`` beside the manifest when there is one (a person's
-    decisions count before the next run rewrites the manifest); else as the manifest says."""
+    """The ``review`` column from ``review.json`` beside the manifest when there is one, also when
+    it holds no decision (a person's decisions, and their undoing, count before the next run
+    rewrites the manifest); else as the manifest says (e.g. a manifest moved without it)."""
     if "review" not in df.columns:
         df["review"] = ""
-    decisions = review_decisions.load(output_dir)
-    if not decisions:
+    if not review_decisions.path(output_dir).exists():
         return
+    decisions = review_decisions.load(output_dir)
     answer_ids = df["answer_id"] if "answer_id" in df.columns else pd.Series("", index=df.index)
     df["review"] = [
         decisions[stem]["decision"] if review_decisions.applies(decisions.get(stem), aid) else ""
