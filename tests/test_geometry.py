@@ -217,17 +217,21 @@ def test_match_aspect_request_geometry():
     assert (g.left, g.aspect_w, g.out_w, g.out_h, g.area_scale) == (225, 2716, 2000, 1000, 1.0)
 
 
-def test_legacy_outputs_are_qc_checked_at_adoption(tmp_path, standin):
+@pytest.mark.parametrize(
+    "pad", [{"pad_mode": "reflect"}, {"pad_mode": "constant", "pad_color": [0, 0, 0]}], ids=["reflect", "constant"]
+)
+def test_legacy_outputs_are_qc_checked_at_adoption(tmp_path, standin, pad):
     from nano_banana_aug import postprocess as pp
 
-    wf = make_paid_run(tmp_path, standin, n_images=2, augs=ONE, size=(400, 200))
+    postprocess = {"enforce_aspect_ratio": 2.0, "mode": "pad", "png_compress_level": 1, **pad}
+    wf = make_paid_run(tmp_path, standin, n_images=2, augs=ONE, size=(400, 200), extra={"postprocess": postprocess})
     out = wf / "data" / "aug"
     out.mkdir(parents=True)
-    # what the original tool wrote: the 16:9 answer padded (reflect) to 2:1; one of them mirrored
+    # what the original tool wrote: the 16:9 answer padded to 2:1 as the config says; one of them mirrored
     for image_id, flip in (("ID1000", False), ("ID1001", True)):
         src = Image.open(wf / "data" / "train" / f"{image_id}.jpg").convert("RGB").resize((344, 192))
         geo = pp.plan(344, 192, {"enforce_aspect_ratio": 2.0, "mode": "pad"})
-        img = pp.apply(src, geo, {"pad_mode": "reflect"})
+        img = pp.apply(src, geo, pad)
         (img.transpose(Image.FLIP_LEFT_RIGHT) if flip else img).save(out / f"{image_id}__overcast__v0.png")
     (out / "manifest.csv").write_text(
         "image_id,aug_name,variant_idx,src_image_path,image_path,status,error,ts,orig_w,orig_h,aspect_w,aspect_h\n"

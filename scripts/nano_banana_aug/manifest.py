@@ -385,13 +385,15 @@ def adopt_if_legacy(cfg: dict, stem: str, target) -> bool:
     if target is not None and not rec.src_image_path:
         rec.src_image_path = target.image_path
     if cfg["qc"].get("enabled", True) and rec.status == "success" and has_file:
-        _qc_adopted(rec, output, cfg["data"]["data_root"], cfg["qc"])
+        _qc_adopted(rec, output, cfg["data"]["data_root"], cfg["qc"], cfg["postprocess"])
     sidecar.write(rec, side)
     return True
 
 
-def _qc_adopted(rec: Record, output: Path, data_root, qc_cfg: dict) -> None:
-    """The label-safety QC of an adopted output against its source (the original tool never checked)."""
+def _qc_adopted(rec: Record, output: Path, data_root, qc_cfg: dict, pp_cfg: dict) -> None:
+    """The label-safety QC of an adopted output against its source (the original tool never checked),
+    padded as the config's ``postprocess`` pads (the original tool's keys: ``pad_mode``, ``pad_color``).
+    Judged once, when adopted: there is no answer to judge again from."""
     from PIL import Image
 
     from . import postprocess, qc
@@ -425,7 +427,7 @@ def _qc_adopted(rec: Record, output: Path, data_root, qc_cfg: dict) -> None:
             out.width,
             out.height,
         )
-        reference = postprocess.apply(source.resize((rec.orig_w, rec.orig_h)), geo, {"pad_mode": "reflect"})
+        reference = postprocess.apply(source.resize((rec.orig_w, rec.orig_h)), geo, pp_cfg)
     scores, passed, reasons = qc.check(reference, out, qc_cfg)
     rec.qc = {**scores.to_columns(), "qc_passed": passed, "qc_reasons": "; ".join(reasons)}
     if not passed:
