@@ -141,9 +141,14 @@ def test_stale_and_orphaned_follow_the_config(tmp_path):
             Record(*layout.parse_stem(stem), status="success", generation_key=f"{key}/x"),
             layout.sidecar_path(out, stem),
         )
+    sidecar.write(  # an orphan whose own error is already as long as the manifest allows
+        Record("ID2", "gone", 0, status="failed", error="x" * 600), layout.sidecar_path(out, "ID2__gone__v0")
+    )
     rows = {(r["image_id"], r["aug_name"]): r for r in _rows(manifest.rebuild(cfg, table(tmp_path, "ID1", "ID2")))}
     assert rows[("ID1", "a")]["stale"] == "" and rows[("ID2", "a")]["stale"] == "model/prompt"
     assert rows[("ID1", "gone")]["status"] == "orphaned" and "no longer in the config" in rows[("ID1", "gone")]["error"]
+    long = rows[("ID2", "gone")]["error"]
+    assert long.startswith("orphaned: augmentation 'gone'") and len(long) == 500  # cut as the original tool cut
 
 
 def test_outputs_outside_data_root_are_relative_to_the_manifest(tmp_path):

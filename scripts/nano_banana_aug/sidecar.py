@@ -98,7 +98,9 @@ class Record:
         return json.dumps(asdict(self), indent=1, sort_keys=False)
 
     def to_row(self) -> dict:
-        """A flat manifest row: the fields, then qc_* columns."""
+        """A flat manifest row: the fields, then qc_* columns (errors cut again: the manifest's
+        marks -- orphaned, blocked -- put words before an error already cut)."""
+        self.__post_init__()
         row = asdict(self)
         qc = row.pop("qc") or {}
         row.update({k if k.startswith("qc_") else f"qc_{k}": v for k, v in qc.items()})
