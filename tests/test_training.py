@@ -628,10 +628,16 @@ def test_example_split_is_grouped_by_image():
     pd.testing.assert_frame_equal(train, again)
 
 
-def test_outputs_moved_with_their_manifest_are_found_relative_to_it(tmp_path):
+@pytest.mark.parametrize(
+    "image_path",
+    ["ID1__overcast__v0.png", f"{SUBDIR}/ID1__overcast__v0.png"],
+    ids=["made-outside-data-root", "made-inside-data-root"],
+)
+def test_outputs_moved_with_their_manifest_are_found_relative_to_it(tmp_path, image_path):
     """Defect: outputs outside data_root were stored as absolute paths; after moving them (as when
     attaching them as a Kaggle dataset) the join added 0 rows with only a warning. The manifest says
-    where they are relative to its own folder; the join looks there too."""
+    where they are relative to its own folder, or (made inside data_root) relative to data_root,
+    and the files sit beside it: the join looks there too."""
     root = tmp_path / "input" / "csiro-biomass"
     (root / "train").mkdir(parents=True)
     moved = tmp_path / "input" / "my-augmentations"  # a separate dataset: outside data_root
@@ -640,7 +646,7 @@ def test_outputs_moved_with_their_manifest_are_found_relative_to_it(tmp_path):
     with (moved / "manifest.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[*MANIFEST_COLUMNS], extrasaction="ignore", restval="")
         w.writeheader()
-        w.writerow(mrow("ID1", "overcast", image_path="ID1__overcast__v0.png"))
+        w.writerow(mrow("ID1", "overcast", image_path=image_path))
     cfg = {"enabled": True, "subdir": os.path.relpath(moved, root), "manifest": "manifest.csv", "types": None}
     out = add_aigc_samples(long_frame(["ID1"]), root, cfg, AREA)
     assert aigc(out)["image_path"].unique().tolist() == [str(moved / "ID1__overcast__v0.png")]

@@ -384,9 +384,14 @@ def _locate(path: str, data_root: str | os.PathLike, manifest_dir: Path) -> tupl
     """(the path the training frame stores, None if the file is usable else the skip reason).
 
     A relative ``image_path`` is looked for under ``data_root`` first, then under the manifest's
-    own folder (outputs kept outside data_root, or moved together with their manifest, e.g. as a
-    Kaggle dataset); found there, the absolute path is stored."""
-    candidates = [path] if os.path.isabs(path) else [path, str((manifest_dir / path).resolve())]
+    own folder (outputs kept outside data_root), then as the file of that name beside the manifest
+    (outputs moved together with their manifest, e.g. as a Kaggle dataset: the workflow writes
+    each output beside its manifest); found there, the absolute path is stored."""
+    candidates = (
+        [path]
+        if os.path.isabs(path)
+        else [path, str((manifest_dir / path).resolve()), str((manifest_dir / Path(path).name).resolve())]
+    )
     for candidate in candidates:
         try:
             size = os.stat(os.path.join(data_root, candidate)).st_size
