@@ -365,7 +365,7 @@ def test_unusable_area_scale_in_a_used_row_is_an_error_with_the_line(root):
 # --------------------------------------------------------------------------- duplicates
 
 
-def test_duplicate_triples_use_the_last_row_only(root):
+def test_duplicate_triples_use_the_last_row_but_a_failed_retry_keeps_the_earlier_file(root):
     train = long_frame(["ID1"])
     for aug in ["ok_then_failed", "failed_then_ok", "ok_twice", "ok_then_rejected"]:
         put_output(root, "ID1", aug)
@@ -379,10 +379,11 @@ def test_duplicate_triples_use_the_last_row_only(root):
     join = join_aigc(train, root, ON, AREA)
 
     added = aigc(join.frame)
-    assert sorted(added["aug_name"].unique()) == ["failed_then_ok", "ok_twice"]
-    assert len(added) == 2 * 5  # each file once
+    # the original tool's --force overwrote the file only with a new image: a failed retry left it
+    assert sorted(added["aug_name"].unique()) == ["failed_then_ok", "ok_then_failed", "ok_twice"]
+    assert len(added) == 3 * 5  # each file once
     assert added.loc[added["aug_name"] == "ok_twice", "sample_area_m2"].tolist() == pytest.approx([AREA * 1.5] * 5)
-    assert join.skipped == {"status:failed": 1, "status:rejected": 1, "superseded": 4}
+    assert join.skipped == {"status:failed": 1, "status:rejected": 1, "superseded": 3}
 
 
 def test_review_json_beside_the_manifest_decides_also_when_the_last_decision_was_undone(root):

@@ -10,10 +10,12 @@ Which manifest rows enter, in this order (each skipped row is counted once,
 under the first reason that applies; see :class:`AigcJoin.skipped`):
 
 1. ``superseded`` -- only the **last** row (in file order) of each
-   ``(image_id, aug_name, variant_idx)`` triple counts.  ``--force`` /
-   ``regenerate`` append a new row for the same output file, which is
-   overwritten on disk, so the last row describes the file that is there now
-   (a re-generation that failed or was rejected by QC removes the triple).
+   ``(image_id, aug_name, variant_idx)`` triple counts.  The original tool's
+   ``--force`` appended a new row for the same output file, which it
+   overwrote on disk only with a new image, so the last row describes the file
+   that is there now -- except a ``failed`` row after a ``success``: that
+   retry left the earlier file in place, which still counts (the failed row is
+   counted as ``status:failed``); a later ``rejected`` row removes the triple.
    File order, not ``ts``, decides: rows are appended, and clocks can step.
 2. ``status:<status>`` -- only ``status == "success"`` enters; ``failed``,
    ``rejected`` (failed the label-safety QC), ``orphaned`` (its augmentation or
@@ -331,16 +333,23 @@ def select_manifest_rows(
     skipped: Counter = Counter()
     rows = manifest
     # 1. last row per triple (an unparsable variant_idx keys as "?"; such a row
-    #    fails _check_usable if it is the one that would enter)
+    #    fails _check_usable if it is the one that would enter); a failed retry
+    #    after a success left that success's file in place
     variant_key = rows["variant_idx"].astype("str").fillna("?")
-    triple = pd.DataFrame({"i": rows["image_id"], "a": rows["aug_name"], "v": variant_key})
+    triple = [rows["image_id"], rows["aug_name"], variant_key]
+    success = rows["status"] == SUCCESS
+    successes_before = success.astype(int).groupby(triple).cumsum() - success.astype(int)
+    failed_retry = ((rows["status"] == "failed") & (successes_before > 0)).to_numpy()
+    skipped["status:failed"] = int(failed_retry.sum())
+    rows = rows[~failed_retry]
+    triple = pd.DataFrame({"i": rows["image_id"], "a": rows["aug_name"], "v": variant_key[~failed_retry]})
     latest = ~triple.duplicated(keep="last").to_numpy()
     skipped["superseded"] = int((~latest).sum())
     rows = rows[latest]
     # 2. status
     ok = (rows["status"] == SUCCESS).to_numpy()
     for status, n in rows.loc[~ok, "status"].value_counts().items():
-        skipped[f"status:{status or '(empty)'}"] = int(n)
+        skipped[f"status:{status or '(empty)'}"] += int(n)
     rows = rows[ok]
     # 2b. made by another provider, model or prompt than the current config (manifest column `stale`)
     if "stale" in rows.columns:
