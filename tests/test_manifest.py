@@ -151,13 +151,16 @@ def test_stale_and_orphaned_follow_the_config(tmp_path):
     assert long.startswith("orphaned: augmentation 'gone'") and len(long) == 500  # cut as the original tool cut
 
 
-def test_outputs_outside_data_root_are_relative_to_the_manifest(tmp_path):
+def test_outputs_outside_data_root_are_still_relative_to_data_root(tmp_path):
+    """The original tool's image_path is relative to data_root "as far as possible": outside it,
+    with '..', so that data_root / image_path finds the file for any reader of the manifest."""
     out = tmp_path / "elsewhere" / "aug"
     out.mkdir(parents=True)
     textured(30, 15, 0).save(out / "ID1__a__v0.png")
     sidecar.write(Record("ID1", "a", 0, status="success"), layout.sidecar_path(out, "ID1__a__v0"))
     (row,) = _rows(manifest.rebuild(config(tmp_path / "data", out), table(tmp_path, "ID1")))
-    assert row["image_path"] == "ID1__a__v0.png"
+    assert row["image_path"] == "../elsewhere/aug/ID1__a__v0.png"
+    assert (tmp_path / "data" / row["image_path"]).resolve() == (out / "ID1__a__v0.png").resolve()
     assert manifest.resolve_output(row["image_path"], tmp_path / "data", out) == out / "ID1__a__v0.png"
 
 

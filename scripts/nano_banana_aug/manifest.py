@@ -13,9 +13,9 @@ One row per target that has a result, from the files that hold its state:
   ``api.max_total_attempts``;
 * an image the targets table found unusable: ``failed`` rows for its outputs.
 
-``image_path`` is relative to ``data_root`` when the output lies inside it,
-else relative to the manifest's own folder: the manifest travels with its
-outputs (e.g. attached as a Kaggle dataset).
+``image_path`` is relative to ``data_root`` as in the original tool (with ``..``
+when the output directory lies outside it); readers here also find an output
+beside its manifest when both were moved (e.g. attached as a Kaggle dataset).
 
 Legacy output directories (PNGs and a ``manifest.csv`` from the original
 ``augment_train.py``, possibly lacking the size columns, possibly with
@@ -72,27 +72,26 @@ def read_csv_rows(path) -> list[dict]:
         return []
 
 
-def portable_path(path, data_root, manifest_dir) -> str:
-    """``path`` relative to ``data_root`` when it lies inside it, else relative to the manifest's folder."""
-    p = Path(path).resolve()
-    for base in (Path(data_root).resolve(), Path(manifest_dir).resolve()):
-        try:
-            return p.relative_to(base).as_posix()
-        except ValueError:
-            continue
-    return os.path.relpath(p, Path(manifest_dir).resolve())
+def portable_path(path, data_root) -> str:
+    """``path`` relative to ``data_root``, as the original tool wrote ``image_path``: with ``..``
+    when the output directory lies outside data_root, so ``data_root / image_path`` finds it for
+    any reader of the manifest."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(data_root).resolve())).as_posix()
 
 
 def resolve_output(image_path: str, data_root, manifest_dir=None) -> Path:
-    """Where a manifest's ``image_path`` points: absolute, under ``data_root``, or under the manifest's folder."""
+    """Where a manifest's ``image_path`` points: absolute, under ``data_root``, under the manifest's
+    folder, or the file of that name beside the manifest (outputs moved with their manifest)."""
     p = Path(image_path)
     if p.is_absolute():
         return p
     candidate = Path(data_root) / p
     if manifest_dir is None or candidate.exists():
         return candidate
-    other = Path(manifest_dir) / p
-    return other if other.exists() else candidate
+    for other in (Path(manifest_dir) / p, Path(manifest_dir) / p.name):
+        if other.exists():
+            return other
+    return candidate
 
 
 # ---------------------------------------------------------------- one target
@@ -130,7 +129,7 @@ class Rows:
 
     def _with_output(self, rec: Record, stem: str, versions) -> None:
         output = layout.output_path(self.out, stem, self.ext)
-        rec.image_path = portable_path(output, self.data_root, self.out)
+        rec.image_path = portable_path(output, self.data_root)
         if rec.status in ("success", "rejected") and not (output.is_file() and output.stat().st_size > 0):
             rec.status, rec.error = "missing", f"output file missing: {rec.image_path}"
         made = _version(rec.answer_id)
