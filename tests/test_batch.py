@@ -155,6 +155,23 @@ def test_wait_false_submits_and_a_later_run_collects(tmp_path, standin):
     assert_paid_once(standin, 6)
 
 
+def test_the_directory_cap_counts_batches_still_running(tmp_path, standin):
+    """api.batch.wait: false, run again while the batch runs: the cumulative cap counts the batch
+    an earlier run submitted (paid when created), so the next run submits nothing past it."""
+    wf = batch_run(tmp_path, standin, wait=False)
+    standin.set_batch_behaviour("hold")
+    cap = ("--config", 'api={"max_total_cost_usd": 0.15}')  # 2 answers at batch price ($0.0667 each)
+    run(wf, *cap)
+    assert [len(b.keys) for b in standin.batches] == [2]
+    res = run(wf, *cap)
+    assert [len(b.keys) for b in standin.batches] == [2], res.stderr[-3000:]
+    assert "api.max_total_cost_usd=$0.15 lets this output directory buy 0 more" in res.stderr
+    standin.finish_batches()
+    run(wf, *cap)
+    assert [len(b.keys) for b in standin.batches] == [2] and len(pngs(wf)) == 2
+    assert_paid_once(standin, 2)
+
+
 def test_an_expired_batch_is_resubmitted_by_the_next_run(tmp_path, standin):
     wf = batch_run(tmp_path, standin)
     standin.script_batches("expire")

@@ -169,7 +169,10 @@ def for_config(cfg: dict) -> Ledger:
 
 
 def spent_in_directory(output_dir, exclude_run: str | None = None) -> float:
-    """USD of every answer of the directory (optionally not counting one run's)."""
+    """USD of every answer of the directory and of the batches still running there (their answers
+    are not stored yet; optionally not counting one run's)."""
     from . import answers
+    from .batch_records import open_reserved_usd
 
-    return sum(answers.spent_usd(a) for a in answers.iter_all(output_dir) if a.run_id != exclude_run)
+    stored = sum(answers.spent_usd(a) for a in answers.iter_all(output_dir) if a.run_id != exclude_run)
+    return stored + open_reserved_usd(output_dir, exclude_run)

@@ -40,6 +40,7 @@ class Pipeline:
         self._planner = None
         self._by_shard = None  # shard -> outputs and sidecars (manifest part inputs)
         self._budget_key = ""  # the budget key that sets how many answers this run buys
+        self._awaited = 0  # answers to buy that batches an earlier run submitted already hold
         self._per_call = None
 
     def manifest_view(self) -> dict:
@@ -116,6 +117,7 @@ class Pipeline:
                 self.cfg, lambda: spent_in_directory(self.out), self.cost_per_call_seen
             )
             plan.apply_budget(found, limit, awaited)
+            self._awaited = sum(1 for s in awaited if found.get(s) is not None and found[s].action == BUY)
             self._decisions = found
         return self._decisions
 
@@ -247,12 +249,13 @@ class Pipeline:
             f"{n - todo - c[DEFERRED] - c[BLOCKED]} already done, {todo} to generate; "
             f"provider {self.cfg['api']['provider']}, model {self.cfg['api']['model']}"
         ]
+        new = c[BUY] - self._awaited  # not those in batches an earlier run submitted (paid then)
         if self.paid:
-            unit = plan.unit_price(self.cfg, self.cost_per_call_seen() if c[BUY] else None)
+            unit = plan.unit_price(self.cfg, self.cost_per_call_seen() if new else None)
             how = " through the Gemini Batch API" if self.cfg["api"].get("mode") == "batch" else ""
             lines.append(
-                f"plan: {c[BUY]} answers to buy{how}, estimated ${c[BUY] * unit:.2f} "
-                f"(${unit:.4f} each; more if retried)"
+                f"plan: {new} answers to buy{how}, estimated ${new * unit:.2f} (${unit:.4f} each; more if retried)"
+                + (f"; {self._awaited} more awaited from batches submitted earlier" if self._awaited else "")
             )
         regen = sorted(
             {
@@ -274,9 +277,9 @@ class Pipeline:
             value = self.cfg["api"][key.split(".")[1]]
             shown = f"{key}={value}" if key == "api.max_calls" else f"{key}=${float(value):.2f}"
             lines.append(
-                f"plan: {over} answers left for the next run: {shown} lets this run buy {c[BUY]}"
+                f"plan: {over} answers left for the next run: {shown} lets this run buy {new}"
                 if key != "api.max_total_cost_usd"
-                else f"plan: {over} answers left: {shown} lets this output directory buy {c[BUY]} more "
+                else f"plan: {over} answers left: {shown} lets this output directory buy {new} more "
                 "(raise it to buy the rest)"
             )
         if c[BLOCKED]:
