@@ -313,3 +313,21 @@ def test_an_answer_jobs_time_limit_covers_every_wait(tmp_path, standin):
     limits = re.findall(r"rule answer:.*?resources: [^\n]*\bruntime=(\d+)\b", said(dry), re.S)
     assert limits == [str(expected)] * 2, said(dry)[-3000:]
     assert expected == 18 and standin.count == 0
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_billed_refusal_before_a_stop_is_kept_by_the_run(tmp_path, standin):
+    """A refusal with usage (billed), then a daily quota stops the run: the refusal's answer record
+    stays on disk and is counted (Snakemake removes the outputs of a job that fails)."""
+    wf = make_paid_run(tmp_path, standin, n_images=1, augs=ONE, concurrency=1, retry_backoff_s=0)
+    standin.script(
+        "gemini",
+        B("image_safety"),
+        B("rate_limit", quota_id="GenerateRequestsPerDayPerProjectPerModel", quota_value="250"),
+    )
+    res = run(wf)
+    assert "resets at midnight Pacific" in res.stderr, res.stderr[-3000:]
+    records = list((wf / "data" / "aug" / "answers").glob("*/v1.json"))
+    assert len(records) == 1 and '"IMAGE_SAFETY"' in records[0].read_text(), res.stderr[-3000:]
+    assert "1 answers bought (0 with an image, 1 without" in res.stderr, res.stderr[-3000:]

@@ -264,14 +264,16 @@ def test_a_200_whose_body_is_lost_is_counted_as_billed(paid, standin):
     assert ledger["cost_usd"] == pytest.approx(bought.est_cost_usd) and bought.est_cost_usd > 0.1345 * 2
 
 
-def test_a_billed_refusal_before_a_stop_is_kept_and_counted(paid, standin):
-    """Attempt 1 is a billed safety block, attempt 2 is stopped by the budget: the job fails
-    (the run stops buying) but the billed attempt is stored, so it is counted from the
-    answer files (max_total_cost_usd, the summary) and not bought blind again."""
+def test_a_billed_refusal_before_a_stop_is_kept_and_counted(paid, standin, capsys):
+    """Attempt 1 is a billed safety block, attempt 2 is stopped by the budget: the run stops
+    buying, and the job ends with the billed attempt stored as its answer (a failing job's
+    outputs are removed by Snakemake), so it is counted from the answer files
+    (max_total_cost_usd, the summary) and not bought blind again."""
     p = paid(max_retries=2, max_calls=1)
     standin.set_default("gemini", B("image_safety"))
-    with pytest.raises(answer_job.StopBuying, match=r"not bought: budget reached"):
-        p.buy()
+    kept = p.buy()
+    assert (kept.status, kept.reason) == (answers.REFUSED, "IMAGE_SAFETY")
+    assert "stopped buying: budget reached" in capsys.readouterr().err
     assert standin.count == 1
     assert p.answer_files() == [".lock", "v1.json"] and temp_files(p.out) == []
     stored = answers.read(p.out, STEM, 1)

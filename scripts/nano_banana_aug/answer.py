@@ -109,11 +109,17 @@ def run(cfg: dict, stem: str, version: int, targets_table) -> Answer | None:
                 request, stem=stem, version=version, fp=fp, key=key, max_pixels=int(cfg["postprocess"]["max_pixels"])
             )
         except RunStopped as exc:
-            if exc.purchase is not None:  # what was billed before the stop is kept and counted
-                kept = store(out, exc.purchase)
-                runlog.event(cfg, kept.status, stem, answer=kept.answer_id, calls=kept.calls, reason=kept.reason)
             runlog.event(cfg, "stopped", stem, reason=exc.reason, error=exc.message[:300])
-            raise StopBuying(f"not bought: {exc.message}") from None
+            if exc.purchase is None:
+                raise StopBuying(f"not bought: {exc.message}") from None
+            # what was billed before the stop is kept and counted: the job ends with its answer (a
+            # failed job's outputs are removed by Snakemake); the stop holds for every other job
+            kept = store(out, exc.purchase)
+            runlog.event(cfg, kept.status, stem, answer=kept.answer_id, calls=kept.calls, reason=kept.reason)
+            said = f"stopped buying: {exc.message} (the billed {kept.reason} answer of {stem} is kept)"
+            runlog.message(cfg, said)
+            print(said, file=sys.stderr)
+            return kept
         answer = store(out, purchase)
         runlog.event(
             cfg,
