@@ -72,3 +72,17 @@ def test_missing_ledger_starts_at_zero(tmp_path):
     assert ledger.read() == {"calls": 0, "billable": 0, "cost_usd": 0.0, "refused": 0}
     ledger.reserve()
     assert ledger.read()["calls"] == 1
+
+
+def test_a_call_the_service_did_not_bill_gives_its_reservation_back(tmp_path):
+    """api.max_calls and max_cost_usd count paid calls: a 503, a per-minute 429 or a refused
+    connection (not billed) leaves the run's budget as it was."""
+    ledger = Ledger(tmp_path / "r" / "ledger.json", max_calls=1, max_cost_usd=0.2, reserve_usd=0.1345)
+    ledger.reserve()
+    ledger.settle(None, billable=False)
+    assert ledger.read() == {"calls": 0, "billable": 0, "cost_usd": 0.0, "refused": 0}
+    ledger.reserve()
+    ledger.settle(0.1355)
+    assert ledger.read() == {"calls": 1, "billable": 1, "cost_usd": pytest.approx(0.1355), "refused": 0}
+    with pytest.raises(BudgetExceeded, match=r"1 paid calls of api.max_calls=1"):
+        ledger.reserve()

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from nano_banana_aug import answer as answer_job
-from nano_banana_aug import answers, budget, layout, paying, targets
+from nano_banana_aug import answers, budget, generate, layout, paying, targets
 from nano_banana_aug import config as config_mod
 from nano_banana_aug.pipeline import Pipeline
-from nano_banana_aug.plan import BUILD, BUY
+from nano_banana_aug.plan import BLOCKED, BUILD, BUY
 
 from .helpers import log_text, make_dataset
 from .standin.server import B
@@ -66,6 +66,16 @@ class Paid:
 
     def ledger(self) -> dict:
         return budget.for_config(self.cfg).read()
+
+    def build(self, version: int):
+        """Rule generate's code: the output (or a refusal's placeholder) from answer ``version``."""
+        return generate.run(
+            self.cfg,
+            layout.answer_path(self.out, STEM, version),
+            layout.output_path(self.out, STEM, "png"),
+            layout.sidecar_path(self.out, STEM),
+            str(self.table),
+        )
 
     def decision(self):
         return Pipeline(self.cfg).decisions()[STEM]
@@ -264,6 +274,22 @@ def test_a_200_whose_body_is_lost_is_counted_as_billed(paid, standin):
     assert ledger["cost_usd"] == pytest.approx(bought.est_cost_usd) and bought.est_cost_usd > 0.1345 * 2
 
 
+def test_a_request_whose_headers_do_not_come_in_time_is_counted_as_billed(paid, standin):
+    """Attempt 1: the request is sent, no headers within timeout_s (the model may still make, and
+    bill, the answer: a 4K edit near the timeout); attempt 2 answers. Before, attempt 1 was booked
+    as not billed: a directory could buy such answers again and again at $0 in its books."""
+    p = paid(max_retries=2, timeout_s=0.5)
+    standin.script("gemini", B("slow", delay=3), "ok")
+    bought = p.buy()
+    assert bought.status == answers.IMAGE and bought.calls == 2
+    lost = bought.attempts[0]
+    assert (lost["status"], lost["reason"], lost["est_cost_usd"]) == (None, "TIMEOUT", 0.1345)
+    assert answers.billed_calls(bought) == 2
+    ledger = p.ledger()
+    assert (ledger["calls"], ledger["billable"]) == (2, 2)
+    assert ledger["cost_usd"] == pytest.approx(bought.est_cost_usd) and bought.est_cost_usd > 0.1345 * 2
+
+
 def test_a_billed_refusal_before_a_stop_is_kept_and_counted(paid, standin, capsys):
     """Attempt 1 is a billed safety block, attempt 2 is stopped by the budget: the run stops
     buying, and the job ends with the billed attempt stored as its answer (a failing job's
@@ -287,3 +313,55 @@ def test_a_billed_refusal_before_a_stop_is_kept_and_counted(paid, standin, capsy
     # a stop before any billed attempt stores nothing (the slot test above); the next plan
     # builds the refusal's placeholder and retries it as a new version
     assert (p.decision().action, p.decision().version) == (BUILD, 1)
+
+
+def test_two_runs_sharing_a_directory_see_each_others_calls_under_the_cap(paid, standin, monkeypatch):
+    """api.max_total_cost_usd is checked at every reservation against what every run of the
+    directory has spent and holds in flight, not against a figure read at a run's first call: run
+    B, started first, cannot buy what run A spent meanwhile. A's stored answer counts once."""
+    unit = 0.1345
+    p = paid(max_total_cost_usd=round(2.5 * unit, 4))
+    monkeypatch.setenv("NANO_BANANA_RUN_ID", "20260101T000000-2-runB")
+    b = budget.for_config(p.cfg)
+    b.reserve()  # B's first call is in flight
+    monkeypatch.setenv("NANO_BANANA_RUN_ID", RUN_ID)  # run A buys one answer meanwhile
+    bought = p.buy()
+    assert bought is not None and bought.status == answers.IMAGE and standin.count == 1
+    a_cost = answers.spent_usd(bought)
+    assert budget.spent_in_directory(p.out) == pytest.approx(unit + a_cost)  # A's answer once, B in flight
+    with pytest.raises(budget.BudgetExceeded, match=r"would pass api.max_total_cost_usd=\$0.34"):
+        b.reserve()  # B's second call: A's answer + B's call in flight + this one > the cap
+    b.settle(None, billable=False)  # B's call ended without a bill: its reservation goes back
+    assert budget.spent_in_directory(p.out) == pytest.approx(a_cost)
+    b.reserve()  # now it fits
+    assert b.read()["calls"] == 1 and b.read()["refused"] == 1
+
+
+def test_an_overloaded_service_neither_blocks_an_output_nor_uses_up_the_budget(paid, standin):
+    """api.max_total_attempts and api.max_calls count what may be billed: 503 overloads (not
+    billed) leave an output to be tried again by the next run and the run's budget untouched;
+    billed refusals count, also when they follow a 503 in one answer."""
+    p = paid(max_retries=2, max_total_attempts=2, max_calls=3)
+    standin.set_default("gemini", B("overloaded"))
+    for version in (1, 2, 3):
+        failed = p.buy(version)
+        assert (failed.status, failed.reason, failed.calls) == ("failed", "HTTP_503", 2)
+        assert answers.billed_calls(failed) == 0 and answers.spent_usd(failed) == 0.0
+        assert p.build(version).status == "failed"
+        d = p.decision()
+        assert (d.action, d.version) == (BUY, version + 1)
+    assert standin.count == 6
+    assert p.ledger() == budget.EMPTY  # 6 requests, none billed: nothing counted against max_calls
+    assert answers.totals(answers.iter_all(p.out))["answers"] == 0  # nothing was bought
+    standin.script("gemini", B("overloaded"), B("image_safety"))
+    refused = p.buy(4)
+    assert (refused.status, refused.calls, answers.billed_calls(refused)) == (answers.REFUSED, 2, 1)
+    p.build(4)
+    assert (p.decision().action, p.decision().version) == (BUY, 5)  # 1 billed failed attempt of 2
+    standin.set_default("gemini", B("image_safety"))
+    p.buy(5)
+    p.build(5)
+    d = p.decision()
+    assert (d.action, d.version) == (BLOCKED, 5)
+    assert d.why == "3 billed failed attempts (api.max_total_attempts=2)"
+    assert p.ledger()["calls"] == 3 and standin.count == 10

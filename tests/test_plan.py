@@ -247,7 +247,7 @@ def test_a_refused_answer_is_retried_until_the_attempts_run_out(ws):
     ws.time_passes()
     found = ws.decisions()
     assert (found[BRIGHT].action, found[BRIGHT].version) == (BLOCKED, 2)
-    assert found[BRIGHT].why == "6 failed attempts (api.max_total_attempts=6)"
+    assert found[BRIGHT].why == "6 billed failed attempts (api.max_total_attempts=6)"
     assert actions(ws.decisions()) == actions(found)  # and again: never bought by itself
 
 

@@ -17,6 +17,8 @@ Kinds of answer (``status``):
 ``refused``   the service answered without a usable image (a safety block,
               text only, an undecodable image, an error inside HTTP 200);
               such answers can be billed, so they are kept like any other
+``failed``    every attempt failed without being billed (503 overload, 429,
+              lost connections): nothing was bought; the next run tries again
 ``unusable``  the source image could not be read when the answer was to be
               bought: nothing was sent
 
@@ -37,6 +39,7 @@ from pathlib import Path
 from . import layout
 from .fileio import atomic_write_bytes, atomic_write_text, fsync_dir
 from .imaging import sniff_format
+from .providers.base import may_be_billed
 
 _VERSION_RE = re.compile(r"^v(\d+)\.(json|png|jpg|webp|gif|heic|heif|bin)$")
 _EXT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "HEIC": "heic", "HEIF": "heif"}
@@ -71,7 +74,7 @@ class Answer:
     calls: int = 0  # attempts made for this answer (each one a request to the service)
     attempts: list = field(
         default_factory=list
-    )  # the failed attempts before the final one: reason, message, usage, cost
+    )  # every failed attempt (a refused answer's last one too): reason, message, status, usage, cost
     est_cost_usd: float | None = None  # every attempt of this answer, from api.pricing (or the service's own figure)
     cost_usd: float | None = None  # reported by the service (OpenRouter), every attempt
     api_seconds: float = 0.0
@@ -192,13 +195,41 @@ def iter_all(output_dir):
                 yield answer
 
 
+def billed_calls(answer: Answer) -> int:
+    """The calls of an answer the service may have billed: the one that brought its image, and
+    the failed attempts it may bill (see :func:`~nano_banana_aug.providers.base.may_be_billed`);
+    a batch's refusal is one. A 503, a per-minute 429 or a lost connection is not one."""
+    billed = sum(
+        1 for r in answer.attempts if may_be_billed(r.get("status"), r.get("reason", ""), bool(r.get("usage")))
+    )
+    if answer.status == IMAGE:
+        billed += 1
+    elif answer.status == REFUSED and not answer.attempts:  # a batch's (or one stored without them)
+        billed += int(answer.calls or 0)
+    return billed
+
+
+def failed_attempts(versions, read) -> int:
+    """Billed attempts of the answers since the last image, oldest last (``versions`` as
+    :func:`versions` gives them, ``read(version)`` an Answer or None): what
+    ``api.max_total_attempts`` counts. An overloaded service does not block an output."""
+    total = 0
+    for version, has_image in reversed(versions):
+        if has_image:
+            break
+        answer = read(version)
+        total += billed_calls(answer) if answer is not None else 0
+    return total
+
+
 def cost_per_call(output_dir, source: str, sample: int = 500) -> float | None:
-    """What one call has cost in this directory (USD per attempt, from the answers bought by
+    """What one billed call has cost in this directory (USD, from the answers bought by
     ``source``, "call" or "batch", among the first ``sample`` answers read); None before the first."""
     usd, calls = 0.0, 0
     for n, answer in enumerate(iter_all(output_dir), 1):
-        if answer.source == source and answer.calls:
-            usd, calls = usd + spent_usd(answer), calls + int(answer.calls)
+        billed = billed_calls(answer) if answer.source == source else 0
+        if billed:
+            usd, calls = usd + spent_usd(answer), calls + billed
         if n >= sample:
             break
     return usd / calls if calls else None
@@ -212,12 +243,13 @@ def spent_usd(answer: Answer) -> float:
 
 
 def totals(answers) -> dict:
-    """Counts and cost of a set of answers (bought ones: from a call or a batch)."""
+    """Counts and cost of a set of answers: bought ones (an image or a billed refusal) and the
+    calls made for them and for the attempts nothing came of (503, per-minute 429: not bought)."""
     out = {"answers": 0, "images": 0, "refused": 0, "calls": 0, "cost_usd": 0.0}
     for a in answers:
         if a.status == UNUSABLE:
             continue
-        out["answers"] += 1
+        out["answers"] += a.status in (IMAGE, REFUSED)
         out["images"] += a.status == IMAGE
         out["refused"] += a.status == REFUSED
         out["calls"] += int(a.calls or 0)

@@ -94,16 +94,6 @@ def open_stems(output_dir) -> set[str]:
         return set()
 
 
-def open_reserved_usd(output_dir, exclude_run: str | None = None) -> float:
-    """USD reserved by batches submitted and not collected yet (paid once created: the answers
-    are coming), not counting one run's (its own ledger holds them)."""
-    return sum(
-        float(sub.reserved_usd or 0.0)
-        for sub in load_submissions(output_dir)
-        if sub.state in OPEN_STATES and sub.run_id != exclude_run
-    )
-
-
 def open_state(output_dir, wanted) -> list:
     """What the ``batch`` checkpoint's key depends on besides the answers it buys: every
     submission holding one of them, with its state and the time it was last polled. A batch still

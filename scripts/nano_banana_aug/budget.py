@@ -8,8 +8,13 @@ exclusive lock, so parallel jobs — also on other nodes of a shared
 filesystem — never start more calls than ``api.max_calls`` or spend past
 ``api.max_cost_usd``); after the call the estimate from the reported usage
 replaces the reservation.  ``api.max_total_cost_usd`` caps the whole output
-directory: what its answers cost before this run (summed once, when the
-ledger is made) plus this run's calls.
+directory, checked at every reservation against what every run has spent
+(:func:`spent_in_directory`): a run's ledger holds what it paid and what it
+has in flight (its batches still running included), so two runs sharing the
+directory see each other's calls as they are made; the answers of runs
+without a ledger (pruned after 14 days, the original tool) are summed once.
+The ledgers of one directory share one lock, so the check and the
+reservation are one step for every run.
 
 The plan already asks for no more answers than the budget allows; the guard
 catches retries and concurrent runs.  It fails closed: a ledger that exists
@@ -49,15 +54,18 @@ class Ledger:
         max_cost_usd=None,
         max_total_cost_usd=None,
         reserve_usd: float = 0.0,
-        spent_before=None,
+        spent_elsewhere=None,
+        lock_path=None,
     ):
         self.path = Path(path)
-        self.lock_path = self.path.with_suffix(".lock")
+        self.lock_path = Path(lock_path) if lock_path is not None else self.path.with_suffix(".lock")
         self.max_calls = max_calls
         self.max_cost_usd = max_cost_usd
         self.max_total_cost_usd = max_total_cost_usd
         self.reserve_usd = float(reserve_usd)
-        self.spent_before = spent_before or (lambda: 0.0)  # USD of the directory's answers before this run
+        # USD the directory's other runs have spent (and hold in flight) now: read at every reservation
+        self.spent_elsewhere = spent_elsewhere or (lambda: 0.0)
+        self._elsewhere_usd = 0.0
 
     @contextmanager
     def _locked(self):
@@ -66,8 +74,8 @@ class Ledger:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             state = self.read()
-            if state.get("before_usd") is None and self.max_total_cost_usd is not None:
-                state["before_usd"] = float(self.spent_before())
+            if self.max_total_cost_usd is not None:
+                self._elsewhere_usd = float(self.spent_elsewhere())
             yield state
             atomic_write_text(self.path, json.dumps(state))
         finally:
@@ -103,7 +111,7 @@ class Ledger:
                 f"budget reached: ${state['cost_usd']:.2f} estimated in this run; one more call "
                 f"(${unit_usd:.4f}) would pass api.max_cost_usd=${self.max_cost_usd:.2f}"
             )
-        before = state.get("before_usd") or 0.0
+        before = self._elsewhere_usd
         if self.max_total_cost_usd is not None and before + cost > self.max_total_cost_usd + 1e-9:
             return (
                 f"budget reached: ${before + state['cost_usd']:.2f} spent in this output directory; "
@@ -141,14 +149,16 @@ class Ledger:
             state["cost_usd"] = max(0.0, state["cost_usd"] - n * unit_usd)
 
     def settle(self, actual_usd: float | None, billable: bool = True) -> None:
-        """Replace the reservation of one made call by its estimated cost (an HTTP error or a lost
-        connection is made but not billed: its reservation is given back)."""
+        """Replace the reservation of one made call by its estimated cost. A call the service does
+        not bill (an HTTP error, a refused connection) gives its reservation back: ``api.max_calls``
+        counts paid calls, so an overloaded service does not use up a run's budget."""
+        if not billable:
+            self.release(1, self.reserve_usd if actual_usd is None else self.reserve_usd - float(actual_usd))
+            return
         with self._locked() as state:
-            state["billable"] += 1 if billable else 0
+            state["billable"] += 1
             if actual_usd is not None:
                 state["cost_usd"] = max(0.0, state["cost_usd"] + float(actual_usd) - self.reserve_usd)
-            elif not billable:
-                state["cost_usd"] = max(0.0, state["cost_usd"] - self.reserve_usd)
 
 
 def for_config(cfg: dict) -> Ledger:
@@ -158,21 +168,58 @@ def for_config(cfg: dict) -> Ledger:
 
     out = config_mod.output_dir(cfg)
     api = cfg["api"]
+    run_id = runs.current()
+    stored = []  # the answers of runs without a ledger do not change during a run: summed once
+
+    def elsewhere() -> float:
+        ledgers = _ledgers(out)
+        if not stored:
+            stored.append(_answers_outside(out, ledgers, exclude_run=run_id))
+        return stored[0] + sum(_ledger_usd(p) for rid, p in ledgers.items() if rid != run_id)
+
     return Ledger(
         runs.directory(out) / "ledger.json",
         max_calls=api.get("max_calls"),
         max_cost_usd=api.get("max_cost_usd"),
         max_total_cost_usd=api.get("max_total_cost_usd"),
         reserve_usd=float(api["pricing"]["image_usd_per_call"]),
-        spent_before=lambda: spent_in_directory(out, exclude_run=runs.current()),
+        spent_elsewhere=elsewhere,
+        lock_path=runs.directory(out).parent / "ledger.lock",
     )
 
 
-def spent_in_directory(output_dir, exclude_run: str | None = None) -> float:
-    """USD of every answer of the directory and of the batches still running there (their answers
-    are not stored yet; optionally not counting one run's)."""
-    from . import answers
-    from .batch_records import open_reserved_usd
+def spent_in_directory(output_dir) -> float:
+    """USD spent in the output directory, over every run: each run's ledger (what it paid and
+    holds in flight, batches still running included) plus the answers of runs without one."""
+    ledgers = _ledgers(output_dir)
+    return _answers_outside(output_dir, ledgers) + sum(_ledger_usd(p) for p in ledgers.values())
 
-    stored = sum(answers.spent_usd(a) for a in answers.iter_all(output_dir) if a.run_id != exclude_run)
-    return stored + open_reserved_usd(output_dir, exclude_run)
+
+def _ledgers(output_dir) -> dict:
+    """run id -> ledger path, of every run of the directory that reserved a paid call."""
+    from . import layout
+
+    try:
+        entries = list(os.scandir(layout.pipeline_dir(output_dir) / "runs"))
+    except FileNotFoundError:
+        return {}
+    found = {}
+    for entry in entries:
+        path = Path(entry.path) / "ledger.json"
+        if entry.is_dir() and path.is_file():
+            found[entry.name] = path
+    return found
+
+
+def _ledger_usd(path: Path) -> float:
+    return Ledger(path).read()["cost_usd"]  # a damaged one stops the paid calls (fails closed)
+
+
+def _answers_outside(output_dir, ledgers: dict, exclude_run: str | None = None) -> float:
+    from . import answers
+
+    return sum(
+        answers.spent_usd(a)
+        for a in answers.iter_all(output_dir)
+        if a.run_id not in ledgers and a.run_id != exclude_run
+    )

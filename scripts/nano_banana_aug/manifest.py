@@ -9,7 +9,7 @@ One row per target that has a result, from the files that hold its state:
   asked otherwise (provider, model, prompt, image config) than the config
   says now; ``orphaned`` when its augmentation or variant left the config;
 * no output yet, but an answer without image (refused, failed): ``failed``,
-  or ``blocked`` once the failed attempts since the last image reached
+  or ``blocked`` once the billed failed attempts since the last image reached
   ``api.max_total_attempts``;
 * an image the targets table found unusable: ``failed`` rows for its outputs.
 
@@ -174,17 +174,12 @@ class Rows:
         return None
 
     def _attempts(self, rec: Record, stem: str, versions) -> None:
-        total = 0
-        for v, img in reversed(versions):
-            if img:
-                break
-            answer = answers_mod.try_read(self.out, stem, v)
-            total += int(answer.calls or 0) if answer is not None else 0
+        total = answers_mod.failed_attempts(versions, lambda v: answers_mod.try_read(self.out, stem, v))
         rec.attempts_total = total
         if total >= self.max_total:
             rec.status, rec.error_reason = "blocked", rec.error_reason or "BLOCKED"
             rec.error = (
-                f"blocked after {total} failed attempts (api.max_total_attempts={self.max_total}); "
+                f"blocked after {total} billed failed attempts (api.max_total_attempts={self.max_total}); "
                 f"raise it to try again. Last: {rec.error}"
             )
 

@@ -228,7 +228,7 @@ class Buyer:
             except RunStopped as stop:
                 # attempts made before the stop may have been billed (a refusal with usage): their
                 # answer is kept like any refusal, so the money is counted from the answer files
-                billed = [e for e in tally.errors if _billed(e)]
+                billed = [e for e in tally.errors if e.billed]
                 if billed:
                     made = GenerationFailed(billed[-1], len(tally.errors), failed.seconds)
                     stop.purchase = Purchase(tally.answer(self, stem, version, fp, key, failed=made), None)
@@ -252,12 +252,6 @@ def _raise_if_stopped(last: AttemptError) -> None:
 
 def _usage_dict(usage) -> dict:
     return {k: v for k, v in vars(usage).items() if v is not None} if usage is not None else {}
-
-
-def _billed(err: AttemptError) -> bool:
-    """A failed attempt the service may bill: it reported usage, or answered 200 (a refusal, an
-    undecodable image, a body lost after its headers)."""
-    return err.usage is not None or err.status == 200
 
 
 class _Tally:
@@ -298,7 +292,7 @@ class _Tally:
         self.calls += 1
         usage = gen.usage if gen is not None else err.usage
         cost = self.buyer.estimate(usage)
-        billable = gen is not None or _billed(err)
+        billable = gen is not None or err.billed
         if cost is None and billable and ledger is not None:  # billed, usage unknown: what was reserved
             cost = ledger.reserve_usd
         self.cost = _add(self.cost, cost)
@@ -344,7 +338,7 @@ class _Tally:
             )
         else:
             last = failed.last
-            billed = any(_billed(e) for e in self.errors)
+            billed = any(e.billed for e in self.errors)
             answer.status = "refused" if billed else "failed"
             answer.reason, answer.usage = last.reason or "FAILED", _usage_dict(last.usage)
             answer.message = f"after {failed.attempts} attempt(s): {last.message}"[:500]

@@ -285,7 +285,7 @@ class Pipeline:
         if c[BLOCKED]:
             lines.append(
                 f"plan: {c[BLOCKED]} outputs blocked after api.max_total_attempts="
-                f"{self.cfg['api']['max_total_attempts']} failed attempts (raise it to try again)"
+                f"{self.cfg['api']['max_total_attempts']} billed failed attempts (raise it to try again)"
             )
         if c[ADOPTED]:
             lines.append(f"plan: {c[ADOPTED]} outputs without answers (made by the original tool) are kept as they are")

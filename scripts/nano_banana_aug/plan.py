@@ -20,8 +20,8 @@ For one target, from its answers (``answers/<stem>/v<n>.json``, see
    regeneration is asked for (``regenerate=``) and not yet done for this
    target: then the next version is bought;
 4. the newest answer was refused (no usable image) and the output knows it:
-   the next version is bought (a retry), unless the failed attempts since
-   the last image reached ``api.max_total_attempts`` (*blocked*), or the
+   the next version is bought (a retry), unless the billed failed attempts
+   since the last image reached ``api.max_total_attempts`` (*blocked*), or the
    target has an image already and nothing asks for a new one.
 
 A regeneration request is satisfied by an answer, never by a record of
@@ -157,19 +157,15 @@ class Planner:
         failed = self.failed_calls(stem, obs)
         if failed >= self.ask.max_total_attempts and not self.ask.retry_blocked:
             return Decision(
-                BLOCKED, newest, f"{failed} failed attempts (api.max_total_attempts={self.ask.max_total_attempts})"
+                BLOCKED,
+                newest,
+                f"{failed} billed failed attempts (api.max_total_attempts={self.ask.max_total_attempts})",
             )
         return Decision(BUY, newest + 1, why or "retry after a refused answer")
 
     def failed_calls(self, stem: str, obs: Observed) -> int:
-        """Calls of the answers since the last image (or since the first answer)."""
-        total = 0
-        for version, has_image in reversed(obs.versions):
-            if has_image:
-                break
-            a = self.answer(stem, version)
-            total += int(a.calls or 0) if a is not None else 0
-        return total
+        """Billed attempts of the answers since the last image (see answers.failed_attempts)."""
+        return answers_mod.failed_attempts(obs.versions, lambda version: self.answer(stem, version))
 
     # --- regeneration requests
     def _asked_for_adopted(self, stem: str, aug: str) -> str:

@@ -76,7 +76,7 @@ class Record:
     origin: str = "generated"  # generated | adopted (legacy output without sidecar)
     answer_source: str = ""  # call | batch | local: how the answer the output was made from was bought
     answer_id: str = ""  # that answer: answers/<stem>/<answer_id>.json, e.g. "v2"
-    attempts_total: int = 0  # manifest only: failed attempts since the last image (api.max_total_attempts)
+    attempts_total: int = 0  # manifest only: billed failed attempts since the last image (api.max_total_attempts)
     regen_error: str = ""  # manifest only: why a newer answer of this (kept) output has no image
     regen_error_ts: float = 0.0  # manifest only: when that answer arrived
     geometry: str = ""  # how the answer was mapped onto the source (postprocess.Geometry.describe)

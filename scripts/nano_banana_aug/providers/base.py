@@ -105,6 +105,18 @@ class AttemptError(Exception):
         self.retry_after = retry_after
         self.usage = usage  # blocked answers may still be billed
 
+    @property
+    def billed(self) -> bool:
+        return may_be_billed(self.status, self.reason, self.usage is not None)
+
+
+def may_be_billed(status: int | None, reason: str, has_usage: bool) -> bool:
+    """Whether the service may bill a failed attempt: it reported usage, it answered 200 (a
+    refusal, an undecodable image, a body lost after its headers), or no headers came within the
+    timeout after the request was sent (``TIMEOUT``: the model may have made, and billed, the
+    answer). A 429/5xx status, a redirect or a refused connection is not billed."""
+    return bool(has_usage) or status == 200 or (status is None and reason == "TIMEOUT")
+
 
 class GenerationFailed(Exception):
     """All attempts failed (or a non-retryable error ended them)."""

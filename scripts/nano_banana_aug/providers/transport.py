@@ -209,8 +209,11 @@ def post_json(
             resp.close()
     except requests.RequestException as exc:
         after = " after HTTP 200 (the answer was made: billed)" if status == 200 else ""
-        if isinstance(exc, requests.Timeout) or isinstance(_root_cause(exc), TimeoutError):  # a read timeout
-            # inside a body comes as ConnectionError(urllib3's ReadTimeoutError from the socket's TimeoutError)
+        if isinstance(exc, requests.ConnectTimeout):  # nothing was sent: not billed
+            message, reason = f"no connection within {min(timeout_s, 30.0):g} s", "CONNECTION"
+        elif isinstance(exc, requests.Timeout) or isinstance(_root_cause(exc), TimeoutError):  # a read timeout
+            # inside a body comes as ConnectionError(urllib3's ReadTimeoutError from the socket's TimeoutError).
+            # Before the headers it may still be billed: the request was sent, the model may be making it
             message, reason = f"request timed out after {timeout_s:g} s (api.timeout_s){after}", "TIMEOUT"
         elif isinstance(exc, requests.ConnectionError):
             message, reason = f"connection failed{after}", "CONNECTION"
