@@ -221,3 +221,13 @@ def jobs_run(res: subprocess.CompletedProcess, rule: str) -> int:
 def local_hold_env(hold: Path) -> dict:
     """Environment that makes every local-provider job wait while ``hold`` exists (see providers/local.py)."""
     return {**os.environ, "NANO_BANANA_LOCAL_HOLD": str(hold)}
+
+
+def blocked_on(path: Path) -> int:
+    """How many processes wait in flock() for ``path`` (the kernel's own list, /proc/locks)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return 0
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines() if "->" in line and dev in line)

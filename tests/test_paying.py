@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from nano_banana_aug import config as config_mod
 from nano_banana_aug.pipeline import Pipeline
 from nano_banana_aug.plan import BLOCKED, BUILD, BUY
 
-from .helpers import log_text, make_dataset
+from .helpers import log_text, make_dataset, wait_for
 from .standin.server import B
 from .test_config import checked
 
@@ -123,7 +124,7 @@ def test_a_slot_wait_that_times_out_is_no_paid_call(paid, standin, monkeypatch):
     fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process's call in flight: the one slot
     try:
         assert p.ledger() == budget.EMPTY
-        with pytest.raises(answer_job.StopBuying, match=r"not bought: no API call slot free within 0\.3 s"):
+        with pytest.raises(answer_job.StopBuying, match=r"not bought: no API call slot freed within 0\.3 s"):
             p.buy()
         assert standin.count == 0  # no request went out
         assert p.ledger() == budget.EMPTY  # nothing reserved is left, nothing billed, nothing refused
@@ -365,3 +366,42 @@ def test_an_overloaded_service_neither_blocks_an_output_nor_uses_up_the_budget(p
     assert (d.action, d.version) == (BLOCKED, 5)
     assert d.why == "3 billed failed attempts (api.max_total_attempts=2)"
     assert p.ledger()["calls"] == 3 and standin.count == 10
+
+
+def test_calls_queued_behind_the_slots_keep_the_rate_limit(paid, standin):
+    """Defect: a call claimed its rate-limit start time before it waited for a call slot; after a
+    long wait those times had passed and the queued calls started together, past
+    api.max_requests_per_minute. The start time is claimed with the slot held. Three jobs
+    (processes) queue behind a slot another run holds."""
+    import multiprocessing
+
+    from nano_banana_aug.providers.base import Request
+
+    p = paid(max_requests_per_minute=600, concurrency=1)  # one start per 0.1 s
+    slot_dir = p.out / ".pipeline" / "slots"
+    slot_dir.mkdir(parents=True, exist_ok=True)
+    held = os.open(slot_dir / "slot-0.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(held, fcntl.LOCK_EX)  # another run's call in flight
+    request = Request(p.source, "image/jpeg", PREFIX + "\n\n" + AUG["prompt"], "ID1000", "overcast", 0)
+
+    def job(version):
+        os.close(held)  # the fork's copy of the other run's lock
+        purchase = paying.Buyer(p.cfg).buy(request, stem=STEM, version=version, fp={}, key="", max_pixels=10**8)
+        os._exit(0 if purchase.answer.status == answers.IMAGE else 1)
+
+    ctx = multiprocessing.get_context("fork")
+    jobs = [ctx.Process(target=job, args=(v,)) for v in (1, 2, 3)]
+    try:
+        for j in jobs:
+            j.start()
+        wait_for(lambda: p.ledger()["calls"] == 3, "three calls reserved, waiting for the slot")
+        time.sleep(0.5)  # five start times pass while they wait
+    finally:
+        os.close(held)
+    for j in jobs:
+        j.join(timeout=60)
+    assert [j.exitcode for j in jobs] == [0, 0, 0]
+    starts = sorted(r.started for r in standin.requests)
+    assert len(starts) == 3
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert min(gaps) >= 0.1 - 0.005, gaps  # never two starts within one interval

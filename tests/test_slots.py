@@ -20,7 +20,7 @@ import pytest
 
 from nano_banana_aug.slots import CallSlots, SlotTimeout
 
-from .helpers import wait_for
+from .helpers import blocked_on, wait_for
 
 SAFETY_S = 60  # only ever reached when something is broken
 
@@ -220,7 +220,7 @@ def test_all_slots_held_times_out_holding_nothing(tmp_path):
     slots = CallSlots(directory, 3, wait_timeout_s=0.2, poll_s=0.01)
     fds_before = open_fds()
     try:
-        with pytest.raises(SlotTimeout, match=r"no API call slot free within 0\.2 s"):
+        with pytest.raises(SlotTimeout, match=r"no API call slot freed within 0\.2 s"):
             slots.acquire()
         assert open_fds() == fds_before  # no slot fd, no turnstile fd left open
         assert not is_locked(directory / "turnstile.lock")  # the queue is free for the next waiter
@@ -261,6 +261,30 @@ def test_a_waiter_takes_the_slot_of_whichever_holder_releases(tmp_path, children
     assert not is_locked(directory / "turnstile.lock")  # it left the queue
     assert waiter.close() == 0
     assert not is_locked(slot_file(directory, freed))
+
+
+def test_a_long_queue_is_no_reason_to_give_up(tmp_path, children):
+    """Defect: the wait limit counted the time in the queue, so with more jobs queued than slots
+    (--resources api above api.concurrency, two runs) a waiter gave up -- and stopped its job's
+    buying -- although calls kept ending. Only the front of the queue has a limit: for a slot
+    to be freed."""
+    directory = tmp_path / "slots"
+    directory.mkdir()
+    holder = children("hold", directory, 0, 1)
+    assert holder.line() == "held"
+    first = children("wait", directory, 2, SAFETY_S)
+    wait_for(lambda: is_locked(directory / "turnstile.lock"), "the first waiter to queue", timeout=SAFETY_S)
+    second = children("wait", directory, 2, 2.0)  # its limit passes while it is queued
+    wait_for(lambda: blocked_on(directory / "turnstile.lock") == 1, "the second waiter to queue", timeout=SAFETY_S)
+    time.sleep(2.5)
+    assert second.proc.poll() is None  # still in the queue
+    holder.send("release 0")
+    assert holder.line() == "released 0"
+    assert first.line() == "got 0"  # and keeps it; the second is at the front now
+    holder.send("release 1")
+    assert holder.line() == "released 1"
+    assert second.line() == "got 1"
+    assert first.close() == 0 and second.close() == 0
 
 
 def test_a_holder_killed_with_sigkill_frees_its_slot(tmp_path, children):

@@ -242,7 +242,7 @@ class Governor:
         return self.paused_until() <= time.time()
 
     def before_call(self, sleep=time.sleep) -> None:
-        """Wait for the cool-down and this call's rate-limit tick; DispatchStopped when the run stopped."""
+        """Wait for the cool-down (no call slot held); DispatchStopped when the run stopped."""
         self.check_stop()
         while True:
             wait = self.paused_until() - time.time()
@@ -250,12 +250,15 @@ class Governor:
                 break
             sleep(min(wait, 60.0))
             self.check_stop()
+
+    def pace(self, sleep=time.sleep) -> None:
+        """Wait for this call's rate-limit tick, claimed once the call holds its slot (a tick
+        claimed before a long wait for a slot would have passed by then: the calls queued
+        behind the slots would start together, past api.max_requests_per_minute)."""
         if self.per_minute:
-            start = self._claim_tick()
-            wait = start - time.time()
+            wait = self._claim_tick() - time.time()
             if wait > 0:
                 sleep(wait)
-            self.check_stop()
 
     def after_error(self, err: AttemptError) -> Verdict:
         """Share what a failed attempt means; the verdict (stop / cooldown / retry)."""

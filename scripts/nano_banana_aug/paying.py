@@ -185,7 +185,7 @@ class Buyer:
         )
 
     def _dispatch(self, request: Request):
-        """One attempt: a free slot, a last look at the run's state, the request."""
+        """One attempt: a free slot, its rate-limit tick, a last look at the run's state, the request."""
         if self.slots is None:
             return self.provider.attempt(request)
         while True:
@@ -198,6 +198,7 @@ class Buyer:
                     "SLOT_TIMEOUT",
                 ) from None
             try:
+                self.governor.pace()
                 if self.governor.may_dispatch():
                     try:
                         return self.provider.attempt(request)
@@ -266,7 +267,7 @@ class _Tally:
 
     def before(self, n: int) -> None:
         if self.buyer.governor is not None:
-            self.buyer.governor.before_call()  # the run's cool-down, rate limit and stop
+            self.buyer.governor.before_call()  # the run's cool-down and stop (the rate limit: with the slot)
         if self.buyer.ledger is not None:
             self.buyer.ledger.reserve()
 

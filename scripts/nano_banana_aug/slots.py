@@ -11,7 +11,9 @@ A job that finds every slot taken queues on a *turnstile* lock (the kernel
 wakes waiters one at a time, no polling by the others); the one waiter at
 the front takes the first slot that frees up, checking all of them every
 ``poll_s``.  So a free slot is taken within ``poll_s`` of being freed,
-whichever slot it is.
+whichever slot it is.  Only the front gives up: when no slot is freed for
+``wait_timeout_s`` (every call ends within twice its timeout, so a slot
+held longer belongs to a stuck process).
 """
 
 from __future__ import annotations
@@ -53,25 +55,23 @@ class CallSlots:
         return None
 
     def acquire(self) -> int:
-        """Hold one slot (its fd); SlotTimeout when none frees up within the wait limit."""
+        """Hold one slot (its fd); SlotTimeout when, at the front of the queue, none frees up
+        within the wait limit. The place in the queue has no limit: a long queue (many jobs, few
+        slots) is progress, each call ending within its own timeout; only slots that stay held
+        while no call ends mean something is stuck."""
         fd = self._try_any()
         if fd is not None:
             return fd
+        turnstile = locks.exclusive(self.directory / "turnstile.lock", timeout_s=None, what="API call slot queue")
+        turnstile.__enter__()
         deadline = time.monotonic() + self.wait_timeout_s
-        try:
-            turnstile = locks.exclusive(
-                self.directory / "turnstile.lock", timeout_s=self.wait_timeout_s, what="API call slot queue"
-            )
-            turnstile.__enter__()
-        except locks.LockTimeout:
-            raise SlotTimeout(f"no API call slot free within {self.wait_timeout_s:g} s") from None
         try:
             while True:
                 fd = self._try_any()
                 if fd is not None:
                     return fd
                 if time.monotonic() >= deadline:
-                    raise SlotTimeout(f"no API call slot free within {self.wait_timeout_s:g} s")
+                    raise SlotTimeout(f"no API call slot freed within {self.wait_timeout_s:g} s")
                 time.sleep(self.poll_s)
         finally:
             turnstile.__exit__(None, None, None)
