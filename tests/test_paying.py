@@ -405,3 +405,23 @@ def test_calls_queued_behind_the_slots_keep_the_rate_limit(paid, standin):
     assert len(starts) == 3
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     assert min(gaps) >= 0.1 - 0.005, gaps  # never two starts within one interval
+
+
+@pytest.mark.parametrize("provider", ["gemini", "openrouter"])
+def test_an_error_inside_a_200_without_usage_is_not_billed(paid, standin, provider):
+    """An error object inside an HTTP 200 with no usage: nothing was generated. Before, it was
+    booked at the planning price ($0.1345 per attempt) and its answer kept as a billed refusal,
+    counted against the budgets and api.max_total_attempts."""
+    extra = {}
+    if provider == "openrouter":  # the same key: the stand-in checks one
+        extra = {"provider": provider, "model": "google/gemini-3-pro-image-preview", "base_url": standin.openrouter_url}
+    p = paid(max_retries=2, max_total_attempts=1, max_calls=1, **extra)
+    standin.set_default(provider, B("http200_error"))
+    failed = p.buy()
+    assert [(r.protocol, r.kind) for r in standin.requests] == [(provider, "http200_error")] * 2
+    assert (failed.status, failed.calls, failed.est_cost_usd) == ("failed", 2, None)
+    assert [a["billed"] for a in failed.attempts] == [False, False]
+    assert answers.billed_calls(failed) == 0 and answers.spent_usd(failed) == 0.0
+    assert p.ledger() == budget.EMPTY  # two requests, max_calls=1 untouched
+    p.build(1)
+    assert (p.decision().action, p.decision().version) == (BUY, 2)  # not blocked

@@ -200,7 +200,9 @@ def billed_calls(answer: Answer) -> int:
     the failed attempts it may bill (see :func:`~nano_banana_aug.providers.base.may_be_billed`);
     a batch's refusal is one. A 503, a per-minute 429 or a lost connection is not one."""
     billed = sum(
-        1 for r in answer.attempts if may_be_billed(r.get("status"), r.get("reason", ""), bool(r.get("usage")))
+        1
+        for r in answer.attempts
+        if r.get("billed", may_be_billed(r.get("status"), r.get("reason", ""), bool(r.get("usage"))))
     )
     if answer.status == IMAGE:
         billed += 1

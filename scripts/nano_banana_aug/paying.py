@@ -139,6 +139,7 @@ def _attempt_record(err: AttemptError, cost) -> dict:
         "reason": err.reason,
         "message": err.message[:300],
         "status": err.status,
+        "billed": err.billed,
         "usage": {k: v for k, v in vars(usage).items() if v is not None} if usage is not None else {},
         "est_cost_usd": cost,
         "ts": time.time(),

@@ -96,8 +96,10 @@ class AttemptError(Exception):
         reason: str = "",
         retry_after: float | None = None,
         usage: Usage | None = None,
+        billed: bool | None = None,
     ):
         super().__init__(message)
+        self._billed = billed  # None: decided by may_be_billed
         self.message = message
         self.retryable = retryable
         self.status = status  # HTTP status, if there was one
@@ -107,6 +109,8 @@ class AttemptError(Exception):
 
     @property
     def billed(self) -> bool:
+        if self._billed is not None:
+            return self._billed
         return may_be_billed(self.status, self.reason, self.usage is not None)
 
 

@@ -115,6 +115,7 @@ class GeminiProvider:
                 retryable=True,
                 status=200,
                 reason=str(err.get("status") or "ERROR"),
+                billed=False if "usageMetadata" not in payload else None,  # nothing generated
             )
         return parse_response(payload, secret=self._api_key)
 

@@ -262,8 +262,10 @@ def _data_url(url) -> tuple[str, str] | None:
 def parse_response(payload: dict, *, secret: str | None = None, retry_after: float | None = None) -> Generation:
     """A chat/completions answer -> Generation, or AttemptError (HTTP-200 errors, refusals, no image)."""
     usage = parse_usage(payload)
+    # an error inside a 200 without a usage object: nothing was generated, nothing billed
+    error_billed = None if isinstance(payload.get("usage"), dict) else False
 
-    def fail(message: str, reason: str, retryable: bool = True) -> AttemptError:
+    def fail(message: str, reason: str, retryable: bool = True, billed: bool | None = None) -> AttemptError:
         return AttemptError(
             transport.redact(message, secret),
             retryable=retryable,
@@ -271,6 +273,7 @@ def parse_response(payload: dict, *, secret: str | None = None, retry_after: flo
             reason=reason,
             retry_after=retry_after,
             usage=usage,
+            billed=billed,
         )
 
     err = payload.get("error")
@@ -284,6 +287,7 @@ def parse_response(payload: dict, *, secret: str | None = None, retry_after: flo
             + (f" ({detail})" if detail else ""),
             reason,
             retryable=code_num not in FINAL_CODES,
+            billed=error_billed,
         )
         error.code = code_num  # the status the error stands for (402 inside an HTTP 200, ...)
         raise error
@@ -311,6 +315,7 @@ def parse_response(payload: dict, *, secret: str | None = None, retry_after: flo
             + (f" ({detail})" if detail else "")
             + said,
             reason,
+            billed=error_billed,
         )
     if finish == "content_filter":
         raise fail(f"no usable image: blocked ({finish_note}){said}", native or "CONTENT_FILTER")
