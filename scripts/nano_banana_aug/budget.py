@@ -54,7 +54,8 @@ class Ledger:
         max_cost_usd=None,
         max_total_cost_usd=None,
         reserve_usd: float = 0.0,
-        spent_elsewhere=None,
+        spent_outside=None,
+        other_runs=None,
         lock_path=None,
     ):
         self.path = Path(path)
@@ -63,8 +64,11 @@ class Ledger:
         self.max_cost_usd = max_cost_usd
         self.max_total_cost_usd = max_total_cost_usd
         self.reserve_usd = float(reserve_usd)
-        # USD the directory's other runs have spent (and hold in flight) now: read at every reservation
-        self.spent_elsewhere = spent_elsewhere or (lambda: 0.0)
+        # USD of the answers of runs without a ledger: they do not change during a run (every paid
+        # call reserves in a ledger first), so summed once per run, kept in the ledger
+        self.spent_outside = spent_outside or (lambda: 0.0)
+        # USD the directory's other runs have spent and hold in flight now: read at every reservation
+        self.other_runs = other_runs or (lambda: 0.0)
         self._elsewhere_usd = 0.0
 
     @contextmanager
@@ -75,7 +79,9 @@ class Ledger:
             fcntl.flock(fd, fcntl.LOCK_EX)
             state = self.read()
             if self.max_total_cost_usd is not None:
-                self._elsewhere_usd = float(self.spent_elsewhere())
+                if state.get("outside_usd") is None:
+                    state["outside_usd"] = float(self.spent_outside())
+                self._elsewhere_usd = state["outside_usd"] + float(self.other_runs())
             yield state
             atomic_write_text(self.path, json.dumps(state))
         finally:
@@ -169,13 +175,6 @@ def for_config(cfg: dict) -> Ledger:
     out = config_mod.output_dir(cfg)
     api = cfg["api"]
     run_id = runs.current()
-    stored = []  # the answers of runs without a ledger do not change during a run: summed once
-
-    def elsewhere() -> float:
-        ledgers = _ledgers(out)
-        if not stored:
-            stored.append(_answers_outside(out, ledgers, exclude_run=run_id))
-        return stored[0] + sum(_ledger_usd(p) for rid, p in ledgers.items() if rid != run_id)
 
     return Ledger(
         runs.directory(out) / "ledger.json",
@@ -183,7 +182,8 @@ def for_config(cfg: dict) -> Ledger:
         max_cost_usd=api.get("max_cost_usd"),
         max_total_cost_usd=api.get("max_total_cost_usd"),
         reserve_usd=float(api["pricing"]["image_usd_per_call"]),
-        spent_elsewhere=elsewhere,
+        spent_outside=lambda: _answers_outside(out, _ledgers(out), exclude_run=run_id),
+        other_runs=lambda: sum(_ledger_usd(p) for rid, p in _ledgers(out).items() if rid != run_id),
         lock_path=runs.directory(out).parent / "ledger.lock",
     )
 
