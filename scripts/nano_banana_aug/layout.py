@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import zlib
 from pathlib import Path
@@ -121,3 +122,14 @@ def relative_to_root(path, data_root) -> str:
         return p.relative_to(root).as_posix()
     except ValueError:
         return str(p)
+
+
+def image_path_candidates(image_path: str, manifest_dir=None) -> list[str]:
+    """Where a manifest's ``image_path`` may be, in this order, each to be joined to ``data_root``
+    (an absolute one stays as it is): as written (relative to ``data_root``), under the manifest's
+    folder (outputs kept outside data_root), the file of that name beside the manifest (outputs
+    moved together with their manifest, e.g. as a Kaggle dataset)."""
+    if os.path.isabs(image_path) or manifest_dir is None:
+        return [image_path]
+    beside = Path(manifest_dir)
+    return [image_path, str((beside / image_path).resolve()), str((beside / Path(image_path).name).resolve())]

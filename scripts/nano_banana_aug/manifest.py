@@ -82,16 +82,8 @@ def portable_path(path, data_root) -> str:
 def resolve_output(image_path: str, data_root, manifest_dir=None) -> Path:
     """Where a manifest's ``image_path`` points: absolute, under ``data_root``, under the manifest's
     folder, or the file of that name beside the manifest (outputs moved with their manifest)."""
-    p = Path(image_path)
-    if p.is_absolute():
-        return p
-    candidate = Path(data_root) / p
-    if manifest_dir is None or candidate.exists():
-        return candidate
-    for other in (Path(manifest_dir) / p, Path(manifest_dir) / p.name):
-        if other.exists():
-            return other
-    return candidate
+    candidates = [Path(data_root) / c for c in layout.image_path_candidates(image_path, manifest_dir)]
+    return next((c for c in candidates if c.exists()), candidates[0])
 
 
 # ---------------------------------------------------------------- one target

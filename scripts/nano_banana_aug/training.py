@@ -71,6 +71,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+
+from . import layout
 import yaml
 
 from . import decisions as review_decisions
@@ -396,12 +398,7 @@ def _locate(path: str, data_root: str | os.PathLike, manifest_dir: Path) -> tupl
     own folder (outputs kept outside data_root), then as the file of that name beside the manifest
     (outputs moved together with their manifest, e.g. as a Kaggle dataset: the workflow writes
     each output beside its manifest); found there, the absolute path is stored."""
-    candidates = (
-        [path]
-        if os.path.isabs(path)
-        else [path, str((manifest_dir / path).resolve()), str((manifest_dir / Path(path).name).resolve())]
-    )
-    for candidate in candidates:
+    for candidate in layout.image_path_candidates(path, manifest_dir):
         try:
             size = os.stat(os.path.join(data_root, candidate)).st_size
         except OSError:
