@@ -377,7 +377,7 @@ def test_calls_queued_behind_the_slots_keep_the_rate_limit(paid, standin):
 
     from nano_banana_aug.providers.base import Request
 
-    p = paid(max_requests_per_minute=600, concurrency=1)  # one start per 0.1 s
+    p = paid(max_requests_per_minute=300, concurrency=1)  # one start per 0.2 s
     slot_dir = p.out / ".pipeline" / "slots"
     slot_dir.mkdir(parents=True, exist_ok=True)
     held = os.open(slot_dir / "slot-0.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -395,7 +395,7 @@ def test_calls_queued_behind_the_slots_keep_the_rate_limit(paid, standin):
         for j in jobs:
             j.start()
         wait_for(lambda: p.ledger()["calls"] == 3, "three calls reserved, waiting for the slot")
-        time.sleep(0.5)  # five start times pass while they wait
+        time.sleep(1.0)  # five start times pass while they wait
     finally:
         os.close(held)
     for j in jobs:
@@ -404,7 +404,8 @@ def test_calls_queued_behind_the_slots_keep_the_rate_limit(paid, standin):
     starts = sorted(r.started for r in standin.requests)
     assert len(starts) == 3
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    assert min(gaps) >= 0.1 - 0.005, gaps  # never two starts within one interval
+    # never two starts within one interval (less the request's way to the stand-in, which varies)
+    assert min(gaps) >= 0.15, gaps
 
 
 @pytest.mark.parametrize("provider", ["gemini", "openrouter"])
