@@ -29,6 +29,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import layout
 from .fileio import atomic_write_text, file_mode
 from .providers.base import AttemptError
 
@@ -184,7 +185,7 @@ def for_config(cfg: dict) -> Ledger:
         reserve_usd=float(api["pricing"]["image_usd_per_call"]),
         spent_outside=lambda: _answers_outside(out, _ledgers(out), exclude_run=run_id),
         other_runs=lambda: sum(_ledger_usd(p) for rid, p in _ledgers(out).items() if rid != run_id),
-        lock_path=runs.directory(out).parent / "ledger.lock",
+        lock_path=layout.pipeline_dir(out) / "ledger.lock",
     )
 
 
@@ -197,8 +198,6 @@ def spent_in_directory(output_dir) -> float:
 
 def _ledgers(output_dir) -> dict:
     """run id -> ledger path, of every run of the directory that reserved a paid call."""
-    from . import layout
-
     try:
         entries = list(os.scandir(layout.pipeline_dir(output_dir) / "runs"))
     except FileNotFoundError:

@@ -14,6 +14,7 @@ Run-wide files (not per target)::
     {output_dir}/.pipeline/settings/<kind>-<key>.json   settings outputs depend on
     {output_dir}/.pipeline/manifest/part-NN-K.csv  manifest shards
     {output_dir}/.pipeline/runs/<run id>/        one run's budget ledger and API governance
+    {output_dir}/.pipeline/ledger.lock           the ledgers' one lock (the directory's cost cap)
     {output_dir}/.pipeline/slots/                API call slots (api.concurrency)
     {output_dir}/.pipeline/batches/              Gemini batch submissions (api.mode: batch)
     {output_dir}/.pipeline/logs/                 job logs
