@@ -160,7 +160,7 @@ class Ledger:
         not bill (an HTTP error, a refused connection) gives its reservation back: ``api.max_calls``
         counts paid calls, so an overloaded service does not use up a run's budget."""
         if not billable:
-            self.release(1, self.reserve_usd if actual_usd is None else self.reserve_usd - float(actual_usd))
+            self.release(1, self.reserve_usd)
             return
         with self._locked() as state:
             state["billable"] += 1

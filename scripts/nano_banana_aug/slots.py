@@ -62,10 +62,8 @@ class CallSlots:
         fd = self._try_any()
         if fd is not None:
             return fd
-        turnstile = locks.exclusive(self.directory / "turnstile.lock", timeout_s=None, what="API call slot queue")
-        turnstile.__enter__()
-        deadline = time.monotonic() + self.wait_timeout_s
-        try:
+        with locks.exclusive(self.directory / "turnstile.lock", timeout_s=None, what="API call slot queue"):
+            deadline = time.monotonic() + self.wait_timeout_s
             while True:
                 fd = self._try_any()
                 if fd is not None:
@@ -73,8 +71,6 @@ class CallSlots:
                 if time.monotonic() >= deadline:
                     raise SlotTimeout(f"no API call slot freed within {self.wait_timeout_s:g} s")
                 time.sleep(self.poll_s)
-        finally:
-            turnstile.__exit__(None, None, None)
 
     @contextmanager
     def hold(self):
