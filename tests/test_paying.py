@@ -316,6 +316,54 @@ def test_a_billed_refusal_before_a_stop_is_kept_and_counted(paid, standin, capsy
     assert (p.decision().action, p.decision().version) == (BUILD, 1)
 
 
+def test_a_ledger_that_cannot_be_written_after_the_call_does_not_lose_the_paid_image(paid, standin, monkeypatch):
+    """The 200 arrived, then the ledger cannot take its cost (the disk filled up meanwhile). Before,
+    the OSError left the call loop and the paid image was never stored: the next run paid again.
+    Now the answer is stored first; the next reservation, failing the same way, stops the run."""
+    import errno
+
+    p = paid()
+    real, writes = budget.atomic_write_text, []
+
+    def full_after_the_reservation(path, text, **kw):
+        writes.append(path)
+        if len(writes) >= 2:  # 1st: the reservation before the call; 2nd: its settlement after the 200
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, text, **kw)
+
+    monkeypatch.setattr(budget, "atomic_write_text", full_after_the_reservation)
+    bought = p.buy()
+    assert standin.count == 1 and standin.requests[0].status == 200
+    assert bought.status == answers.IMAGE and answers.read(p.out, STEM, 1).status == answers.IMAGE
+    assert p.ledger()["calls"] == 1  # the call stays at its reservation
+    assert (p.decision().action, p.decision().version) == (BUILD, 1)  # never bought again
+    p.cfg["augmentations"][0]["num_images"] = 2  # one more output: its reservation cannot be written
+    with pytest.raises(answer_job.StopBuying, match=r"ledger\.json cannot be written \(No space left on device\)"):
+        answer_job.run(p.cfg, "ID1000__overcast__v1", 1, str(p.table))
+    assert standin.count == 1
+
+
+def test_another_runs_damaged_ledger_stops_buying_but_keeps_the_answer_in_flight(paid, standin):
+    """With api.max_total_cost_usd every settlement reads the other runs' ledgers. One becomes
+    unreadable while this call is in flight: the paid image is stored (before, it was lost), and
+    the run stops buying, naming the damaged file (it fails closed)."""
+    p = paid(max_total_cost_usd=100.0)
+    other = layout.pipeline_dir(p.out) / "runs" / "20260101T000000-9-other" / "ledger.json"
+
+    def damage_the_other_ledger(request):
+        other.parent.mkdir(parents=True, exist_ok=True)
+        other.write_text("{not json")
+
+    standin.set_rule(damage_the_other_ledger)
+    bought = p.buy()
+    assert standin.count == 1 and bought.status == answers.IMAGE
+    assert answers.read(p.out, STEM, 1).status == answers.IMAGE
+    p.cfg["augmentations"][0]["num_images"] = 2
+    with pytest.raises(answer_job.StopBuying, match=r"9-other/ledger\.json is damaged"):
+        answer_job.run(p.cfg, "ID1000__overcast__v1", 1, str(p.table))
+    assert standin.count == 1 and answers.versions(p.out, "ID1000__overcast__v1") == []
+
+
 def test_two_runs_sharing_a_directory_see_each_others_calls_under_the_cap(paid, standin, monkeypatch):
     """api.max_total_cost_usd is checked at every reservation against what every run of the
     directory has spent and holds in flight, not against a figure read at a run's first call: run

@@ -16,6 +16,7 @@ import hashlib
 import io
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from . import config as config_mod
 from . import governor, imaging, postprocess
 from .accounting import estimate_cost_usd
 from .answers import Answer
-from .budget import BudgetExceeded
+from .budget import BudgetExceeded, LedgerUnreadable
 from .providers import AttemptError, GenerationFailed, Request, RetryPolicy, call_with_retries, make_provider
 from .slots import CallSlots, SlotTimeout
 
@@ -247,6 +248,8 @@ def _raise_if_stopped(last: AttemptError) -> None:
         raise RunStopped(last.message, last.reason)
     if isinstance(last, BudgetExceeded):
         raise RunStopped(f"{last.message}; the rest is left for the next run", "BUDGET")
+    if isinstance(last, LedgerUnreadable):
+        raise RunStopped(last.message, last.reason)
     stop = getattr(last, "stop", None)
     if stop is not None:  # the job that stopped the run says why; the others only that it stopped
         raise RunStopped(stop.message if stop.first else f"the run stopped buying ({stop.reason})", stop.reason)
@@ -270,7 +273,12 @@ class _Tally:
         if self.buyer.governor is not None:
             self.buyer.governor.before_call()  # the run's cool-down and stop (the rate limit: with the slot)
         if self.buyer.ledger is not None:
-            self.buyer.ledger.reserve()
+            try:
+                self.buyer.ledger.reserve()
+            except OSError as exc:  # no paid call without its reservation
+                raise RunStopped(
+                    f"budget ledger {self.buyer.ledger.path} cannot be written ({exc.strerror or exc})", "LEDGER"
+                ) from None
 
     def decode(self, n: int, gen):
         """The answer's image, decoded (a failed attempt, retried, when it does not decode)."""
@@ -301,7 +309,12 @@ class _Tally:
         if usage is not None and usage.cost_usd is not None:
             self.reported = _add(self.reported, usage.cost_usd)
         if ledger is not None:
-            ledger.settle(cost, billable=billable)
+            try:
+                ledger.settle(cost, billable=billable)
+            except (OSError, LedgerUnreadable) as exc:
+                # the answer comes first: it is stored, and the next reservation (which fails the same
+                # way) stops the run; meanwhile the ledger keeps the call at its reservation
+                print(f"the cost of a made call is not in the budget ledger: {exc}", file=sys.stderr)
         if err is not None:
             self.errors.append(err)
             self.records.append(_attempt_record(err, cost))
