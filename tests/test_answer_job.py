@@ -63,3 +63,67 @@ def test_the_run_checks_the_space_it_needs_before_paying(tmp_path):
     assert hooks.space_problem(cfg, to_buy=10, to_build=0, free_bytes=10**12) == ""
     problem = hooks.space_problem(cfg, to_buy=1000, to_build=50, free_bytes=2 * 10**9)
     assert "has 2.0 GB free; this run writes about 18.1 GB (1000 answers and their outputs, 50 rebuilt" in problem
+
+
+# ---------------------------------------------------------------- a stored answer is never removed by Snakemake
+
+JOB = """
+import os, signal, sys
+from types import SimpleNamespace
+from nano_banana_aug import answer, answers, jobs
+from nano_banana_aug.answers import Answer
+
+out, when = sys.argv[1], sys.argv[2]
+path = os.path.join(out, "answers", "ID1__a__v0", "v1.json")
+snakemake = SimpleNamespace(log=[os.path.join(out, "job.log")], rule="answer", wildcards={}, output=[path])
+real = answers.write
+
+def write(*args, **kwargs):
+    if when == "while storing":
+        os.kill(os.getpid(), signal.SIGTERM)  # Snakemake stops its jobs while the answer is written
+    return real(*args, **kwargs)
+
+answers.write = write
+
+def work():
+    if when == "before storing":
+        os.kill(os.getpid(), signal.SIGTERM)
+    answer.store(out, SimpleNamespace(
+        answer=Answer(stem="ID1__a__v0", version=1, status="image", calls=1, est_cost_usd=0.13),
+        data=b"\\x89PNG\\r\\n\\x1a\\n" + b"x" * 100,
+    ))
+    if when == "after storing":
+        os.kill(os.getpid(), signal.SIGTERM)
+    if when == "error after storing":
+        raise OSError(28, "No space left on device")  # e.g. the augment.log line
+    return "stored"
+
+jobs.job_main(snakemake, work, name="answer ID1__a__v0 v1", done=lambda: os.path.exists(path))
+"""
+
+
+@pytest.mark.parametrize(
+    ("when", "code", "kept"),
+    [
+        ("before storing", 128 + 15, False),
+        ("while storing", 0, True),
+        ("after storing", 0, True),
+        ("error after storing", 0, True),
+    ],
+)
+def test_a_stored_answer_makes_the_job_succeed_whatever_comes_after(tmp_path, when, code, kept):
+    """Snakemake removes the outputs of a failed job (rule answer's are update(): no backup when the
+    file is new), and the next run buys a removed answer again. So once the paid answer is stored
+    the job exits 0: on SIGTERM (Snakemake stopping its jobs, also while the answer is being
+    written) and on any error after it. Before, each of these exited non-zero."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", JOB, str(tmp_path), when], capture_output=True, text=True, timeout=60)
+    assert res.returncode == code, res.stderr
+    assert (tmp_path / "answers" / "ID1__a__v0" / "v1.json").is_file() == kept
+    if when == "error after storing":
+        assert res.stderr.strip() == (
+            "answer ID1__a__v0 v1: unexpected error: No space left on device (details: "
+            f"{tmp_path / 'job.log'}) (after its work was stored: the job succeeds and keeps it)"
+        )

@@ -362,6 +362,29 @@ def test_a_failure_after_the_paid_call_leaves_the_answer_for_a_free_rebuild(tmp_
     assert r["status"] == "success" and r["answer_id"] == "v1" and len(standin.requests) == 1
 
 
+def test_a_failure_right_after_the_answer_is_stored_never_removes_it(tmp_path, standin):
+    """The answer job fails after its answer is stored (here augment.log cannot take the line that
+    says so, as on a full disk). Snakemake removes a failed job's outputs, so before, the paid
+    answer was deleted and the next run paid again. Now the job succeeds and keeps it."""
+    wf = make_paid_run(tmp_path, standin, n_images=1, augs=ONE)
+    log = wf / "data" / "aug" / "augment.log"
+
+    def log_cannot_be_written(request):
+        log.unlink(missing_ok=True)
+        log.mkdir()  # every later append to augment.log fails
+
+    standin.set_rule(log_cannot_be_written)
+    res = run(wf, check=False)
+    assert len(standin.requests) == 1
+    assert (wf / "data" / "aug" / "answers" / "ID1000__overcast__v0" / "v1.json").is_file()
+    assert "(after its work was stored: the job succeeds and keeps it)" in res.stderr
+    standin.set_rule(None)
+    log.rmdir()
+    run(wf)
+    (r,) = rows(wf)
+    assert r["status"] == "success" and r["answer_id"] == "v1" and len(standin.requests) == 1
+
+
 def test_prune_answers_never_deletes_an_answer_an_output_needs(tmp_path, standin):
     wf = make_paid_run(tmp_path, standin, n_images=2, augs=ONE)
     run(wf)

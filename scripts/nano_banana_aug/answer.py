@@ -17,11 +17,17 @@ Every per-target outcome is an answer and the job succeeds: rule
 (and with it the run: Snakemake starts no further job) only when buying must
 stop: the key is refused, the account has no credits, a daily quota ran
 out, the budget is used up, the call slots are stuck, the disk is full.
+Once its answer is stored the job succeeds whatever happens after (an error,
+Snakemake's SIGTERM): Snakemake would remove a failed job's answer, and the
+next run would buy it again.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+from contextlib import contextmanager
 
 from . import answers as answers_mod
 from . import config as config_mod
@@ -161,7 +167,8 @@ def store(output_dir, purchase, wait_s: float | None = None, pause_s: float = 5.
     deadline, said = time.monotonic() + wait_s, False
     while True:
         try:
-            return answers_mod.write(output_dir, purchase.answer, purchase.data)
+            with _stop_deferred():  # a stop while the answer is written lands once it is stored
+                return answers_mod.write(output_dir, purchase.answer, purchase.data)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or time.monotonic() >= deadline:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -179,6 +186,16 @@ def store(output_dir, purchase, wait_s: float | None = None, pause_s: float = 5.
             time.sleep(pause_s)
 
 
+@contextmanager
+def _stop_deferred():
+    """SIGTERM (Snakemake stopping its jobs) waits until this block has run."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def main(snakemake) -> None:
     """Entry point of rule ``answer`` (``script:``)."""
     from .jobs import job_main
@@ -188,4 +205,9 @@ def main(snakemake) -> None:
     from .pipeline import Pipeline
 
     table = Pipeline(snakemake.config).table
-    job_main(snakemake, lambda: run(snakemake.config, stem, int(w.version), table), name=f"answer {stem} v{w.version}")
+    job_main(
+        snakemake,
+        lambda: run(snakemake.config, stem, int(w.version), table),
+        name=f"answer {stem} v{w.version}",
+        done=lambda: os.path.exists(snakemake.output[0]),  # paid and stored: never removed by a failure after
+    )
