@@ -43,10 +43,30 @@ def test_cost_cap_reserves_then_settles(tmp_path):
     ledger.settle(0.1355)
     with pytest.raises(
         BudgetExceeded,
-        match=r"budget reached: \$0.27 estimated in this run; one more call \(\$0.1345\) would pass api.max_cost_usd=\$0.30",
+        match=r"budget reached: \$0.27 estimated in this run; one more call \(\$0.1355\) would pass api.max_cost_usd=\$0.30",
     ):
         ledger.reserve()
     assert ledger.read()["cost_usd"] == pytest.approx(0.271)
+
+
+def test_reservations_take_the_most_a_call_of_the_run_has_cost(tmp_path):
+    """Defect: every reservation was at the planning price while a call can cost more (a 4K answer
+    at ~$0.24, a long thought), so jobs reserving side by side passed the cap: three $0.24 calls
+    under max_cost_usd=0.55. Now a reservation is at the most a settled call of the run has cost."""
+    path = tmp_path / "ledger.json"
+    first = Ledger(path, max_cost_usd=0.55, reserve_usd=0.1345)
+    assert first.reserve() == 0.1345
+    first.settle(0.24)
+    b, c = (Ledger(path, max_cost_usd=0.55, reserve_usd=0.1345) for _ in range(2))  # two jobs, side by side
+    assert b.reserve() == 0.24
+    with pytest.raises(BudgetExceeded, match=r"one more call \(\$0.2400\) would pass api.max_cost_usd=\$0.55"):
+        c.reserve()
+    b.settle(0.24)
+    assert first.read()["cost_usd"] == pytest.approx(0.48) and first.read()["calls"] == 2
+    roomy = Ledger(path, max_cost_usd=1.0, reserve_usd=0.1345)
+    assert roomy.reserve() == 0.24
+    roomy.settle(None, billable=False)  # not billed: exactly what was reserved goes back
+    assert first.read()["cost_usd"] == pytest.approx(0.48) and first.read()["calls"] == 2
 
 
 def test_runs_have_separate_ledgers(tmp_path):
@@ -83,6 +103,12 @@ def test_a_call_the_service_did_not_bill_gives_its_reservation_back(tmp_path):
     assert ledger.read() == {"calls": 0, "billable": 0, "cost_usd": 0.0, "refused": 0}
     ledger.reserve()
     ledger.settle(0.1355)
-    assert ledger.read() == {"calls": 1, "billable": 1, "cost_usd": pytest.approx(0.1355), "refused": 0}
+    assert ledger.read() == {
+        "calls": 1,
+        "billable": 1,
+        "cost_usd": pytest.approx(0.1355),
+        "refused": 0,
+        "unit_usd": 0.1355,
+    }
     with pytest.raises(BudgetExceeded, match=r"1 paid calls of api.max_calls=1"):
         ledger.reserve()

@@ -364,6 +364,20 @@ def test_another_runs_damaged_ledger_stops_buying_but_keeps_the_answer_in_flight
     assert standin.count == 1 and answers.versions(p.out, "ID1000__overcast__v1") == []
 
 
+def test_a_4k_answer_is_never_bought_past_the_cost_cap(paid, standin):
+    """Defect: the reservation was at the 1K/2K price, so max_cost_usd=0.20 bought a 4K answer
+    (2,000 image tokens, ~$0.24). Now it is reserved at a 4K answer's price and refused."""
+    p = paid(max_cost_usd=0.20, image_config={"imageSize": "4K"})
+    with pytest.raises(answer_job.StopBuying, match=r"one more call \(\$0.2401\) would pass api.max_cost_usd=\$0.20"):
+        p.buy()
+    assert standin.count == 0
+    p = paid(max_cost_usd=0.25, image_config={"imageSize": "4K"})
+    bought = p.buy()
+    assert standin.count == 1 and bought.usage["output_image_tokens"] == 2000
+    assert p.ledger()["cost_usd"] == pytest.approx(bought.est_cost_usd)
+    assert 0.24 < bought.est_cost_usd <= 0.25
+
+
 def test_two_runs_sharing_a_directory_see_each_others_calls_under_the_cap(paid, standin, monkeypatch):
     """api.max_total_cost_usd is checked at every reservation against what every run of the
     directory has spent and holds in flight, not against a figure read at a run's first call: run

@@ -363,6 +363,28 @@ def test_the_plan_prices_an_answer_at_what_calls_cost_here_when_that_is_more(ws)
     assert "plan: 1 answers to buy, estimated $0.14 ($0.1358 each; more if retried)" in pipe.plan_lines()
 
 
+def test_a_4k_answer_is_planned_and_reserved_at_its_price(ws):
+    """Defect: with api.image_config imageSize 4K every call was planned and reserved at the 1K/2K
+    price ($0.1345) while it costs ~$0.24 (2,000 image tokens, REFERENCE): max_cost_usd=0.20
+    bought a $0.24 answer. The 880 extra image tokens are priced in (half of it in batch mode)."""
+    from nano_banana_aug import budget
+    from nano_banana_aug.accounting import price_per_call
+
+    def sized(size, **more):
+        return ws.config(
+            lambda raw: raw["api"].update(provider="gemini", model=None, image_config={"imageSize": size}, **more)
+        )
+
+    assert price_per_call(sized("4K")) == pytest.approx(0.1345 + 880 * 120 / 1e6)  # $0.2401
+    assert price_per_call(sized("2K")) == price_per_call(sized("1K")) == 0.1345
+    assert price_per_call(sized("4K", mode="batch")) == pytest.approx((0.1345 + 0.1056) / 2)
+    assert price_per_call(sized("4K", mode="batch"), batch=False) == pytest.approx(0.2401)
+    capped = sized("4K", max_cost_usd=0.5)
+    assert plan.budget_limit(capped, lambda: 0.0, lambda: None) == (2, "api.max_cost_usd")
+    assert plan.unit_price(capped) == pytest.approx(0.2401)
+    assert budget.for_config(capped).reserve_usd == pytest.approx(0.2401)
+
+
 def test_the_plan_of_a_paid_run_applies_its_max_calls(ws):
     paid = ws.config(lambda raw: raw["api"].update(provider="gemini", model=None, max_calls=1))
     unneeded = lambda: pytest.fail("not needed for max_calls")  # noqa: E731

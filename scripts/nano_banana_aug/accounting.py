@@ -39,6 +39,26 @@ DEFAULT_PRICING = {
 }
 
 
+#: output image tokens of one Gemini 3 Pro Image answer: $0.134 at 1K/2K, $0.24 at 4K (REFERENCE)
+IMAGE_TOKENS = {"1K": 1120, "2K": 1120, "4K": 2000}
+
+
+def price_per_call(cfg: dict, batch: bool | None = None) -> float:
+    """The price one paid call is planned and reserved at: ``api.pricing.image_usd_per_call`` (a
+    1K/2K answer's), plus the larger image's tokens when ``api.image_config`` asks for 4K; the
+    Batch API's share of it in batch mode (``batch`` defaults to the configured mode)."""
+    api = cfg["api"]
+    pricing = api["pricing"]
+    unit = float(pricing["image_usd_per_call"])
+    size = next((v for k, v in (api.get("image_config") or {}).items() if k in ("imageSize", "image_size")), "")
+    if str(size).upper() in IMAGE_TOKENS:
+        extra = IMAGE_TOKENS[str(size).upper()] - IMAGE_TOKENS["1K"]
+        unit += extra * _rate(pricing, "output_image_usd_per_mtok") / 1e6
+    if api.get("mode") == "batch" if batch is None else batch:
+        unit *= float(pricing.get("batch_factor", 0.5))
+    return unit
+
+
 def _rate(pricing: dict | None, key: str) -> float:
     value = (pricing or {}).get(key)
     return float(DEFAULT_PRICING[key] if value is None else value)

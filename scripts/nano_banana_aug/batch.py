@@ -46,6 +46,7 @@ from . import answers as answers_mod
 from . import config as config_mod
 from . import imaging, layout, locks, paying, runlog, runs
 from .answers import Answer
+from .accounting import price_per_call
 from .batch_records import (
     MAX_FILE_BYTES,
     OPEN_STATES,
@@ -64,7 +65,7 @@ def batch_price_factor(cfg: dict) -> float:
 
 
 def batch_call_usd(cfg: dict) -> float:
-    return float(cfg["api"]["pricing"]["image_usd_per_call"]) * batch_price_factor(cfg)
+    return price_per_call(cfg, batch=True)
 
 
 # ---------------------------------------------------------------- the batch job

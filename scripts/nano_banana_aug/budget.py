@@ -2,12 +2,16 @@
 
 What was paid is read from the answers (:mod:`nano_banana_aug.answers`);
 this module only keeps what is *in flight*.  Before each paid attempt a job
-reserves one call at the planning price (``pricing.image_usd_per_call``) in
+reserves one call at the planning price (``pricing.image_usd_per_call``, a
+4K answer's when ``api.image_config`` asks for 4K), or at the most a call of
+this run has cost when that is more, in
 the run's ledger (``.pipeline/runs/<run id>/ledger.json``, under an
 exclusive lock, so parallel jobs — also on other nodes of a shared
 filesystem — never start more calls than ``api.max_calls`` or spend past
 ``api.max_cost_usd``); after the call the estimate from the reported usage
-replaces the reservation.  ``api.max_total_cost_usd`` caps the whole output
+replaces the reservation.  A call can cost more than was reserved (a long
+thought): the cap is then passed by that difference on the calls in flight at
+most, and later reservations of the run take the higher price.  ``api.max_total_cost_usd`` caps the whole output
 directory, checked at every reservation against what every run has spent
 (:func:`spent_in_directory`): a run's ledger holds what it paid and what it
 has in flight (its batches still running included), so two runs sharing the
@@ -30,6 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import layout
+from .accounting import price_per_call
 from .fileio import atomic_write_text, file_mode
 from .providers.base import AttemptError
 
@@ -65,6 +70,7 @@ class Ledger:
         self.max_cost_usd = max_cost_usd
         self.max_total_cost_usd = max_total_cost_usd
         self.reserve_usd = float(reserve_usd)
+        self.reserved_usd = self.reserve_usd  # what the last reservation of this process counted
         # USD of the answers of runs without a ledger: they do not change during a run (every paid
         # call reserves in a ledger first), so summed once per run, kept in the ledger
         self.spent_outside = spent_outside or (lambda: 0.0)
@@ -126,17 +132,21 @@ class Ledger:
             )
         return ""
 
-    def reserve(self) -> None:
-        """Count one paid call, or raise BudgetExceeded without counting it."""
+    def reserve(self) -> float:
+        """Count one paid call, or raise BudgetExceeded without counting it; the USD reserved: the
+        planning price, or the most a call of this run has cost when that is more."""
         with self._locked() as state:
-            refusal = self._refusal(state, 1, self.reserve_usd)
+            unit = max(self.reserve_usd, float(state.get("unit_usd", 0.0)))
+            refusal = self._refusal(state, 1, unit)
             if refusal:
                 state["refused"] += 1
             else:
                 state["calls"] += 1
-                state["cost_usd"] += self.reserve_usd
+                state["cost_usd"] += unit
+                self.reserved_usd = unit
         if refusal:
             raise BudgetExceeded(refusal)
+        return unit
 
     def reserve_up_to(self, n: int, unit_usd: float) -> int:
         """Count up to ``n`` paid answers at ``unit_usd`` each (a batch chunk); how many fit."""
@@ -156,16 +166,18 @@ class Ledger:
             state["cost_usd"] = max(0.0, state["cost_usd"] - n * unit_usd)
 
     def settle(self, actual_usd: float | None, billable: bool = True) -> None:
-        """Replace the reservation of one made call by its estimated cost. A call the service does
-        not bill (an HTTP error, a refused connection) gives its reservation back: ``api.max_calls``
-        counts paid calls, so an overloaded service does not use up a run's budget."""
+        """Replace the reservation of the call just made (:meth:`reserve`) by its estimated cost,
+        which later reservations of the run take as their price when it is more. A call the service
+        does not bill (an HTTP error, a refused connection) gives its reservation back:
+        ``api.max_calls`` counts paid calls, so an overloaded service does not use up a run's budget."""
         if not billable:
-            self.release(1, self.reserve_usd)
+            self.release(1, self.reserved_usd)
             return
         with self._locked() as state:
             state["billable"] += 1
             if actual_usd is not None:
-                state["cost_usd"] = max(0.0, state["cost_usd"] + float(actual_usd) - self.reserve_usd)
+                state["cost_usd"] = max(0.0, state["cost_usd"] + float(actual_usd) - self.reserved_usd)
+                state["unit_usd"] = max(float(state.get("unit_usd", 0.0)), float(actual_usd))
 
 
 def for_config(cfg: dict) -> Ledger:
@@ -182,7 +194,7 @@ def for_config(cfg: dict) -> Ledger:
         max_calls=api.get("max_calls"),
         max_cost_usd=api.get("max_cost_usd"),
         max_total_cost_usd=api.get("max_total_cost_usd"),
-        reserve_usd=float(api["pricing"]["image_usd_per_call"]),
+        reserve_usd=price_per_call(cfg, batch=False),
         spent_outside=lambda: _answers_outside(out, _ledgers(out), exclude_run=run_id),
         other_runs=lambda: sum(_ledger_usd(p) for rid, p in _ledgers(out).items() if rid != run_id),
         lock_path=layout.pipeline_dir(out) / "ledger.lock",

@@ -297,14 +297,14 @@ class _Tally:
         ledger = self.buyer.ledger
         if isinstance(err, (governor.DispatchStopped, RunStopped)):  # not made: the reservation goes back
             if ledger is not None:
-                ledger.release(1, ledger.reserve_usd)
+                ledger.release(1, ledger.reserved_usd)
             return
         self.calls += 1
         usage = gen.usage if gen is not None else err.usage
         cost = self.buyer.estimate(usage)
         billable = gen is not None or err.billed
         if cost is None and billable and ledger is not None:  # billed, usage unknown: what was reserved
-            cost = ledger.reserve_usd
+            cost = ledger.reserved_usd
         self.cost = _add(self.cost, cost)
         if usage is not None and usage.cost_usd is not None:
             self.reported = _add(self.reported, usage.cost_usd)

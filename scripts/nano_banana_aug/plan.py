@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from . import answers as answers_mod
 from . import decisions as review_decisions
 from . import layout
+from .accounting import price_per_call
 
 BUY, BUILD, DONE, BLOCKED, ADOPTED, DEFERRED = "buy", "build", "done", "blocked", "adopted", "deferred"
 
@@ -318,8 +319,4 @@ def unit_price(cfg: dict, per_call_seen: float | None = None) -> float:
     :func:`nano_banana_aug.answers.cost_per_call`): the prompt's text and the model's thinking are
     billed too, and the budget guard counts them, so a plan at the configured price alone could
     promise one answer more than the guard then lets a run buy."""
-    pricing = cfg["api"]["pricing"]
-    unit = float(pricing["image_usd_per_call"])
-    if cfg["api"].get("mode") == "batch":
-        unit *= float(pricing["batch_factor"])
-    return max(unit, per_call_seen or 0.0)
+    return max(price_per_call(cfg), per_call_seen or 0.0)
