@@ -378,6 +378,24 @@ def test_a_4k_answer_is_never_bought_past_the_cost_cap(paid, standin):
     assert 0.24 < bought.est_cost_usd <= 0.25
 
 
+def test_a_job_makes_no_more_billed_failed_attempts_than_max_total_attempts_leaves(paid, standin):
+    """Defect: every job made api.max_retries attempts whatever the target had left of
+    api.max_total_attempts: with 4 and 3 retries, the second answer made 3 billed failed
+    attempts (6 in all). Now it stops after the 4th; a 503 (not billed) does not count."""
+    p = paid(max_total_attempts=4, max_retries=3)
+    standin.set_default("gemini", B("image_safety"))
+    assert p.buy(1).calls == 3
+    p.build(1)
+    assert (p.decision().action, p.decision().version) == (BUY, 2)
+    standin.script("gemini", B("overloaded"))  # not billed: does not use up what is left
+    second = p.buy(2)
+    assert [r.kind for r in standin.requests] == ["image_safety"] * 3 + ["overloaded", "image_safety"]
+    assert (second.status, second.reason, second.calls) == (answers.REFUSED, "IMAGE_SAFETY", 2)
+    assert answers.billed_calls(second) == 1
+    p.build(2)
+    assert p.decision().action == BLOCKED
+
+
 def test_two_runs_sharing_a_directory_see_each_others_calls_under_the_cap(paid, standin, monkeypatch):
     """api.max_total_cost_usd is checked at every reservation against what every run of the
     directory has spent and holds in flight, not against a figure read at a run's first call: run
@@ -422,12 +440,12 @@ def test_an_overloaded_service_neither_blocks_an_output_nor_uses_up_the_budget(p
     p.build(4)
     assert (p.decision().action, p.decision().version) == (BUY, 5)  # 1 billed failed attempt of 2
     standin.set_default("gemini", B("image_safety"))
-    p.buy(5)
+    assert p.buy(5).calls == 1  # what max_total_attempts leaves: one more billed failed attempt
     p.build(5)
     d = p.decision()
     assert (d.action, d.version) == (BLOCKED, 5)
-    assert d.why == "3 billed failed attempts (api.max_total_attempts=2)"
-    assert p.ledger()["calls"] == 3 and standin.count == 10
+    assert d.why == "2 billed failed attempts (api.max_total_attempts=2)"
+    assert p.ledger()["calls"] == 2 and standin.count == 9
 
 
 def test_calls_queued_behind_the_slots_keep_the_rate_limit(paid, standin):

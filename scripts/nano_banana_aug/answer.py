@@ -112,7 +112,13 @@ def run(cfg: dict, stem: str, version: int, targets_table) -> Answer | None:
         )
         try:
             purchase = buyer.buy(
-                request, stem=stem, version=version, fp=fp, key=key, max_pixels=int(cfg["postprocess"]["max_pixels"])
+                request,
+                stem=stem,
+                version=version,
+                fp=fp,
+                key=key,
+                max_pixels=int(cfg["postprocess"]["max_pixels"]),
+                billed_left=billed_left(cfg, out, stem),
             )
         except RunStopped as exc:
             runlog.event(cfg, "stopped", stem, reason=exc.reason, error=exc.message[:300])
@@ -138,6 +144,15 @@ def run(cfg: dict, stem: str, version: int, targets_table) -> Answer | None:
             error=answer.message[:300] or None,
         )
         return answer
+
+
+def billed_left(cfg: dict, out, stem: str) -> int | None:
+    """Billed failed attempts ``api.max_total_attempts`` leaves the target (None: no cap, the
+    run retries blocked outputs)."""
+    if (cfg.get("_asked") or {}).get("retry_blocked"):
+        return None
+    failed = answers_mod.failed_attempts(answers_mod.versions(out, stem), lambda v: answers_mod.try_read(out, stem, v))
+    return max(0, int(cfg["api"]["max_total_attempts"]) - failed)
 
 
 #: below this much free space no answer is bought (the run checked at its start that it has room)

@@ -30,6 +30,15 @@ from .providers import AttemptError, GenerationFailed, Request, RetryPolicy, cal
 from .slots import CallSlots, SlotTimeout
 
 
+class AttemptsUsedUp(AttemptError):
+    """The target's billed failed attempts reached ``api.max_total_attempts``: no further attempt."""
+
+    def __init__(self):
+        super().__init__(
+            "api.max_total_attempts billed failed attempts since the last image", retryable=False, reason="BLOCKED"
+        )
+
+
 class UnusableSource(Exception):
     """The source image cannot be read or decoded: nothing is sent."""
 
@@ -211,11 +220,22 @@ class Buyer:
                 os.close(fd)
             self.governor.before_call()  # a cool-down began while this job waited for its slot
 
-    def buy(self, request: Request, *, stem: str, version: int, fp: dict, key: str, max_pixels: int) -> Purchase:
-        """Make up to ``api.max_retries`` attempts; the answer says what came back (image, refused,
-        failed). Raises RunStopped when the run must stop buying; its ``purchase`` holds the
-        refusal to store when attempts before the stop were billed, else None."""
-        tally = _Tally(self, max_pixels)
+    def buy(
+        self,
+        request: Request,
+        *,
+        stem: str,
+        version: int,
+        fp: dict,
+        key: str,
+        max_pixels: int,
+        billed_left: int | None = None,
+    ) -> Purchase:
+        """Make up to ``api.max_retries`` attempts, of which at most ``billed_left`` billed failed
+        ones (what ``api.max_total_attempts`` leaves the target); the answer says what came back
+        (image, refused, failed). Raises RunStopped when the run must stop buying; its ``purchase``
+        holds the refusal to store when attempts before the stop were billed, else None."""
+        tally = _Tally(self, max_pixels, billed_left)
         try:
             gen = call_with_retries(
                 _Guarded(self),
@@ -236,6 +256,8 @@ class Buyer:
                     made = GenerationFailed(billed[-1], len(tally.errors), failed.seconds)
                     stop.purchase = Purchase(tally.answer(self, stem, version, fp, key, failed=made), None)
                 raise stop from None
+            if isinstance(failed.last, AttemptsUsedUp) and tally.errors:  # the answer says what the last call said
+                failed = GenerationFailed(tally.errors[-1], len(tally.errors), failed.seconds)
             return Purchase(tally.answer(self, stem, version, fp, key, failed=failed), None)
         return Purchase(tally.answer(self, stem, version, fp, key, gen=gen), gen.data)
 
@@ -262,14 +284,16 @@ def _usage_dict(usage) -> dict:
 class _Tally:
     """One answer's attempts: the guards before each, the accounting after each, the decoding."""
 
-    def __init__(self, buyer: Buyer, max_pixels: int):
-        self.buyer, self.max_pixels = buyer, max_pixels
+    def __init__(self, buyer: Buyer, max_pixels: int, billed_left: int | None = None):
+        self.buyer, self.max_pixels, self.billed_left = buyer, max_pixels, billed_left
         self.calls, self.cost, self.reported = 0, None, None
         self.errors: list[AttemptError] = []
         self.records: list[dict] = []
         self.started = time.monotonic()
 
     def before(self, n: int) -> None:
+        if self.billed_left is not None and sum(e.billed for e in self.errors) >= self.billed_left:
+            raise AttemptsUsedUp()
         if self.buyer.governor is not None:
             self.buyer.governor.before_call()  # the run's cool-down and stop (the rate limit: with the slot)
         if self.buyer.ledger is not None:
