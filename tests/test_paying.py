@@ -291,6 +291,18 @@ def test_a_request_whose_headers_do_not_come_in_time_is_counted_as_billed(paid, 
     assert ledger["cost_usd"] == pytest.approx(bought.est_cost_usd) and bought.est_cost_usd > 0.1345 * 2
 
 
+def test_a_connection_dropped_after_the_request_was_sent_is_counted_as_billed(paid, standin):
+    """Like a request whose headers do not come in time, a connection the service closes after the
+    request was sent may have made, and billed, the answer. Before, it was counted as not billed,
+    so max_calls=1 let a second request go out."""
+    p = paid(max_retries=2, max_calls=1)
+    standin.script("gemini", B("slow", delay=0.5, then="drop"), "ok")
+    kept = p.buy()
+    assert standin.count == 1 and p.ledger()["calls"] == 1
+    assert (kept.status, kept.reason, answers.billed_calls(kept)) == (answers.REFUSED, "DROPPED", 1)
+    assert kept.est_cost_usd == pytest.approx(0.1345)
+
+
 def test_a_billed_refusal_before_a_stop_is_kept_and_counted(paid, standin, capsys):
     """Attempt 1 is a billed safety block, attempt 2 is stopped by the budget: the run stops
     buying, and the job ends with the billed attempt stored as its answer (a failing job's
@@ -394,6 +406,29 @@ def test_a_job_makes_no_more_billed_failed_attempts_than_max_total_attempts_leav
     assert answers.billed_calls(second) == 1
     p.build(2)
     assert p.decision().action == BLOCKED
+
+
+def test_an_openrouter_answer_costs_every_billed_attempt_also_one_without_a_reported_cost(paid, standin):
+    """Defect: what an answer cost (summaries, max_total_cost_usd once the ledger is pruned) was
+    the sum of OpenRouter's reported costs, which misses an attempt that timed out (billed, no
+    usage.cost): the directory's total dropped by ~$0.13 when its ledger was pruned."""
+    import shutil
+
+    p = paid(
+        provider="openrouter",
+        model="google/gemini-3-pro-image-preview",
+        base_url=standin.openrouter_url,
+        timeout_s=1,
+        max_retries=2,
+    )
+    standin.script("openrouter", B("slow", delay=2.5), "ok")
+    bought = p.buy()
+    assert answers.billed_calls(bought) == 2 and bought.cost_usd is not None  # the second reported its cost
+    assert bought.est_cost_usd == pytest.approx(0.1345 + bought.cost_usd)  # the first at the reserved price
+    assert answers.spent_usd(bought) == pytest.approx(bought.est_cost_usd)
+    with_ledger = budget.spent_in_directory(p.out)
+    shutil.rmtree(layout.pipeline_dir(p.out) / "runs")  # what pruning does to a run 14 days old
+    assert budget.spent_in_directory(p.out) == pytest.approx(with_ledger) == pytest.approx(bought.est_cost_usd)
 
 
 def test_two_runs_sharing_a_directory_see_each_others_calls_under_the_cap(paid, standin, monkeypatch):

@@ -367,7 +367,7 @@ def test_unknown_model(standin, make):
     assert err.status == 400 and not err.retryable and "not a valid model ID" in err.message
 
 
-def test_timeout_and_dropped_connection_are_retryable(standin, make, provider_name):
+def test_timeout_and_dropped_connection_are_retryable_and_may_be_billed(standin, make, provider_name):
     standin.script(provider_name, B("slow", delay=3), "drop")
     prov = make(provider_name, timeout_s=0.4)
     t0 = time.monotonic()
@@ -375,7 +375,9 @@ def test_timeout_and_dropped_connection_are_retryable(standin, make, provider_na
     assert err.reason == "TIMEOUT" and err.retryable and err.status is None
     assert time.monotonic() - t0 < 2.5
     err = attempt_error(prov)
-    assert err.reason == "CONNECTION" and err.retryable
+    # sent, then closed before any answer: like a timeout, the model may have made (and billed) it
+    assert (err.reason, err.retryable, err.status, err.billed) == ("DROPPED", True, None, True)
+    assert err.message.startswith("connection dropped after the request was sent (may be billed): RemoteDisconnected")
     assert prov.attempt(make_request()).data  # the session recovers
 
 
@@ -400,7 +402,7 @@ def test_connection_refused_is_retryable():
         pass  # closed again: nothing listens there
     prov = GeminiProvider(api_key=KEY, base_url=f"http://127.0.0.1:{port}/v1beta", timeout_s=2)
     err = attempt_error(prov)
-    assert err.reason == "CONNECTION" and err.retryable
+    assert err.reason == "CONNECTION" and err.retryable and not err.billed  # nothing was sent
 
 
 def socket_port():

@@ -18,7 +18,7 @@ Kinds of answer (``status``):
               text only, an undecodable image, an error inside HTTP 200);
               such answers can be billed, so they are kept like any other
 ``failed``    every attempt failed without being billed (503 overload, 429,
-              lost connections): nothing was bought; the next run tries again
+              refused connections): nothing was bought; the next run tries again
 ``unusable``  the source image could not be read when the answer was to be
               bought: nothing was sent
 
@@ -198,7 +198,7 @@ def iter_all(output_dir):
 def billed_calls(answer: Answer) -> int:
     """The calls of an answer the service may have billed: the one that brought its image, and
     the failed attempts it may bill (see :func:`~nano_banana_aug.providers.base.may_be_billed`);
-    a batch's refusal is one. A 503, a per-minute 429 or a lost connection is not one."""
+    a batch's refusal is one. A 503, a per-minute 429 or a refused connection is not one."""
     billed = sum(
         1
         for r in answer.attempts
@@ -238,10 +238,12 @@ def cost_per_call(output_dir, source: str, sample: int = 500) -> float | None:
 
 
 def spent_usd(answer: Answer) -> float:
-    """What one answer cost: the service's figure when it gave one, else the estimate."""
-    if answer.cost_usd is not None:
-        return float(answer.cost_usd)
-    return float(answer.est_cost_usd or 0.0)
+    """What one answer cost: the sum over its attempts of the service's figure where it gave one
+    (OpenRouter's ``usage.cost``), else the estimate (``est_cost_usd``). ``cost_usd`` alone sums
+    only the reported figures, and misses a billed attempt that reported none (a timeout)."""
+    if answer.est_cost_usd is not None:
+        return float(answer.est_cost_usd)
+    return float(answer.cost_usd or 0.0)
 
 
 def totals(answers) -> dict:

@@ -116,10 +116,11 @@ class AttemptError(Exception):
 
 def may_be_billed(status: int | None, reason: str, has_usage: bool) -> bool:
     """Whether the service may bill a failed attempt: it reported usage, it answered 200 (a
-    refusal, an undecodable image, a body lost after its headers), or no headers came within the
-    timeout after the request was sent (``TIMEOUT``: the model may have made, and billed, the
-    answer). A 429/5xx status, a redirect or a refused connection is not billed."""
-    return bool(has_usage) or status == 200 or (status is None and reason == "TIMEOUT")
+    refusal, an undecodable image, a body lost after its headers), or the request was sent and no
+    headers came (``TIMEOUT``: none within the timeout; ``DROPPED``: the connection was closed
+    first): the model may have made, and billed, the answer. A 429/5xx status, a redirect or a
+    refused connection is not billed."""
+    return bool(has_usage) or status == 200 or (status is None and reason in ("TIMEOUT", "DROPPED"))
 
 
 class GenerationFailed(Exception):

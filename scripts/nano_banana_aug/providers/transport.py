@@ -15,6 +15,7 @@ from __future__ import annotations
 import email.utils
 import json
 import re
+import socket
 import time
 from dataclasses import dataclass
 
@@ -114,21 +115,30 @@ def retry_delay_from_details(details) -> float | None:
     return None
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception behind a requests/urllib3 error (for short messages)."""
+def _causes(exc: BaseException):
+    """The exception behind a requests/urllib3 error and the ones behind it, outermost first."""
     seen = set()
-    cur: BaseException = exc
-    while id(cur) not in seen:
+    cur: BaseException | None = exc
+    while isinstance(cur, BaseException) and id(cur) not in seen:
         seen.add(id(cur))
+        yield cur
         nxt = getattr(cur, "reason", None)
         if not isinstance(nxt, BaseException):
             nxt = next((a for a in getattr(cur, "args", ()) if isinstance(a, BaseException)), None)
-        if not isinstance(nxt, BaseException):
-            nxt = cur.__cause__ or cur.__context__
-        if not isinstance(nxt, BaseException):
-            break
-        cur = nxt
-    return cur
+        cur = nxt if isinstance(nxt, BaseException) else (cur.__cause__ or cur.__context__)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception behind a requests/urllib3 error (for short messages)."""
+    *_, root = _causes(exc)
+    return root
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """The connection was never made (refused, no such host): nothing was sent."""
+    from urllib3.exceptions import NewConnectionError
+
+    return any(isinstance(c, (NewConnectionError, ConnectionRefusedError, socket.gaierror)) for c in _causes(exc))
 
 
 def _describe(exc: BaseException, secret: str | None = None) -> str:
@@ -215,8 +225,11 @@ def post_json(
             # inside a body comes as ConnectionError(urllib3's ReadTimeoutError from the socket's TimeoutError).
             # Before the headers it may still be billed: the request was sent, the model may be making it
             message, reason = f"request timed out after {timeout_s:g} s (api.timeout_s){after}", "TIMEOUT"
-        elif isinstance(exc, requests.ConnectionError):
+        elif isinstance(exc, requests.ConnectionError) and (status is not None or _never_connected(exc)):
             message, reason = f"connection failed{after}", "CONNECTION"
+        elif isinstance(exc, requests.ConnectionError):  # sent, then closed before any answer: like a timeout,
+            # the model may have made, and billed, the answer
+            message, reason = "connection dropped after the request was sent (may be billed)", "DROPPED"
         else:  # ChunkedEncodingError, ContentDecodingError, ...
             message, reason = f"transfer failed{after}", "TRANSFER"
         raise AttemptError(
