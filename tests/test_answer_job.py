@@ -1,6 +1,7 @@
 """The paid job's handling of a full disk: nothing bought without room, a paid answer never lost to ENOSPC."""
 
 import errno
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -119,7 +120,13 @@ def test_a_stored_answer_makes_the_job_succeed_whatever_comes_after(tmp_path, wh
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, "-c", JOB, str(tmp_path), when], capture_output=True, text=True, timeout=60)
+    from pathlib import Path
+
+    scripts = str(Path(__file__).resolve().parents[1] / "scripts")  # this checkout's code, not an installed one
+    env = {**os.environ, "PYTHONPATH": scripts}
+    res = subprocess.run(
+        [sys.executable, "-c", JOB, str(tmp_path), when], capture_output=True, text=True, timeout=60, env=env
+    )
     assert res.returncode == code, res.stderr
     assert (tmp_path / "answers" / "ID1__a__v0" / "v1.json").is_file() == kept
     if when == "error after storing":

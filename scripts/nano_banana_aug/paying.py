@@ -321,7 +321,10 @@ class _Tally:
         ledger = self.buyer.ledger
         if isinstance(err, (governor.DispatchStopped, RunStopped)):  # not made: the reservation goes back
             if ledger is not None:
-                ledger.release(1, ledger.reserved_usd)
+                try:
+                    ledger.release(1, ledger.reserved_usd)
+                except (OSError, LedgerUnreadable) as exc:  # the billed attempts before it are still stored
+                    print(f"a reservation is not given back to the budget ledger: {exc}", file=sys.stderr)
             return
         self.calls += 1
         usage = gen.usage if gen is not None else err.usage
