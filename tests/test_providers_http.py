@@ -405,6 +405,15 @@ def test_connection_refused_is_retryable():
     assert err.reason == "CONNECTION" and err.retryable and not err.billed  # nothing was sent
 
 
+def test_a_tls_handshake_that_fails_is_not_billed(standin):
+    """https to a plain-HTTP port (as a certificate or proxy failure): no request reaches the
+    service, so it is CONNECTION (not billed), not DROPPED."""
+    prov = GeminiProvider(api_key=KEY, base_url=standin.gemini_base_url.replace("http://", "https://"), timeout_s=2)
+    err = attempt_error(prov)
+    assert err.reason == "CONNECTION" and err.retryable and not err.billed
+    assert len(standin.requests) == 0
+
+
 def socket_port():
     import socket
 

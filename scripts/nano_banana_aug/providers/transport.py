@@ -16,6 +16,7 @@ import email.utils
 import json
 import re
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -138,7 +139,10 @@ def _never_connected(exc: BaseException) -> bool:
     """The connection was never made (refused, no such host): nothing was sent."""
     from urllib3.exceptions import NewConnectionError
 
-    return any(isinstance(c, (NewConnectionError, ConnectionRefusedError, socket.gaierror)) for c in _causes(exc))
+    never = (NewConnectionError, ConnectionRefusedError, socket.gaierror, ssl.SSLError)  # TLS: before any request
+    return isinstance(exc, (requests.exceptions.SSLError, requests.exceptions.ProxyError)) or any(
+        isinstance(c, never) for c in _causes(exc)
+    )
 
 
 def _describe(exc: BaseException, secret: str | None = None) -> str:
