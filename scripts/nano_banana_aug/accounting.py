@@ -55,8 +55,13 @@ def price_per_call(cfg: dict, batch: bool | None = None) -> float:
         extra = IMAGE_TOKENS[str(size).upper()] - IMAGE_TOKENS["1K"]
         unit += extra * _rate(pricing, "output_image_usd_per_mtok") / 1e6
     if api.get("mode") == "batch" if batch is None else batch:
-        unit *= float(pricing.get("batch_factor", 0.5))
+        unit *= batch_price_factor(cfg)
     return unit
+
+
+def batch_price_factor(cfg: dict) -> float:
+    """The Batch API's price as a fraction of the standard one (``api.pricing.batch_factor``)."""
+    return float(cfg["api"]["pricing"].get("batch_factor", 0.5))
 
 
 def _rate(pricing: dict | None, key: str) -> float:

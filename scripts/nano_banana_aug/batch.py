@@ -46,7 +46,7 @@ from . import answers as answers_mod
 from . import config as config_mod
 from . import imaging, layout, locks, paying, runlog, runs
 from .answers import Answer
-from .accounting import price_per_call
+from .accounting import batch_price_factor, price_per_call
 from .batch_records import (
     MAX_FILE_BYTES,
     OPEN_STATES,
@@ -58,10 +58,6 @@ from .batch_records import (
 )
 from .providers.base import AttemptError
 from .providers.gemini_batch import BatchApiError, BatchClient, BatchStatus
-
-
-def batch_price_factor(cfg: dict) -> float:
-    return float(cfg["api"]["pricing"].get("batch_factor", 0.5))
 
 
 def batch_call_usd(cfg: dict) -> float:

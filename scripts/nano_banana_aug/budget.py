@@ -11,8 +11,8 @@ filesystem — never start more calls than ``api.max_calls`` or spend past
 ``api.max_cost_usd``); after the call the estimate from the reported usage
 replaces the reservation.  A call can cost more than was reserved (a long
 thought): the cap is then passed by that difference on the calls in flight at
-most, and later reservations of the run take the higher price.  ``api.max_total_cost_usd`` caps the whole output
-directory, checked at every reservation against what every run has spent
+most, and later reservations of the run take the higher price.
+``api.max_total_cost_usd`` caps the whole output directory, checked at every reservation against what every run has spent
 (:func:`spent_in_directory`): a run's ledger holds what it paid and what it
 has in flight (its batches still running included), so two runs sharing the
 directory see each other's calls as they are made; the answers of runs

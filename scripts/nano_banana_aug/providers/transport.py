@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 import requests
+from urllib3.exceptions import NewConnectionError
 
 from .base import AttemptError
 
@@ -136,9 +137,7 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 
 def _never_connected(exc: BaseException) -> bool:
-    """The connection was never made (refused, no such host): nothing was sent."""
-    from urllib3.exceptions import NewConnectionError
-
+    """The connection was never made (refused, no such host, TLS or proxy failed): nothing was sent."""
     never = (NewConnectionError, ConnectionRefusedError, socket.gaierror, ssl.SSLError)  # TLS: before any request
     return isinstance(exc, (requests.exceptions.SSLError, requests.exceptions.ProxyError)) or any(
         isinstance(c, never) for c in _causes(exc)
