@@ -52,6 +52,11 @@ def to_buy(res) -> int:
     return int(m.group(1)) if m else 0
 
 
+def job_log(wf, stem="ID1000__overcast__v0", version=1) -> str:
+    p = wf / "data" / "aug" / ".pipeline" / "logs" / "answer" / f"{stem}.v{version}.log"
+    return p.read_text() if p.exists() else ""
+
+
 def answer_jobs(res) -> int:
     """Answer jobs in a dry-run's job table (Snakemake's own count)."""
     import re
@@ -383,6 +388,48 @@ def test_a_failure_right_after_the_answer_is_stored_never_removes_it(tmp_path, s
     run(wf)
     (r,) = rows(wf)
     assert r["status"] == "success" and r["answer_id"] == "v1" and len(standin.requests) == 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_a_stop_while_the_paid_answer_arrives_waits_until_it_is_stored(tmp_path, standin, signum):
+    """Ctrl-C (SIGINT to the terminal's process group) or SIGTERM (a cluster cancelling the job)
+    after the 200's headers, while the body still comes: the answer is made and billed. Before, the
+    answer job died in the download and the next run paid again; now the stop waits until the
+    answer is stored, and the next run only builds its output."""
+    wf = make_paid_run(tmp_path, standin, n_images=1, augs=ONE, timeout_s=600)
+    standin.set_default("gemini", B("slow_body", pieces=4, pause=0, hold=True))
+    a = start(wf, jobs="1")
+    standin.wait_until(lambda s: held(s) == 1)  # the headers are out, the body holds after its first piece
+    wait_for(lambda: "HTTP 200, the paid answer arrives" in job_log(wf), "the job to have the 200's headers")
+    os.killpg(a.pid, signum)
+    standin.release()
+    a.wait(timeout=300)
+    answer = wf / "data" / "aug" / "answers" / "ID1000__overcast__v0" / "v1.json"
+    assert answer.is_file(), a.log_path.read_text()[-3000:]
+    res = run(wf)
+    assert len(standin.requests) == 1 and to_buy(res) == 0, res.stderr[-2000:]
+    (r,) = rows(wf)
+    assert r["status"] == "success" and r["answer_id"] == "v1"
+
+
+def test_a_stop_while_a_billed_refusal_arrives_keeps_it_and_makes_no_further_attempt(tmp_path, standin):
+    """The held 200 is a billed refusal (IMAGE_SAFETY): before, the retry that followed was made
+    while the stop waited, or the refusal was lost; now it is stored and no attempt follows."""
+    import json
+
+    wf = make_paid_run(tmp_path, standin, n_images=1, augs=ONE, timeout_s=600)
+    standin.script("gemini", B("slow_body", pieces=4, pause=0, hold=True, then="image_safety"), "ok")
+    a = start(wf, jobs="1")
+    wait_for(lambda: "HTTP 200, the paid answer arrives" in job_log(wf), "the job to have the 200's headers")
+    assert held(standin) == 1
+    os.killpg(a.pid, signal.SIGTERM)
+    standin.release()
+    a.wait(timeout=300)
+    answer = wf / "data" / "aug" / "answers" / "ID1000__overcast__v0" / "v1.json"
+    assert answer.is_file(), a.log_path.read_text()[-3000:]
+    kept = json.loads(answer.read_text())
+    assert kept["status"] == "refused" and kept["calls"] == 1 and len(standin.requests) == 1
+    assert "the job is being stopped (SIGTERM or Ctrl-C)" in log_text(wf)
 
 
 def test_prune_answers_never_deletes_an_answer_an_output_needs(tmp_path, standin):

@@ -18,20 +18,20 @@ Every per-target outcome is an answer and the job succeeds: rule
 stop: the key is refused, the account has no credits, a daily quota ran
 out, the budget is used up, the call slots are stuck, the disk is full.
 Once its answer is stored the job succeeds whatever happens after (an error,
-Snakemake's SIGTERM): Snakemake would remove a failed job's answer, and the
-next run would buy it again.
+Snakemake's SIGTERM, Ctrl-C): Snakemake would remove a failed job's answer,
+and the next run would buy it again. A stop that comes once a paid answer
+has begun to arrive (a 200's headers) waits until that answer is stored; no
+attempt is made after it.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from contextlib import contextmanager
 
 from . import answers as answers_mod
 from . import config as config_mod
-from . import layout, locks, runlog
+from . import jobs, layout, locks, runlog
 from .answers import Answer
 from .errors import UserError
 from .paying import (
@@ -110,29 +110,40 @@ def run(cfg: dict, stem: str, version: int, targets_table) -> Answer | None:
         runlog.event(
             cfg, "started", stem, answer=f"v{version}", provider=cfg["api"]["provider"], model=cfg["api"]["model"]
         )
-        try:
-            purchase = buyer.buy(
-                request,
-                stem=stem,
-                version=version,
-                fp=fp,
-                key=key,
-                max_pixels=int(cfg["postprocess"]["max_pixels"]),
-                billed_left=billed_left(cfg, out, stem),
-            )
-        except RunStopped as exc:
-            runlog.event(cfg, "stopped", stem, reason=exc.reason, error=exc.message[:300])
-            if exc.purchase is None:
-                raise StopBuying(f"not bought: {exc.message}") from None
-            # what was billed before the stop is kept and counted: the job ends with its answer (a
-            # failed job's outputs are removed by Snakemake); the stop holds for every other job
-            kept = store(out, exc.purchase)
-            runlog.event(cfg, kept.status, stem, answer=kept.answer_id, calls=kept.calls, reason=kept.reason)
-            said = f"stopped buying: {exc.message} (the billed {kept.reason} answer of {stem} is kept)"
-            runlog.message(cfg, said)
-            print(said, file=sys.stderr)
-            return kept
-        answer = store(out, purchase)
+        with jobs.stops_held() as hold:  # from the first paid answer's headers until it is stored
+
+            def answer_arrives():
+                hold()
+                print(
+                    f"{stem} v{version}: HTTP 200, the paid answer arrives; a stop waits until it is stored",
+                    file=sys.stderr,
+                    flush=True,
+                )  # the job's log
+
+            buyer.provider.on_200 = answer_arrives
+            try:
+                purchase = buyer.buy(
+                    request,
+                    stem=stem,
+                    version=version,
+                    fp=fp,
+                    key=key,
+                    max_pixels=int(cfg["postprocess"]["max_pixels"]),
+                    billed_left=billed_left(cfg, out, stem),
+                )
+            except RunStopped as exc:
+                runlog.event(cfg, "stopped", stem, reason=exc.reason, error=exc.message[:300])
+                if exc.purchase is None:
+                    raise StopBuying(f"not bought: {exc.message}") from None
+                # what was billed before the stop is kept and counted: the job ends with its answer (a
+                # failed job's outputs are removed by Snakemake); the stop holds for every other job
+                kept = store(out, exc.purchase)
+                runlog.event(cfg, kept.status, stem, answer=kept.answer_id, calls=kept.calls, reason=kept.reason)
+                said = f"stopped buying: {exc.message} (the billed {kept.reason} answer of {stem} is kept)"
+                runlog.message(cfg, said)
+                print(said, file=sys.stderr)
+                return kept
+            answer = store(out, purchase)
         runlog.event(
             cfg,
             "answer" if answer.has_image else answer.status,
@@ -182,7 +193,7 @@ def store(output_dir, purchase, wait_s: float | None = None, pause_s: float = 5.
     deadline, said = time.monotonic() + wait_s, False
     while True:
         try:
-            with _stop_deferred():  # a stop while the answer is written lands once it is stored
+            with jobs.stops_deferred():  # a stop while the answer is written lands once it is stored
                 return answers_mod.write(output_dir, purchase.answer, purchase.data)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or time.monotonic() >= deadline:
@@ -201,26 +212,14 @@ def store(output_dir, purchase, wait_s: float | None = None, pause_s: float = 5.
             time.sleep(pause_s)
 
 
-@contextmanager
-def _stop_deferred():
-    """SIGTERM (Snakemake stopping its jobs) waits until this block has run."""
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
-
-
 def main(snakemake) -> None:
     """Entry point of rule ``answer`` (``script:``)."""
-    from .jobs import job_main
-
     w = snakemake.wildcards
     stem = layout.stem(w.image_id, w.aug, int(w.k))
     from .pipeline import Pipeline
 
     table = Pipeline(snakemake.config).table
-    job_main(
+    jobs.job_main(
         snakemake,
         lambda: run(snakemake.config, stem, int(w.version), table),
         name=f"answer {stem} v{w.version}",

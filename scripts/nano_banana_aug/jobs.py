@@ -8,7 +8,10 @@ temporary file is removed (a half-written file never stays behind).
 
 A job whose work is ``done()`` (a paid answer is stored) succeeds whatever
 happens after: Snakemake removes the outputs of a failed job, and a paid
-answer removed is bought again by the next run.
+answer removed is bought again by the next run. Ctrl-C reaches the jobs too
+(SIGINT to the terminal's process group): it is handled like SIGTERM.
+A stop that comes while a paid answer arrives or is written waits until it
+is stored (:func:`stops_deferred`, :func:`stops_held`).
 """
 
 from __future__ import annotations
@@ -16,11 +19,40 @@ from __future__ import annotations
 import signal
 import sys
 import traceback
+from contextlib import contextmanager
 
 from .errors import UserError
 
 
 _KEPT = " (after its work was stored: the job succeeds and keeps it)"
+
+#: how a job is told to stop: by Snakemake or a cluster (SIGTERM), by Ctrl-C (SIGINT)
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+@contextmanager
+def stops_deferred():
+    """A stop that comes inside the block waits until the block has run."""
+    with stops_held() as hold:
+        hold()
+        yield
+
+
+@contextmanager
+def stops_held():
+    """Yields ``hold()``: once called, a stop waits until the block has run (e.g. from the moment a
+    paid answer starts to arrive until it is stored). The mask before the block is restored after it,
+    so a stop that came meanwhile lands then."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    try:
+        yield lambda: signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def stop_pending() -> bool:
+    """A stop came while held: the job makes no further attempt."""
+    return bool(STOP_SIGNALS & signal.sigpending())
 
 
 def job_main(snakemake, work, *, name: str | None = None, done=None) -> None:
@@ -28,7 +60,9 @@ def job_main(snakemake, work, *, name: str | None = None, done=None) -> None:
     ``done()`` says the work is kept anyway). A line ``work()`` returns is the job's report:
     printed on the terminal (and in the log)."""
     done = done or (lambda: False)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0 if done() else 128 + signum))
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # a job started with Ctrl-C ignored keeps ignoring it
+            signal.signal(signum, lambda signum, frame: sys.exit(0 if done() else 128 + signum))
     terminal = sys.stderr
     log = open(snakemake.log[0], "w", encoding="utf-8") if snakemake.log else None
     if log is not None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import config as config_mod
-from . import governor, imaging, postprocess
+from . import governor, imaging, jobs, postprocess
 from .accounting import estimate_cost_usd
 from .answers import Answer
 from .budget import BudgetExceeded, LedgerUnreadable
@@ -248,6 +248,8 @@ class Buyer:
         except GenerationFailed as failed:
             try:
                 _raise_if_stopped(failed.last)
+                if tally.stopped:
+                    raise RunStopped("the job is being stopped (SIGTERM or Ctrl-C)", "INTERRUPTED")
             except RunStopped as stop:
                 # attempts made before the stop may have been billed (a refusal with usage): their
                 # answer is kept like any refusal, so the money is counted from the answer files
@@ -287,6 +289,7 @@ class _Tally:
     def __init__(self, buyer: Buyer, max_pixels: int, billed_left: int | None = None):
         self.buyer, self.max_pixels, self.billed_left = buyer, max_pixels, billed_left
         self.calls, self.cost, self.reported = 0, None, None
+        self.stopped = False  # a stop came while a paid answer arrived: no further attempt
         self.errors: list[AttemptError] = []
         self.records: list[dict] = []
         self.started = time.monotonic()
@@ -345,6 +348,8 @@ class _Tally:
         if err is not None:
             self.errors.append(err)
             self.records.append(_attempt_record(err, cost))
+            if jobs.stop_pending():
+                err.retryable, self.stopped = False, True
             verdict = getattr(err, "verdict", None)  # the governor's, decided while the slot was held
             if verdict is not None and verdict.action == "stop":
                 err.retryable = False

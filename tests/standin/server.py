@@ -140,7 +140,8 @@ KINDS = {
     "slow": "wait `delay` seconds (default 5), then answer as `then` (default ok)",
     "slow_body": "answer as `then` (default ok) after `delay` seconds (default 0), its body sent in `pieces` "
                  "(default 8) with `pause` seconds (default 0.3) before each (a slow link); with `stall` the body "
-                 "stops after its first piece until the stand-in is reset (a connection that hangs after the headers)",
+                 "stops after its first piece until the stand-in is reset (a connection that hangs after the headers); "
+                 "with `hold` it stops there (held) until the test calls release()",
     "hold": "hold the answer until the test calls release() (or the server stops), then answer as `then` "
             "(default ok); lets a test act while calls are in flight without timing anything",
     "drop": "close the connection without any response",
@@ -1165,6 +1166,8 @@ class StandinServer:
         if b.kind == "slow_body":
             reply = proto.answer(rec, as_behaviour(b.get("then", "ok")), info)
             stall = rec.cancel if b.get("stall") else None
+            if b.get("hold"):
+                stall = _HeldBody(self, rec)
             reply.stream = _pieces(json.dumps(reply.body).encode(), int(b.get("pieces", 8)), float(b.get("pause", 0.3)),
                                    stall)
             reply.headers = {**reply.headers, "Content-Type": "application/json; charset=UTF-8"}
@@ -1177,7 +1180,21 @@ class StandinServer:
         return reply
 
 
-def _pieces(data: bytes, n: int, pause: float, stall: threading.Event | None = None):
+class _HeldBody:
+    """A body held after its first piece (the 200's headers are out) until release(): ``held`` meanwhile."""
+
+    def __init__(self, server: "StandinServer", rec: "RecordedRequest"):
+        self.server, self.rec = server, rec
+
+    def wait(self, _timeout: float) -> None:
+        self.rec.held = True
+        self.server._notify()
+        while not self.server._release.is_set() and not (self.rec.cancel is not None and self.rec.cancel.is_set()):
+            self.server._release.wait(0.5)
+        self.rec.held = False
+
+
+def _pieces(data: bytes, n: int, pause: float, stall=None):
     step = -(-len(data) // n)
     for i in range(0, len(data), step):
         if i and stall is not None:

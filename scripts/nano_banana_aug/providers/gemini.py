@@ -49,6 +49,7 @@ class GeminiProvider:
         self.timeout_s = float(timeout_s)
         self.image_config = image_config
         self.session = session or requests.Session()
+        self.on_200 = None  # called when a 200's headers arrive (see transport.post_json)
         self.url = f"{self.base_url}/models/{url_quote(self.model, safe='-._~')}:generateContent"
 
     @classmethod
@@ -100,6 +101,7 @@ class GeminiProvider:
             body=body,
             timeout_s=self.timeout_s,
             secret=self._api_key,
+            on_200=self.on_200,
         )
         payload = resp.json()
         if resp.status != 200:

@@ -82,6 +82,7 @@ class OpenRouterProvider:
             self.headers["X-Title"] = x_title
         self.headers.update({str(k): str(v) for k, v in extra_headers.items()})
         self.session = session or requests.Session()
+        self.on_200 = None  # called when a 200's headers arrive (see transport.post_json)
 
     @classmethod
     def from_config(cls, cfg: dict, api_key: str | None) -> "OpenRouterProvider":
@@ -134,6 +135,7 @@ class OpenRouterProvider:
             body=body,
             timeout_s=self.timeout_s,
             secret=self._api_key,
+            on_200=self.on_200,
         )
         payload = resp.json()
         if resp.status != 200:

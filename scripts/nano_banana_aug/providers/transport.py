@@ -18,6 +18,7 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import requests
@@ -158,8 +159,10 @@ def post_json(
     body: dict,
     timeout_s: float,
     secret: str | None = None,
+    on_200: Callable[[], None] | None = None,
 ) -> HttpResponse:
-    """POST ``body`` as JSON and read the whole answer.
+    """POST ``body`` as JSON and read the whole answer. ``on_200()`` runs as soon as a 200's headers
+    are in, before its body: from there the answer is made and billed (the answer job defers a stop).
 
     The headers must arrive within ``timeout_s``. A 200's body then has
     ``timeout_s`` of its own: the answer was made (and billed) before its
@@ -204,6 +207,8 @@ def post_json(
         status, resp_headers = resp.status_code, resp.headers
         if status == 200:
             deadline = time.monotonic() + timeout_s
+            if on_200 is not None:
+                on_200()
         try:
             chunks, size = [], 0
             for chunk in resp.iter_content(chunk_size=256 * 1024):
