@@ -155,6 +155,93 @@ def test_wait_false_submits_and_a_later_run_collects(tmp_path, standin):
     assert_paid_once(standin, 6)
 
 
+def test_a_synchronous_run_never_buys_what_an_open_batch_holds(tmp_path, standin):
+    """api.mode switched to sync while a batch (wait: false) still runs: its answers are paid and
+    coming. Before, the sync run bought all six again."""
+    wf = batch_run(tmp_path, standin, wait=False)
+    standin.set_batch_behaviour("hold")
+    run(wf)
+    res = run(wf, "--config", 'api={"mode": "sync"}')
+    assert "plan: 6 answers are not bought: open Gemini batches hold them (paid)" in res.stderr, res.stderr[-3000:]
+    assert len(standin.answers()) == 0 and pngs(wf) == []
+    standin.finish_batches()
+    run(wf)  # batch mode collects them
+    assert_paid_once(standin, 6)
+    assert len(pngs(wf)) == 6
+
+
+def test_an_open_batch_is_collected_when_the_run_buys_nothing_else(tmp_path, standin):
+    """A regeneration round submitted with api.batch.wait: false; the next runs ask for no
+    regeneration, so nothing is to buy. Before, no run collected the batch (its paid results
+    expire after 48 h); now every run polls it and the one after it finished stores its answers."""
+    wf = batch_run(tmp_path, standin, wait=False)
+    standin.set_batch_behaviour("succeed", polls=0)
+    run(wf)
+    run(wf)  # collects the first batch: six outputs
+    assert len(pngs(wf)) == 6 and len(standin.batches) == 1
+    standin.set_batch_behaviour("hold")
+    run(wf, "--config", "regenerate=overcast")
+    assert len(standin.batches) == 2 and len(standin.batches[1].keys) == 3
+    res = run(wf)
+    assert standin.batches[1].polls >= 2, res.stderr[-3000:]  # polled again although nothing is to buy
+    standin.finish_batches()
+    run(wf)
+    answers = wf / "data" / "aug" / "answers"
+    assert sorted(p.parent.name for p in answers.glob("*/v2.json")) == [f"ID100{i}__overcast__v0" for i in range(3)]
+    assert len(standin.batches) == 2 and len(standin.answers()) == 0
+
+
+def test_a_lookup_refused_with_a_4xx_never_gives_up_a_batch_that_may_exist(tmp_path, standin):
+    """Killed between create and the record of its name; the next run's key is refused (rotated):
+    its lookup by display name gets HTTP 400. Before, the record was closed as lost and the run
+    after bought a second batch; now it stays open and is found once the key works again."""
+    wf = batch_run(tmp_path, standin)
+    standin.hold_batch_step("create")
+    a = start(wf)
+    standin.wait_until(lambda s: any(r.held for r in s.requests))
+    kill_run(a, wf)
+    standin.release()
+    key = standin.api_key
+    standin.api_key = "a-rotated-key"  # the workflow's key is refused now (HTTP 400 API_KEY_INVALID)
+    res = run(wf, check=False)
+    assert res.returncode != 0 and "HTTP 400" in res.stderr, res.stderr[-3000:]
+    standin.api_key = key
+    res = run(wf)
+    assert len(standin.batches) == 1 and "found by its display name" in res.stderr
+    assert_paid_once(standin, 6)
+    assert len(pngs(wf)) == 6
+
+
+def spent(wf) -> tuple[float, float]:
+    """(the directory's spend as the budget sees it, the sum over its answer files)."""
+    from nano_banana_aug import answers, budget
+
+    out = wf / "data" / "aug"
+    return budget.spent_in_directory(out), sum(answers.spent_usd(a) for a in answers.iter_all(out))
+
+
+def test_the_budget_ledger_holds_what_collected_batches_cost(tmp_path, standin):
+    """Reserved at the batch price, settled at the answers' own cost (their usage). Before, the
+    reservation stayed: the directory's total ($0.4035) was not what the answers cost ($0.4066)."""
+    wf = batch_run(tmp_path, standin)
+    run(wf)
+    budget_sees, answers_cost = spent(wf)
+    assert answers_cost > 0.40 and budget_sees == pytest.approx(answers_cost, abs=1e-9)
+
+
+def test_a_batch_that_expires_gives_its_reservation_back_whoever_closes_it(tmp_path, standin):
+    """Submitted (and reserved) by one run, found expired by the next: nothing was billed. Before,
+    the submitting run's reservation stayed, and the directory cap counted $0.40 never spent."""
+    wf = batch_run(tmp_path, standin, wait=False)
+    standin.set_batch_behaviour("hold")
+    run(wf)
+    assert spent(wf)[0] == pytest.approx(6 * 0.06725)  # reserved while the batch runs
+    standin.finish_batches(outcome="expire")
+    res = run(wf)
+    assert "the batch expired" in res.stderr
+    assert spent(wf) == (0.0, 0.0)
+
+
 def test_the_directory_cap_counts_batches_still_running(tmp_path, standin):
     """api.batch.wait: false, run again while the batch runs: the cumulative cap counts the batch
     an earlier run submitted (paid when created), so the next run submits nothing past it."""

@@ -33,6 +33,7 @@ from . import answers as answers_mod
 from . import config as config_mod
 from . import jobs, layout, locks, runlog
 from .answers import Answer
+from .batch_records import open_stems
 from .errors import UserError
 from .paying import (
     Buyer,
@@ -87,6 +88,8 @@ def run(cfg: dict, stem: str, version: int, targets_table) -> Answer | None:
         if path.exists():  # bought meanwhile by the process we waited for
             runlog.event(cfg, "checked", stem, answer=f"v{version}", result="bought by another process")
             return None
+        if stem in open_stems(out):  # submitted in a batch since the plan was made (another run)
+            raise StopBuying(f"not bought: an open Gemini batch holds {stem}; api.mode: batch collects it")
         where = f"train.csv line {target.row}, image {image_id}"
         try:
             source_bytes, source_image = read_source(

@@ -269,17 +269,8 @@ class BatchRun:
                     self._created(sub, found, "found by its display name (the create answer had been lost)")
                     return
             if sub.state == "prepared" or (sub.state == "creating" and not sub.file_name):
-                if not sub.jsonl_path.is_file():
-                    sub.state = "lost"
-                    sub.outcome = {
-                        s: {
-                            "status": "failed",
-                            "reason": "BATCH_LOST",
-                            "message": "the batch's request file is gone; resubmitted next run",
-                        }
-                        for s in sub.keys
-                    }
-                    sub.save()
+                if not sub.jsonl_path.is_file():  # never created: its reservation goes back
+                    self._close(sub, "lost", "BATCH_LOST", "the batch's request file is gone; resubmitted next run")
                     return
                 sub.file_name = self.client.upload(sub.jsonl_path, sub.display_name)
                 sub.state = "uploaded"
@@ -289,6 +280,9 @@ class BatchRun:
             try:
                 status = self.client.create(sub.model, sub.display_name, sub.file_name)
             except BatchApiError as exc:
+                if _refused(exc):  # this create was refused (bad request, key, model): no batch exists
+                    self._close(sub, "lost", f"HTTP_{exc.status}", f"batch not created: {exc.message}")
+                    raise
                 if not exc.ambiguous:
                     raise
                 found = self.find_by_display_name(sub.display_name)
@@ -297,15 +291,8 @@ class BatchRun:
                 status = found
             self._created(sub, status, "created")
         except BatchApiError as exc:
-            if (
-                sub.state == "creating"
-                and not exc.ambiguous
-                and exc.status is not None
-                and 400 <= exc.status < 500
-                and exc.status not in (408, 429)
-            ):
-                # refused (bad request, key, model): no batch exists; the record is closed
-                self._close(sub, "lost", f"HTTP_{exc.status}", f"batch not created: {exc.message}")
+            # a lookup or upload that failed (even with a 4xx: a rotated key) leaves the record as it
+            # is: a batch may exist, and the next run looks for it again before creating anything
             raise BatchError(
                 f"{sub.display_name}: {exc.message} (submission state '{sub.state}'; nothing is paid "
                 "twice: the next run goes on from here)"
@@ -404,17 +391,20 @@ class BatchRun:
         }
         sub.save()
         self.outcome.update(sub.outcome)
-        self._release_reservation(sub, paid=0)
+        self._settle(sub, 0, 0.0)
         self.log(f"batch: {sub.batch_name or sub.display_name}: {message}")
 
-    def _release_reservation(self, sub: Submission, paid: int) -> None:
-        """Give this run's budget back what a batch it submitted did not bill (failed lines, a batch
-        that ended without results). A batch an earlier run submitted was reserved in that run."""
-        unpaid = len(sub.keys) - paid
-        if sub.run_id == self.run_id and unpaid > 0:
-            from . import budget
+    def _settle(self, sub: Submission, paid: int, paid_usd: float) -> None:
+        """The batch's reservation becomes what it billed, in the ledger of the run that submitted
+        it (this run or an earlier one): failed lines and a batch that ended without results give
+        theirs back. Called once, after the record is saved closed (a crash in between keeps the
+        reservation: never given back twice)."""
+        from . import budget
 
-            budget.for_config(self.cfg).release(unpaid, batch_call_usd(self.cfg))
+        try:
+            budget.settle_batch(self.out, sub.run_id, sub.reserved_usd, len(sub.keys) - paid, paid_usd)
+        except (OSError, budget.LedgerUnreadable) as exc:  # the answers are stored: they count anyway
+            self.log(f"batch: {sub.batch_name or sub.display_name}: the budget ledger is not settled: {exc}")
 
     def collect_results(self, sub: Submission, status: BatchStatus) -> None:
         """Download the results once, store each line as the answer it is, then close the record
@@ -450,8 +440,9 @@ class BatchRun:
         sub.outcome, sub.state = outcome, "collected"
         sub.save()
         self.outcome.update(outcome)
-        paid = sum(1 for o in outcome.values() if o["status"] in ("answered", "refused"))
-        self._release_reservation(sub, paid)
+        billed = [o for o in outcome.values() if o["status"] in ("answered", "refused")]
+        paid = len(billed)
+        self._settle(sub, paid, sum(o["usd"] for o in billed))
         answered = sum(1 for o in outcome.values() if o["status"] == "answered")
         self.log(
             f"batch: {sub.batch_name}: {lines} result lines, {answered} answers with an image stored, "
@@ -510,7 +501,11 @@ class BatchRun:
         answer.est_cost_usd = cost * factor if cost is not None else batch_call_usd(self.cfg)
         answer.usage = {k: v for k, v in vars(usage).items() if v is not None} if usage is not None else {}
         self._store(answer, data)
-        return {"status": "answered" if data is not None else "refused", "reason": answer.reason}
+        return {
+            "status": "answered" if data is not None else "refused",
+            "reason": answer.reason,
+            "usd": answer.est_cost_usd,
+        }
 
     def _store(self, answer: Answer, data: bytes | None) -> None:
         """One answer file (under the target's lock), unless that version is there already (stored
@@ -541,6 +536,11 @@ class BatchRun:
                 self.log(f"batch: {sub.batch_name}: cancel failed: {exc.message}")
         # a cancelled batch may still deliver what it finished: collect what there is
         self.collect([s for s in open_subs if s.state == "created"], wait=True)
+
+
+def _refused(exc: BatchApiError) -> bool:
+    """A definite refusal of the request (a 4xx other than 408/429): nothing was made."""
+    return not exc.ambiguous and exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 429)
 
 
 def _elapsed(seconds: float) -> str:

@@ -95,10 +95,11 @@ def open_stems(output_dir) -> set[str]:
 
 
 def open_state(output_dir, wanted) -> list:
-    """What the ``batch`` checkpoint's key depends on besides the answers it buys: every
-    submission holding one of them, with its state and the time it was last polled. A batch still
-    running (``api.batch.wait: false``), or one that ended without some answers, so gives the next
-    run a new key, and the checkpoint polls or resubmits; a finished directory has a stable key."""
+    """What the ``batch`` checkpoint's key depends on besides the answers it buys: every open
+    submission and every one holding one of them, with its state and the time it was last polled.
+    A batch still running (``api.batch.wait: false``), or one that ended without some answers,
+    so gives the next run a new key, and the checkpoint polls, collects or resubmits (also when
+    the run buys nothing else: paid results expire); a finished directory has a stable key."""
     try:
         subs = load_submissions(output_dir)
     except BatchError:
@@ -106,7 +107,7 @@ def open_state(output_dir, wanted) -> list:
     return [
         [sub.display_name, sub.state, sub.batch_state, sub.updated_ts]
         for sub in subs
-        if any(stem in wanted for stem in sub.keys)
+        if sub.state in OPEN_STATES or any(stem in wanted for stem in sub.keys)
     ]
 
 

@@ -165,6 +165,13 @@ class Ledger:
             state["calls"] = max(0, state["calls"] - int(n))
             state["cost_usd"] = max(0.0, state["cost_usd"] - n * unit_usd)
 
+    def settle_batch(self, reserved_usd: float, unpaid: int, paid_usd: float) -> None:
+        """A batch's reservation (``reserved_usd`` for all its lines) becomes what it billed
+        (``paid_usd``); its ``unpaid`` lines (failed, or the whole batch expired) give their calls back."""
+        with self._locked() as state:
+            state["calls"] = max(0, state["calls"] - int(unpaid))
+            state["cost_usd"] = max(0.0, state["cost_usd"] - float(reserved_usd) + float(paid_usd))
+
     def settle(self, actual_usd: float | None, billable: bool = True) -> None:
         """Replace the reservation of the call just made (:meth:`reserve`) by its estimated cost,
         which later reservations of the run take as their price when it is more. A call the service
@@ -190,7 +197,7 @@ def for_config(cfg: dict) -> Ledger:
     run_id = runs.current()
 
     return Ledger(
-        runs.directory(out) / "ledger.json",
+        runs_ledger(out, run_id),
         max_calls=api.get("max_calls"),
         max_cost_usd=api.get("max_cost_usd"),
         max_total_cost_usd=api.get("max_total_cost_usd"),
@@ -199,6 +206,20 @@ def for_config(cfg: dict) -> Ledger:
         other_runs=lambda: sum(_ledger_usd(p) for rid, p in _ledgers(out).items() if rid != run_id),
         lock_path=layout.pipeline_dir(out) / "ledger.lock",
     )
+
+
+def settle_batch(output_dir, run_id: str, reserved_usd: float, unpaid: int, paid_usd: float) -> None:
+    """Settle a closed batch in the ledger of the run that submitted (and reserved) it, whichever
+    run collects it. No ledger (pruned): that run's answers are counted from the answer files."""
+    path = runs_ledger(output_dir, run_id)
+    if path.is_file():
+        Ledger(path, lock_path=layout.pipeline_dir(output_dir) / "ledger.lock").settle_batch(
+            reserved_usd, unpaid, paid_usd
+        )
+
+
+def runs_ledger(output_dir, run_id: str) -> Path:
+    return layout.run_dir(output_dir, run_id) / "ledger.json"
 
 
 def spent_in_directory(output_dir) -> float:

@@ -108,11 +108,14 @@ class Pipeline:
                         self._repair.add(stem)  # an output (or sidecar) gone although its answer is there
             from .budget import spent_in_directory
 
-            awaited = set()
-            if self.cfg["api"].get("mode") == "batch":
-                from .batch_records import open_stems
+            from .batch_records import open_stems
 
-                awaited = open_stems(self.out)
+            awaited = open_stems(self.out)  # paid: in batches submitted earlier, their answers to come
+            if awaited and self.cfg["api"].get("mode") != "batch":  # only batch mode collects them
+                for stem in awaited:
+                    if stem in found and found[stem].action == BUY:
+                        found[stem] = Decision(DEFERRED, None, plan.IN_BATCH)
+                awaited = set()
             limit, self._budget_key = plan.budget_limit(
                 self.cfg, lambda: spent_in_directory(self.out), self.cost_per_call_seen
             )
@@ -154,15 +157,15 @@ class Pipeline:
 
     def batch_key(self) -> str | None:
         """The batch checkpoint's key: the answers it buys and the state of the open batches
-        (so it runs again while one of them is still pending); None when nothing is to buy."""
+        (so it runs again while one of them is still pending); None when nothing is to buy or
+        collect."""
         if not hasattr(self, "_batch_key"):  # fixed for the invocation: the checkpoint changes the state
             wanted = self.batch_wanted()
             from .batch_records import open_state
 
+            state = open_state(self.out, wanted)
             self._batch_key = (
-                layout.digest({"wanted": sorted(wanted.items()), "open": open_state(self.out, wanted)})
-                if wanted
-                else None
+                layout.digest({"wanted": sorted(wanted.items()), "open": state}) if wanted or state else None
             )
         return self._batch_key
 
@@ -281,6 +284,12 @@ class Pipeline:
                 if key != "api.max_total_cost_usd"
                 else f"plan: {over} answers left: {shown} lets this output directory buy {new} more "
                 "(raise it to buy the rest)"
+            )
+        held = sum(1 for d in self.decisions().values() if d.action == DEFERRED and d.why == plan.IN_BATCH)
+        if held:
+            lines.append(
+                f"plan: {held} answers are not bought: open Gemini batches hold them (paid); run with "
+                "api.mode: batch to collect them, or `snakemake cancel_batches` to give them up"
             )
         if c[BLOCKED]:
             lines.append(

@@ -270,6 +270,7 @@ def _version(answer_id: str) -> int:
 
 
 OVER_BUDGET = "budget of this run"
+IN_BATCH = "held by an open batch"  # a sync-mode run does not buy what a batch submitted earlier will deliver
 
 
 def apply_budget(decisions: dict, limit: int | None, paid_already=frozenset()) -> int:
