@@ -6,7 +6,13 @@ from types import SimpleNamespace
 
 import pytest
 
+import signal
+import types
+
 from nano_banana_aug import answer, answers, hooks
+from nano_banana_aug import jobs as jobs_mod
+from nano_banana_aug import paying as paying_mod
+from nano_banana_aug.providers import base
 from nano_banana_aug.answers import Answer
 
 
@@ -134,3 +140,61 @@ def test_a_stored_answer_makes_the_job_succeed_whatever_comes_after(tmp_path, wh
             "answer ID1__a__v0 v1: unexpected error: No space left on device (details: "
             f"{tmp_path / 'job.log'}) (after its work was stored: the job succeeds and keeps it)"
         )
+
+
+# ---------------------------------------------------------------- a stop held from a paid 200 (review of c32d6cc)
+
+
+class _Refuses200ThenAnswers:
+    """Attempt 1: a 200 (on_200 -> hold) that is a billed refusal; attempt 2 would be paid again."""
+
+    def __init__(self, hold):
+        self.hold, self.calls = hold, 0
+
+    def attempt(self, request):
+        self.calls += 1
+        if self.calls == 1:
+            self.hold()  # what transport.post_json does via provider.on_200
+            raise base.AttemptError("IMAGE_SAFETY", retryable=True, status=200, reason="IMAGE_SAFETY")
+        raise base.AttemptError("second paid attempt", retryable=False, status=200, reason="IMAGE_SAFETY")
+
+
+def test_a_stop_during_the_backoff_after_a_billed_200_makes_no_further_attempt():
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
+    try:
+        buyer = types.SimpleNamespace(governor=None, ledger=None, estimate=lambda usage: None)
+        tally = paying_mod._Tally(buyer, max_pixels=10**7)
+        with jobs_mod.stops_held() as hold:
+            provider = _Refuses200ThenAnswers(hold)
+
+            def sleep(_s):  # the stop comes while the job waits between attempts (backoff, cool-down, slot)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+            with pytest.raises(base.GenerationFailed):
+                base.call_with_retries(
+                    provider,
+                    None,
+                    base.RetryPolicy(max_attempts=3, backoff_s=0),
+                    before_attempt=tally.before,
+                    after_attempt=tally.after,
+                    sleep=sleep,
+                )
+        assert got == [signal.SIGTERM]  # delivered once the block ends
+        assert provider.calls == 1, "a paid attempt was made after the stop (it came during the backoff)"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_an_ignored_ctrl_c_is_not_a_stop():
+    """job_main leaves SIGINT ignored when the job was started so; hold() still blocks it, and a
+    blocked signal is queued even when ignored (Linux), so stop_pending() reports a stop."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with jobs_mod.stops_held() as hold:
+            hold()
+            os.kill(os.getpid(), signal.SIGINT)
+            pending = jobs_mod.stop_pending()
+        assert not pending, "an ignored SIGINT ends the job's attempts as 'INTERRUPTED'"
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -45,14 +45,20 @@ def stops_held():
     so a stop that came meanwhile lands then."""
     before = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     try:
-        yield lambda: signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        yield lambda: signal.pthread_sigmask(signal.SIG_BLOCK, _stops())
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def stop_pending() -> bool:
     """A stop came while held: the job makes no further attempt."""
-    return bool(STOP_SIGNALS & signal.sigpending())
+    return bool(_stops() & signal.sigpending())
+
+
+def _stops() -> set:
+    """The stop signals this process acts on (a job started with Ctrl-C ignored keeps ignoring it:
+    blocked, an ignored signal would still be queued and read as a stop)."""
+    return {s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
 
 
 def job_main(snakemake, work, *, name: str | None = None, done=None) -> None:

@@ -210,6 +210,8 @@ class Buyer:
                 ) from None
             try:
                 self.governor.pace()
+                if jobs.stop_pending():  # came while this job waited for its slot or its rate-limit tick
+                    raise RunStopped("the job is being stopped (SIGTERM or Ctrl-C)", "INTERRUPTED")
                 if self.governor.may_dispatch():
                     try:
                         return self.provider.attempt(request)
@@ -295,6 +297,8 @@ class _Tally:
         self.started = time.monotonic()
 
     def before(self, n: int) -> None:
+        if jobs.stop_pending():  # came after a paid 200 (held since), e.g. in the backoff: no further attempt
+            raise RunStopped("the job is being stopped (SIGTERM or Ctrl-C)", "INTERRUPTED")
         if self.billed_left is not None and sum(e.billed for e in self.errors) >= self.billed_left:
             raise AttemptsUsedUp()
         if self.buyer.governor is not None:
