@@ -145,6 +145,14 @@ def test_a_stored_answer_makes_the_job_succeed_whatever_comes_after(tmp_path, wh
 # ---------------------------------------------------------------- a stop held from a paid 200 (review of c32d6cc)
 
 
+def main_thread_gets(signum) -> None:
+    """The signal, to the main thread: the one that holds stops (a signal sent to the process may go to
+    another thread of the test process, e.g. a server's, and be handled at once instead of held)."""
+    import threading
+
+    signal.pthread_kill(threading.main_thread().ident, signum)
+
+
 class _Refuses200ThenAnswers:
     """Attempt 1: a 200 (on_200 -> hold) that is a billed refusal; attempt 2 would be paid again."""
 
@@ -169,7 +177,7 @@ def test_a_stop_during_the_backoff_after_a_billed_200_makes_no_further_attempt()
             provider = _Refuses200ThenAnswers(hold)
 
             def sleep(_s):  # the stop comes while the job waits between attempts (backoff, cool-down, slot)
-                os.kill(os.getpid(), signal.SIGTERM)
+                main_thread_gets(signal.SIGTERM)
 
             with pytest.raises(base.GenerationFailed):
                 base.call_with_retries(
@@ -193,7 +201,7 @@ def test_an_ignored_ctrl_c_is_not_a_stop():
     try:
         with jobs_mod.stops_held() as hold:
             hold()
-            os.kill(os.getpid(), signal.SIGINT)
+            main_thread_gets(signal.SIGINT)
             pending = jobs_mod.stop_pending()
         assert not pending, "an ignored SIGINT ends the job's attempts as 'INTERRUPTED'"
     finally:
