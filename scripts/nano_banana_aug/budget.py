@@ -237,7 +237,7 @@ def _ledgers(output_dir) -> dict:
         return {}
     found = {}
     for entry in entries:
-        path = Path(entry.path) / "ledger.json"
+        path = runs_ledger(output_dir, entry.name)
         if entry.is_dir() and path.is_file():
             found[entry.name] = path
     return found

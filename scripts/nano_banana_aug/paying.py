@@ -210,8 +210,7 @@ class Buyer:
                 ) from None
             try:
                 self.governor.pace()
-                if jobs.stop_pending():  # came while this job waited for its slot or its rate-limit tick
-                    raise RunStopped("the job is being stopped (SIGTERM or Ctrl-C)", "INTERRUPTED")
+                _raise_if_stop_pending()  # came while this job waited for its slot or its rate-limit tick
                 if self.governor.may_dispatch():
                     try:
                         return self.provider.attempt(request)
@@ -250,8 +249,6 @@ class Buyer:
         except GenerationFailed as failed:
             try:
                 _raise_if_stopped(failed.last)
-                if tally.stopped:
-                    raise RunStopped("the job is being stopped (SIGTERM or Ctrl-C)", "INTERRUPTED")
             except RunStopped as stop:
                 # attempts made before the stop may have been billed (a refusal with usage): their
                 # answer is kept like any refusal, so the money is counted from the answer files
@@ -266,8 +263,15 @@ class Buyer:
         return Purchase(tally.answer(self, stem, version, fp, key, gen=gen), gen.data)
 
 
+def _raise_if_stop_pending() -> None:
+    """A stop (SIGTERM, Ctrl-C) held since a paid answer began to arrive: this job makes no further attempt."""
+    if jobs.stop_pending():
+        raise RunStopped("the job is being stopped (SIGTERM or Ctrl-C)", "INTERRUPTED")
+
+
 def _raise_if_stopped(last: AttemptError) -> None:
-    """A failed call sequence that means "stop buying" becomes RunStopped; any other returns."""
+    """A failed call sequence that means "stop buying" (or that a stop is held) becomes RunStopped;
+    any other returns."""
     if isinstance(last, RunStopped):
         raise last
     if isinstance(last, governor.DispatchStopped):
@@ -279,6 +283,7 @@ def _raise_if_stopped(last: AttemptError) -> None:
     stop = getattr(last, "stop", None)
     if stop is not None:  # the job that stopped the run says why; the others only that it stopped
         raise RunStopped(stop.message if stop.first else f"the run stopped buying ({stop.reason})", stop.reason)
+    _raise_if_stop_pending()
 
 
 def _usage_dict(usage) -> dict:
@@ -291,14 +296,12 @@ class _Tally:
     def __init__(self, buyer: Buyer, max_pixels: int, billed_left: int | None = None):
         self.buyer, self.max_pixels, self.billed_left = buyer, max_pixels, billed_left
         self.calls, self.cost, self.reported = 0, None, None
-        self.stopped = False  # a stop came while a paid answer arrived: no further attempt
         self.errors: list[AttemptError] = []
         self.records: list[dict] = []
         self.started = time.monotonic()
 
     def before(self, n: int) -> None:
-        if jobs.stop_pending():  # came after a paid 200 (held since), e.g. in the backoff: no further attempt
-            raise RunStopped("the job is being stopped (SIGTERM or Ctrl-C)", "INTERRUPTED")
+        _raise_if_stop_pending()  # came after a paid 200 (held since), e.g. in the backoff: no further attempt
         if self.billed_left is not None and sum(e.billed for e in self.errors) >= self.billed_left:
             raise AttemptsUsedUp()
         if self.buyer.governor is not None:
@@ -352,8 +355,8 @@ class _Tally:
         if err is not None:
             self.errors.append(err)
             self.records.append(_attempt_record(err, cost))
-            if jobs.stop_pending():
-                err.retryable, self.stopped = False, True
+            if jobs.stop_pending():  # held since a paid 200: no further attempt (buy says why)
+                err.retryable = False
             verdict = getattr(err, "verdict", None)  # the governor's, decided while the slot was held
             if verdict is not None and verdict.action == "stop":
                 err.retryable = False
